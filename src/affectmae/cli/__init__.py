@@ -1,0 +1,58 @@
+"""The ``affectmae`` command line. It only wires: every subcommand parses arguments and calls one
+library function.
+
+Subcommands live in ``affectmae/cli/cmd_<name>.py``; each module defines ``register(subparsers)`` which
+adds its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an
+exit code or None). Modules are discovered automatically, so adding a stage never edits this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from .. import __version__
+from ..errors import AffectMAEError
+
+log = logging.getLogger("affectmae")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="affectmae",
+        description="Valence/arousal, expression and action units per video frame (MAE ViT + TCN/Transformer).",
+    )
+    parser.add_argument("--version", action="version", version=f"affectmae {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("cmd_"):
+            importlib.import_module(f"{__name__}.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        code = args.func(args)
+    except AffectMAEError as err:
+        print(f"affectmae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"affectmae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Three-layer configuration: dataclass defaults, then a YAML file, then ``key=value`` overrides.
+
+Every stage has its own dataclass (defined next to the stage). ``load_config`` merges the layers and
+checks every key and type, so a typo in a YAML file or an override fails with the file and key named.
+The merged config is written into each run folder with ``save_config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import AffectMAEError, InputFormatError
+
+C = TypeVar("C")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a ``key=value`` string) to the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except AffectMAEError as err:
+                errors.append(str(err))
+        raise AffectMAEError(errors[0] if errors else f"{where}: cannot use {value!r}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, where) for v in value] if inner is not Any and inner is not Ellipsis else list(value)
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise AffectMAEError(f"{where}: expected true/false, got {value!r}")
+    if annotation in (int, float, str):
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise AffectMAEError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return annotation(value) if annotation is not int else int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        except (TypeError, ValueError):
+            raise AffectMAEError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def _apply(cfg: Any, updates: dict[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for key, value in updates.items():
+        head, _, rest = key.partition(".")
+        if head not in names:
+            raise AffectMAEError(
+                f"{source}: unknown setting {key!r} for {type(cfg).__name__}; known: {', '.join(sorted(names))}"
+            )
+        current = getattr(cfg, head)
+        if dataclasses.is_dataclass(current):
+            nested = {rest: value} if rest else dict(value or {})
+            changes[head] = _apply(current, nested, source)
+        else:
+            changes[head] = _coerce(value, hints[head], f"{source}: {key}")
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
+    """``["lr=1e-4", "model.depth=2"]`` -> ``{"lr": "1e-4", "model.depth": "2"}``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AffectMAEError(f"override {pair!r} is not of the form key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | dict | None = None) -> C:
+    """Defaults of ``cls``, updated by the YAML file at ``path``, then by ``overrides``."""
+    cfg = cls()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise AffectMAEError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            raise InputFormatError(path, f"invalid YAML: {err}", line=mark.line + 1 if mark else None) from None
+        if not isinstance(data, dict):
+            raise InputFormatError(path, "a config file must be a mapping of setting: value")
+        cfg = _apply(cfg, data, str(path))
+    if overrides:
+        if not isinstance(overrides, dict):
+            overrides = parse_overrides(overrides)
+        cfg = _apply(cfg, overrides, "command line")
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return {k: plain(v) if not isinstance(v, dict) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the merged config as YAML (atomically), so every run folder records how it was made."""
+    from .io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Training code. The inference library never imports from here."""
