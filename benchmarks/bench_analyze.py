@@ -1,0 +1,141 @@
+"""`analyze` end to end: frames per second and the per-stage split, and peak memory short vs long video.
+
+    python benchmarks/bench_analyze.py            # ViT-S and ViT-B, 150-frame 640x360 video; 1 min vs 1 h memory
+    python benchmarks/bench_analyze.py --quick    # 40 frames; 750 vs 9000 frames for memory
+
+Encoders are random-init (speed does not depend on the weights). The temporal model has the default
+architecture (TCN 512-256, 2-layer Transformer, three heads). Stage seconds come from the pipeline's own
+timers (``df.attrs["summary"]["seconds"]``). Peak memory is the max RSS of a fresh child process per video.
+Set OMP_WAIT_POLICY=PASSIVE before PyTorch loads (this script does it in ``main``), as the CLI does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_model_dir(root: Path, size: str, img_size: int = 112, **arch) -> Path:
+    import torch
+
+    from affectmae.models.temporal import TemporalConfig, TemporalModel, save_temporal
+    from affectmae.models.vit import build_encoder, save_encoder
+
+    torch.manual_seed(0)
+    root.mkdir(parents=True, exist_ok=True)
+    encoder = build_encoder(size, img_size=img_size, **arch)
+    save_encoder(encoder, root / "encoder.safetensors")
+    tasks = ["va", "expr", "au"]
+    model = TemporalModel(TemporalConfig(input_dim=encoder.embed_dim, tasks=tasks))
+    save_temporal(root / "temporal.safetensors", model, {"tasks": tasks, "window": 300, "stride": 200})
+    (root / "affectmae_model.json").write_text(json.dumps({
+        "format_version": 1, "affectmae_version": "bench", "encoder": "encoder.safetensors",
+        "heads": {t: "temporal.safetensors" for t in tasks}}))
+    return root
+
+
+def run_speed(video: Path, model_dir: Path, stride: int, batch_size: int) -> dict:
+    from affectmae.inference.pipeline import analyze_video
+
+    start = time.perf_counter()
+    df = analyze_video(video, model_dir, stride=stride, batch_size=batch_size, plots=False, device="cpu")
+    total = time.perf_counter() - start
+    s = df.attrs["summary"]
+    return {"frames": s["frames_decoded"], "analysed": s["frames_analyzed"], "seconds": total,
+            "fps": s["frames_decoded"] / total, "stages": s["seconds"]}
+
+
+def write_long_video(path: Path, n_frames: int, size=(320, 180)) -> None:
+    """A long, cheap-to-encode video: 100 rendered frames (one face) played back and forth."""
+    from affectmae.data.synthetic_video import make_synthetic_video
+    from affectmae.data.video import VideoReader, VideoWriter
+
+    clip = path.with_name("clip.mp4")
+    make_synthetic_video(clip, n_frames=100, size=size, seed=1)
+    with VideoReader(clip) as reader:
+        frames = [f.rgb for f in reader.frames()]
+    loop = frames + frames[::-1]
+    with VideoWriter(path, size, fps=25) as writer:
+        for k in range(n_frames):
+            writer.write(loop[k % len(loop)])
+
+
+MEMORY_CHILD = """
+import json, resource, sys, time
+from affectmae.inference.pipeline import analyze_video
+t = time.perf_counter()
+df = analyze_video(sys.argv[1], sys.argv[2], stride=int(sys.argv[3]), plots=False, device="cpu")
+print(json.dumps({"frames": len(df), "seconds": time.perf_counter() - t,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_memory(video: Path, model_dir: Path, stride: int) -> dict:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(video), str(model_dir), str(stride)],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fmt_stages(r: dict) -> str:
+    per = {k: 1000 * v / r["frames"] for k, v in r["stages"].items() if k != "write"}
+    return ", ".join(f"{k} {v:.1f}" for k, v in per.items())
+
+
+def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", nargs="+", default=["small", "base"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--long-frames", type=int, default=None, help="frames of the long video (default 90000)")
+    args = parser.parse_args()
+    import torch
+
+    from affectmae.data.synthetic_video import make_synthetic_video
+
+    n_frames = 40 if args.quick else 150
+    long_frames = args.long_frames or (9000 if args.quick else 90000)
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        video = make_synthetic_video(tmp / "bench.mp4", n_frames=n_frames, n_faces=1, size=(640, 360), seed=0).path
+        print(f"\n## speed: {n_frames} frames, 640x360, 1 face, batch {args.batch_size}, CPU")
+        print("| encoder | stride | frames/s | ms per video frame: decode, detect, track, align, encode, temporal |")
+        print("| --- | --- | --- | --- |")
+        for size in args.sizes:
+            model_dir = make_model_dir(tmp / f"model_{size}", size)
+            run_speed(video, model_dir, 1, args.batch_size)  # warm-up (first-call allocations)
+            r1 = run_speed(video, model_dir, 1, args.batch_size)
+            print(f"| ViT-{size[0].upper()} | 1 | {r1['fps']:.1f} | {fmt_stages(r1)} |")
+            per_frame = r1["seconds"] / r1["frames"]
+            decode = r1["stages"]["decode"] / r1["frames"]
+            budget = 1 / 25 - decode
+            need = math.ceil((per_frame - decode) / budget) if budget > 0 else None
+            if need and need > 1:
+                rk = run_speed(video, model_dir, need, args.batch_size)
+                print(f"| ViT-{size[0].upper()} | {need} | {rk['fps']:.1f} | {fmt_stages(rk)} |")
+            print(f"stride for >= 25 fps with ViT-{size[0].upper()} (from the stride-1 split): {need}")
+        print(f"\n## memory: peak RSS of a child process, 320x180 video, tiny encoder, stride 25")
+        model_dir = make_model_dir(tmp / "model_tiny", "tiny", depth=2)
+        for frames in (750, long_frames):
+            path = tmp / f"long_{frames}.mp4"
+            t = time.perf_counter()
+            write_long_video(path, frames)
+            made = time.perf_counter() - t
+            m = run_memory(path, model_dir, 25)
+            print(f"{frames} frames ({frames / 25 / 60:.1f} min at 25 fps): peak RSS {m['peak_rss_mb']:.0f} MB, "
+                  f"analyse {m['seconds']:.0f} s (video written in {made:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

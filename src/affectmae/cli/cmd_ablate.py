@@ -1,0 +1,29 @@
+"""`affectmae ablate`: Table 5 (full model, w/o fine-tuning, w/o TCN, w/o Transformer, per-frame linear)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "ablate",
+        help="ablation table on the official split; writes ablation_results.json/.csv and ablation_table.md",
+        description="Trains each variant for each task into OUT/<variant>/<task>/ and prints the table.",
+    )
+    p.add_argument("--features", required=True, help="features of the fine-tuned encoder")
+    p.add_argument("--mae-features", default=None, help="features of the MAE-pretrained encoder (row 'w/o fine-tuning')")
+    p.add_argument("--data", required=True, help="Aff-Wild2 annotation root")
+    p.add_argument("--task", action="append", choices=("va", "expr", "au", "multi"), default=None,
+                   help="repeatable; default: va, expr and au")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--config", default=None, help="YAML config (temporal_paper / temporal_tiny or a file)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from ..training.ablate import ablate_from_args
+
+    result = ablate_from_args(args.config, args.overrides, args.task or ["va", "expr", "au"], args.out,
+                              args.mae_features, features=args.features, data=args.data)
+    print(result["table"], end="")
+    return 0

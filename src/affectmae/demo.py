@@ -1,0 +1,161 @@
+"""`affectmae demo`: every stage of the pipeline at toy scale, on data the package generates itself.
+
+synth -> pretrain (MAE) -> finetune (EXPR) -> extract (fine-tuned and MAE-only features) -> train VA, EXPR
+and AU -> 5-fold cv table -> ablation table -> export a MODEL_DIR -> predict + score the validation set ->
+analyze a generated MP4 in which the face detector finds the rendered faces.
+
+Each stage calls the same library function as its subcommand and reads what the previous stage wrote, so
+the output folder is a worked example of a full project. No network access; about 10 minutes on 2 CPU
+cores. Layout of ``OUT`` (default ``demo_output/``)::
+
+    data/        synthetic Aff-Wild2 (cropped_aligned/, annotations/, faces/)
+    pretrain/    MAE run: encoder.safetensors, reconstruction PNGs, TensorBoard logs
+    finetune/    EXPR fine-tuning run
+    features/ features_mae/     one float16 array per video
+    train/<task>/               temporal runs
+    cv/ ablate/                 tables (markdown, CSV, JSON)
+    model/                      MODEL_DIR for `affectmae analyze`
+    predictions/                ABAW submission CSVs + scores.json
+    analyze/                    predictions.csv and plots for demo_video.mp4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import load_config
+from .data.render import ALIGN_MARGIN
+from .data.synthetic import generate_affwild2
+from .data.synthetic_video import make_synthetic_video
+from .errors import AffectMAEError
+from .features import ExtractConfig, extract_features
+from .inference.model import export_model_dir
+from .inference.pipeline import analyze_video
+from .inference.predict import PredictConfig, predict_submissions
+from .io import atomic_write_text
+from .scoring import score_submission
+from .tasks import TASKS
+from .training.ablate import run_ablation
+from .training.cv import run_cv
+from .training.engine import resolve_config
+from .training.finetune import run_finetune
+from .training.pretrain import run_pretrain
+from .training.temporal import TrainConfig, train_temporal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoConfig:
+    out: str = "demo_output"
+    videos: int = 10  # synthetic Aff-Wild2 videos (annotation files)
+    frames: int = 300  # mean frames per video
+    faces: int = 300  # single face images for MAE pretraining
+    seed: int = 0
+    temporal_epochs: int | None = None  # None: the packaged temporal_tiny value
+    cv_folds: int = 5
+    analyze_frames: int = 150
+    analyze_faces: int = 2
+
+
+def _stage(timings: dict[str, float], name: str):
+    class _Timer:
+        def __enter__(self):
+            log.info("demo: %s ...", name)
+            self.start = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.start, 1)
+            if exc[0] is None:
+                log.info("demo: %s done in %.1f s", name, timings[name])
+
+    return _Timer()
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every stage into ``cfg.out``; returns a summary (tables, scores, paths, seconds per stage)."""
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not (out / "demo_summary.json").exists() \
+            and not (out / "data" / "synth_info.json").exists():
+        raise AffectMAEError(f"{out} exists and is not a demo output folder; choose another --out")
+    timings: dict[str, float] = {}
+    data = out / "data"
+    annotations = data / "annotations"
+
+    with _stage(timings, "synth"):
+        generate_affwild2(data, videos=cfg.videos, frames=cfg.frames, seed=cfg.seed, faces=cfg.faces, overwrite=True)
+    with _stage(timings, "pretrain"):
+        pretrain_dir = run_pretrain("pretrain_tiny", [f"seed={cfg.seed}"], data=[str(data / "faces")],
+                                    out=str(out / "pretrain"))
+    with _stage(timings, "finetune"):
+        finetune_dir = run_finetune("finetune_tiny", [f"seed={cfg.seed}"], data=str(data), encoder=str(pretrain_dir),
+                                    out_dir=str(out / "finetune"))
+    encoder = Path(finetune_dir) / "encoder.safetensors"
+    with _stage(timings, "extract"):
+        for folder, enc in (("features", encoder), ("features_mae", Path(pretrain_dir) / "encoder.safetensors")):
+            extract_features(ExtractConfig(encoder=str(enc), frames=str(data / "cropped_aligned"),
+                                           out=str(out / folder), annotations=str(annotations)))
+
+    overrides = {"features": str(out / "features"), "data": str(annotations), "seed": str(cfg.seed),
+                 "n_folds": str(cfg.cv_folds)}
+    if cfg.temporal_epochs is not None:
+        overrides["epochs"] = str(cfg.temporal_epochs)
+    train_cfg = load_config(TrainConfig, resolve_config("temporal_tiny"), overrides)
+    runs, validation = {}, {}
+    with _stage(timings, "train"):
+        for task in TASKS:
+            result = train_temporal(dataclasses.replace(train_cfg, task=task, out=str(out / "train" / task)))
+            runs[task] = Path(result["run_dir"])
+            validation[task] = result["best"][task]["score"]
+    with _stage(timings, "cv"):
+        cv = run_cv(train_cfg, ["multi"], out / "cv")
+    with _stage(timings, "ablate"):
+        ablation = run_ablation(train_cfg, ["multi"], out / "ablate", mae_features=str(out / "features_mae"))
+    with _stage(timings, "export"):
+        model_dir = out / "model"
+        export_model_dir(encoder, list(runs.values()), model_dir, align_margin=ALIGN_MARGIN)
+
+    scores = {}
+    with _stage(timings, "predict+score"):
+        val_videos = sorted({p.stem for t in TASKS.values()
+                             for p in (annotations / t.challenge_dir / "Validation_Set").glob("*.txt")})
+        test_list = out / "predictions" / "validation_videos.txt"
+        test_list.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(test_list, "\n".join(val_videos) + "\n")
+        written = predict_submissions(PredictConfig(features=str(out / "features"), out=str(out / "predictions"),
+                                                    model=str(model_dir), test_list=str(test_list)))
+        for task, spec in TASKS.items():
+            csv = Path(written[task]["path"])
+            scores[task] = score_submission(task, csv, annotations / spec.challenge_dir / "Validation_Set")
+        atomic_write_text(out / "predictions" / "scores.json", json.dumps(scores, indent=2))
+
+    with _stage(timings, "analyze"):
+        video = out / "demo_video.mp4"
+        make_synthetic_video(video, cfg.analyze_frames, n_faces=cfg.analyze_faces, seed=cfg.seed,
+                             cut_at=cfg.analyze_frames * 2 // 3, no_face=(cfg.analyze_frames // 3, cfg.analyze_frames // 3 + 10))
+        table = analyze_video(video, model_dir, out_dir=out / "analyze")
+    analyzed = table.attrs.get("summary", {})
+
+    summary = {
+        "out": str(out),
+        "seconds": timings,
+        "validation_scores": validation,
+        "submission_scores": {t: s["score"] for t, s in scores.items()},
+        "cv_table": cv["table"],
+        "ablation_table": ablation["table"],
+        "model_dir": str(model_dir),
+        "submissions": {t: str(w["path"]) for t, w in written.items()},
+        "analyze_csv": str(out / "analyze" / "predictions.csv"),
+        "analyze_plots": sorted(str(p) for p in (out / "analyze").glob("*.png")),
+        "analyze_rows": int(len(table)),
+        "analyze_faces": sorted(int(i) for i in table.loc[table["face_detected"], "face_id"].unique()),
+        "analyze_frames_without_face": int((~table["face_detected"]).sum()),
+        "analyze_summary": analyzed,
+    }
+    atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2, default=str))
+    return summary

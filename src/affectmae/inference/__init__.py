@@ -1,0 +1,1 @@
+"""Inference library: model directories, predictions, video analysis. Never imports affectmae.training."""

@@ -1,0 +1,213 @@
+"""MODEL_DIR: the encoder plus trained temporal heads, as loaded by ``analyze`` and ``predict``.
+
+API (a contract for ``inference/pipeline.py``)::
+
+    model = load_model_dir(MODEL_DIR)            # -> AffectModel; CheckpointError for a bad/other-version dir
+    model.encoder                                # ViTEncoder (models.vit.load_encoder), loaded on first use
+    model.img_size                               # encoder input size (px)
+    model.feature_dim                            # D of the frame features the heads expect
+    model.tasks                                  # e.g. ["va", "expr", "au"] (order of affectmae.tasks.TASKS)
+    model.au_thresholds                          # (12,) float64 per-AU thresholds (0.5 where none were tuned)
+    model.predict_sequence(features, mask)       # features: (N, D) float; mask: (N,) bool, True = face present
+        -> {"va": (N, 2) in [-1, 1], "expr": (N, 8) probabilities, "au": (N, 12) probabilities}  (float32)
+
+``predict_sequence`` runs the temporal model(s) over overlapping windows (the window/stride each head
+was trained with) and merges them per frame. Rows where ``mask`` is False must still hold a feature
+(interpolated from neighbouring frames, as ``affectmae extract`` does); they also get predictions.
+
+Layout (``format_version`` 1)::
+
+    MODEL_DIR/affectmae_model.json   {"format_version": 1, "affectmae_version": ..., "encoder": "encoder.safetensors",
+                                      "heads": {"va": "temporal_va.safetensors", "expr": [...], ...},
+                                      "align_margin": 1.0 (optional, read by analyze)}
+    MODEL_DIR/encoder.safetensors
+    MODEL_DIR/temporal_<name>.safetensors
+
+A head entry is one file or a list of files (an ensemble, e.g. the five CV folds: VA values and class /
+AU probabilities are averaged, AU thresholds too). Several tasks may name the same multi-task file; it is
+run once. :func:`export_model_dir` (``affectmae export``) assembles a MODEL_DIR from an encoder
+checkpoint and training run folders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import AffectMAEError, CheckpointError
+from ..io import atomic_write_text
+from ..tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+MODEL_JSON = "affectmae_model.json"
+MODEL_FORMAT_VERSION = 1
+RUN_BEST = "best.safetensors"  # the best model of a training run folder
+
+
+class AffectModel:
+    """Temporal heads (and the encoder, lazily) of a MODEL_DIR or of training runs; see the module docstring."""
+
+    def __init__(self, heads: dict[str, list[Path]], encoder_path: Path | None = None):
+        from ..models.temporal import load_temporal
+
+        self._encoder_path = encoder_path
+        self._encoder = None
+        self._models: dict[Path, tuple] = {}
+        for files in heads.values():
+            for f in files:
+                if f not in self._models:
+                    self._models[f] = load_temporal(f)
+        self.heads = {t: files for t, files in heads.items() if files}
+        self.tasks = [t for t in TASKS if t in self.heads]
+        if not self.tasks:
+            raise CheckpointError("no temporal heads to load")
+        for task in self.tasks:
+            for f in self.heads[task]:
+                if task not in self._models[f][1]["tasks"]:
+                    raise CheckpointError(f"{f}: has no {task} head (it was trained for {self._models[f][1]['tasks']})")
+        dims = {m.cfg.input_dim for m, _ in self._models.values()}
+        if len(dims) != 1:
+            raise CheckpointError(f"the temporal heads expect different feature sizes: {sorted(dims)}")
+        self.feature_dim = dims.pop()
+        thr = [np.asarray(self._models[f][1]["au_thresholds"], dtype=np.float64)
+               for f in self.heads.get("au", []) if self._models[f][1].get("au_thresholds") is not None]
+        self.au_thresholds = np.mean(thr, axis=0) if thr else np.full(len(TASKS["au"].columns), 0.5)
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            if self._encoder_path is None:
+                raise AffectMAEError("this model was loaded without an encoder (from training runs); use a MODEL_DIR")
+            from ..models.vit import load_encoder
+
+            self._encoder = load_encoder(self._encoder_path).eval()
+        return self._encoder
+
+    @property
+    def img_size(self) -> int:
+        return int(self.encoder.arch["img_size"])
+
+    def predict_sequence(self, features, mask=None) -> dict[str, np.ndarray]:
+        """features: (N, D) float; mask: (N,) bool (True = face present) -> {task: (N, C) float32}."""
+        from ..models.temporal import predict_sequence
+
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise AffectMAEError(f"features must be (N, {self.feature_dim}), got {tuple(features.shape)}")
+        if mask is not None and np.shape(mask) != (features.shape[0],):
+            raise AffectMAEError(f"mask must be ({features.shape[0]},), got {np.shape(mask)}")
+        cache: dict[Path, dict[str, np.ndarray]] = {}
+        out = {}
+        for task in self.tasks:
+            parts = []
+            for f in self.heads[task]:
+                if f not in cache:
+                    model, meta = self._models[f]
+                    cache[f] = predict_sequence(model, features, mask, int(meta.get("window", 300)),
+                                                int(meta.get("stride", 200)))
+                parts.append(cache[f][task])
+            out[task] = np.mean(parts, axis=0).astype(np.float32)
+        return out
+
+
+def load_runs(run_dirs: list[str | Path], tasks: list[str] | None = None) -> AffectModel:
+    """An ensemble of training runs (their ``best.safetensors``), e.g. the folds written by ``affectmae cv``."""
+    heads = _heads_from_runs(run_dirs, tasks)
+    return AffectModel(heads)
+
+
+def _heads_from_runs(run_dirs, tasks=None) -> dict[str, list[Path]]:
+    from ..checkpoint import read_metadata
+
+    heads: dict[str, list[Path]] = {}
+    for run in run_dirs:
+        path = Path(run)
+        path = path / RUN_BEST if path.is_dir() else path
+        if not path.is_file():
+            raise CheckpointError(f"{run}: no {RUN_BEST} (not a finished `affectmae train` run folder)")
+        for task in read_metadata(path).get("tasks", []):
+            if tasks is None or task in tasks:
+                heads.setdefault(task, []).append(path)
+    if not heads:
+        raise CheckpointError(f"none of the runs {', '.join(map(str, run_dirs))} has a head for {tasks}")
+    return heads
+
+
+def load_model_dir(path: str | Path) -> AffectModel:
+    """Load a MODEL_DIR written by :func:`export_model_dir` (see the module docstring)."""
+    root = Path(path)
+    meta_path = root / MODEL_JSON
+    if not meta_path.is_file():
+        raise CheckpointError(f"{root}: not a MODEL_DIR (no {MODEL_JSON}); build one with `affectmae export`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{meta_path}: invalid JSON ({err.msg}, line {err.lineno})") from None
+    version = meta.get("format_version")
+    if version != MODEL_FORMAT_VERSION:
+        raise CheckpointError(f"{root}: MODEL_DIR format version {version!r} (affectmae {meta.get('affectmae_version')}); "
+                              f"this affectmae {__version__} reads version {MODEL_FORMAT_VERSION}")
+    heads = {t: [root / f for f in ([v] if isinstance(v, str) else v)] for t, v in meta.get("heads", {}).items()}
+    for files in heads.values():
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"{root}: {f.name} is listed in {MODEL_JSON} but missing")
+    encoder = root / meta.get("encoder", "encoder.safetensors")
+    if not encoder.is_file():
+        raise CheckpointError(f"{root}: encoder file {encoder.name} missing")
+    return AffectModel(heads, encoder)
+
+
+def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Path,
+                     align_margin: float | None = None) -> dict:
+    """Assemble MODEL_DIR ``out`` from an encoder checkpoint and ``affectmae train`` run folders.
+
+    The encoder is stored as our safetensors (any format :func:`load_encoder` reads is accepted) and
+    checked against the feature size of every head. ``align_margin`` (optional) records the face-crop
+    margin the encoder's training frames used, for ``analyze`` (absent = 1.0, Aff-Wild2 crops).
+    Returns the written ``affectmae_model.json`` content.
+    """
+    from ..models.vit import load_encoder, save_encoder
+
+    if not runs:
+        raise AffectMAEError("export needs at least one --run RUN_DIR")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    heads = _heads_from_runs(runs)
+    enc = load_encoder(encoder)
+    names: dict[Path, str] = {}
+    for task, files in heads.items():
+        for f in files:
+            if f not in names:
+                tasks = "_".join(_tasks_of(f))
+                stem = f"temporal_{tasks}"
+                n = sum(1 for v in names.values() if v.startswith(stem))
+                names[f] = f"{stem}{'' if n == 0 else f'_{n}'}.safetensors"
+    model = AffectModel(heads)  # validates heads (tasks present, same feature size)
+    if model.feature_dim != enc.embed_dim:
+        raise CheckpointError(f"the temporal heads expect {model.feature_dim}-d features but the encoder {encoder} "
+                              f"gives {enc.embed_dim}-d; export the encoder the features were extracted with")
+    save_encoder(enc, out / "encoder.safetensors", {"source": str(encoder)})
+    for f, name in names.items():
+        shutil.copyfile(f, out / name)
+    entry = {t: ([names[f] for f in files] if len(files) > 1 else names[files[0]]) for t, files in heads.items()}
+    meta = {"format_version": MODEL_FORMAT_VERSION, "affectmae_version": __version__, "encoder": "encoder.safetensors",
+            "heads": {t: entry[t] for t in TASKS if t in entry}, "runs": [str(r) for r in runs]}
+    if align_margin is not None:
+        if not 0.2 <= float(align_margin) <= 5:
+            raise AffectMAEError(f"align_margin must be in [0.2, 5], got {align_margin}")
+        meta["align_margin"] = float(align_margin)
+    atomic_write_text(out / MODEL_JSON, json.dumps(meta, indent=2))
+    log.info("wrote MODEL_DIR %s (tasks %s)", out, ", ".join(meta["heads"]))
+    return meta
+
+
+def _tasks_of(path: Path) -> list[str]:
+    from ..checkpoint import read_metadata
+
+    return [t for t in TASKS if t in read_metadata(path).get("tasks", [])]

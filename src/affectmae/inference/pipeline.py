@@ -1,0 +1,359 @@
+"""Raw video -> per-frame affect table (``affectmae analyze``).
+
+    df = analyze_video("clip.mp4", "runs/model", out_dir="out", batch_size=32, stride=1, device="auto")
+
+Stages, all streaming (frames are never accumulated, so memory stays flat for hour-long videos):
+
+1. decode (:class:`affectmae.data.video.VideoReader`; rotation applied; every ``stride``-th frame analysed)
+2. detect faces (:func:`affectmae.data.faces.get_detector`), 3. cut detection + tracking into ``face_id``s,
+4. align each face to a 112x112 crop, 5. encode crops in batches of ``batch_size`` with the ViT encoder;
+   only the (D,) float16 feature of each face is kept,
+6. after the stream ends, run the temporal model over each track (``AffectModel.predict_sequence``, which
+   merges overlapping windows), then expand to every frame (linear interpolation between analysed frames).
+
+The table has one row per (frame, face); a frame without any face gets one row with ``face_detected=False``,
+``face_id=-1`` and NaN predictions. Column groups: ``frame, time_s, face_id, face_detected, analyzed,
+x1, y1, x2, y2, det_score, valence, arousal, expr_<name> x8, expression, <AU>_prob x12, <AU> x12``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..config import save_config
+from ..data.faces import get_detector
+from ..data.video import VideoReader
+from ..errors import AffectMAEError, InputFormatError
+from ..io import atomic_path, atomic_write_text
+from ..tasks import ACTION_UNITS, EXPRESSIONS
+from .align import CROP_SIZE, align_face
+from .tracking import FaceTracker, ShotCutDetector
+
+log = logging.getLogger(__name__)
+
+EXPR_COLUMNS = [f"expr_{name}" for name in EXPRESSIONS]
+AU_PROB_COLUMNS = [f"{au}_prob" for au in ACTION_UNITS]
+BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
+TABLE_COLUMNS = (["frame", "time_s", "face_id", "face_detected", "analyzed"] + BOX_COLUMNS + ["det_score", "valence", "arousal"]
+                 + EXPR_COLUMNS + ["expression"] + AU_PROB_COLUMNS + list(ACTION_UNITS))
+STAGES = ("decode", "detect", "track", "align", "encode", "temporal", "write")
+
+
+@dataclass
+class AnalyzeConfig:
+    batch_size: int = 32  # crops per encoder forward pass (the only frames-sized buffer)
+    stride: int = 1  # analyse every k-th frame, interpolate the rest
+    device: str = "auto"  # cpu | cuda | auto
+    detector: str = "auto"
+    min_face: int = 32  # pixels, shorter box side
+    min_score: float = 0.5
+    detect_max_side: int = 960  # frames are downscaled to this longer side for detection (speed vs small faces)
+    max_faces: int = 0  # keep the N most confident faces per frame (0: all)
+    max_age: int = 25  # frames a face may be missed and keep its id
+    cut_threshold: float = 0.5  # histogram distance that counts as a shot cut
+    align_margin: float | None = None  # > 1 zooms the crop out; None: MODEL_DIR's "align_margin", else 1.0
+    plots: bool = True
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AffectMAEError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise AffectMAEError(f"unknown device {device!r}; use cpu, cuda or auto") from None
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+class _Encoder:
+    """Bounded crop buffer + batched encoder; features go to one growing list of (B, D) float16 blocks."""
+
+    def __init__(self, encoder: torch.nn.Module, device: torch.device, batch_size: int, timings: dict):
+        from ..models.vit import preprocess_frames
+
+        self.encoder = encoder.to(device).eval()
+        self.device = device
+        self.img_size = int(getattr(encoder, "arch", {}).get("img_size", CROP_SIZE))
+        self.preprocess = preprocess_frames
+        self.batch_size = batch_size
+        self.crops: list[np.ndarray] = []
+        self.blocks: list[np.ndarray] = []
+        self.timings = timings
+
+    def add(self, crop: np.ndarray) -> None:
+        self.crops.append(crop)
+        if len(self.crops) >= self.batch_size:
+            self.flush()
+
+    @torch.inference_mode()
+    def flush(self) -> None:
+        if not self.crops:
+            return
+        start = time.perf_counter()
+        x = self.preprocess(np.stack(self.crops), self.img_size).to(self.device)  # (B, 3, S, S)
+        pooled = self.encoder.forward_features(x)["pooled"]  # (B, D)
+        self.blocks.append(pooled.to(torch.float16).cpu().numpy())
+        self.crops = []
+        self.timings["encode"] += time.perf_counter() - start
+
+    def features(self) -> np.ndarray:
+        """(N_crops, D) float16 in the order crops were added."""
+        self.flush()
+        if not self.blocks:
+            return np.zeros((0, 0), dtype=np.float16)
+        return np.concatenate(self.blocks)
+
+
+def _expand_track(frames: np.ndarray, values: np.ndarray, stride: int, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Analysed frames ``frames (n,)`` with ``values (n, C)`` -> every covered frame.
+
+    Frame ``a + j`` (0 < j < stride) is interpolated between analysed frames ``a`` and ``a + stride`` when
+    the face was seen at both, else holds the value at ``a``. Returns (frame (M,), values (M, C), analysed (M,)).
+    """
+    if stride == 1:
+        return frames, values, np.ones(len(frames), dtype=bool)
+    out_frames, out_values, analysed = [], [], []
+    offsets = np.arange(stride)
+    next_seen = np.zeros(len(frames), dtype=bool)
+    next_seen[:-1] = frames[1:] == frames[:-1] + stride
+    for i, a in enumerate(frames):
+        span = offsets[a + offsets < n_frames]
+        w = (span / stride)[:, None]
+        nxt = values[i + 1] if next_seen[i] else values[i]
+        out_frames.append(a + span)
+        out_values.append(values[i][None, :] * (1 - w) + nxt[None, :] * w)
+        analysed.append(span == 0)
+    return np.concatenate(out_frames), np.concatenate(out_values), np.concatenate(analysed)
+
+
+def fill_gaps(values: np.ndarray, pos: np.ndarray, length: int) -> np.ndarray:
+    """``values (n, D)`` known at increasing positions ``pos (n,)`` -> ``(length, D)``, linearly interpolated
+    in between (the temporal model expects a feature on every frame, with a mask saying which are real)."""
+    if len(pos) == length:
+        return values
+    grid = np.arange(length)
+    right = np.clip(np.searchsorted(pos, grid), 1, len(pos) - 1) if len(pos) > 1 else np.zeros(length, dtype=int)
+    left = right - 1 if len(pos) > 1 else right
+    span = np.maximum(pos[right] - pos[left], 1)
+    w = np.clip((grid - pos[left]) / span, 0.0, 1.0)[:, None]
+    return (values[left] * (1 - w) + values[right] * w).astype(values.dtype)
+
+
+def _predict_tracks(model, track_ids: np.ndarray, frames: np.ndarray, feats: np.ndarray, stride: int) -> dict[int, dict]:
+    """Temporal model per track over the grid of analysed frames; returns {face_id: {"va": (n, 2), ...}}."""
+    out = {}
+    for fid in np.unique(track_ids):
+        rows = np.flatnonzero(track_ids == fid)
+        pos = (frames[rows] - frames[rows[0]]) // stride  # position on the analysed-frame grid
+        length = int(pos[-1]) + 1
+        mask = np.zeros(length, dtype=bool)
+        mask[pos] = True
+        seq = fill_gaps(feats[rows].astype(np.float32), pos, length)
+        preds = model.predict_sequence(seq, mask)  # {task: (length, C)}
+        out[int(fid)] = {k: _as_numpy(v)[pos] for k, v in preds.items()}
+    return out
+
+
+def build_table(det_frames, det_ids, det_boxes, det_scores, predictions, frame_times, stride, au_thresholds) -> pd.DataFrame:
+    """Assemble the per-(frame, face) table; frames no track covers get one ``face_detected=False`` row."""
+    n_frames = len(frame_times)
+    parts = []
+    for fid, preds in predictions.items():
+        rows = np.flatnonzero(det_ids == fid)
+        n = len(rows)
+        cols = [det_boxes[rows], det_scores[rows, None]]
+        cols.append(preds["va"] if "va" in preds else np.full((n, 2), np.nan))
+        cols.append(preds["expr"] if "expr" in preds else np.full((n, len(EXPRESSIONS)), np.nan))
+        cols.append(preds["au"] if "au" in preds else np.full((n, len(ACTION_UNITS)), np.nan))
+        frames, values, analysed = _expand_track(det_frames[rows], np.concatenate(cols, axis=1), stride, n_frames)
+        part = pd.DataFrame(values, columns=BOX_COLUMNS + ["det_score", "valence", "arousal"] + EXPR_COLUMNS + AU_PROB_COLUMNS)
+        part.insert(0, "frame", frames)
+        part.insert(1, "face_id", fid)
+        part.insert(2, "face_detected", True)
+        part.insert(3, "analyzed", analysed)
+        parts.append(part)
+    covered = np.zeros(n_frames, dtype=bool)
+    for part in parts:
+        covered[part["frame"].to_numpy()] = True
+    empty = np.flatnonzero(~covered)
+    if len(empty) or not parts:
+        part = pd.DataFrame(np.nan, index=range(len(empty)), columns=parts[0].columns[4:] if parts else
+                            BOX_COLUMNS + ["det_score", "valence", "arousal"] + EXPR_COLUMNS + AU_PROB_COLUMNS)
+        part.insert(0, "frame", empty)
+        part.insert(1, "face_id", -1)
+        part.insert(2, "face_detected", False)
+        part.insert(3, "analyzed", empty % stride == 0)
+        parts.append(part)
+    df = pd.concat(parts, ignore_index=True).sort_values(["frame", "face_id"], kind="stable").reset_index(drop=True)
+    df.insert(1, "time_s", np.asarray(frame_times, dtype=np.float64)[df["frame"].to_numpy()])
+    probs = df[EXPR_COLUMNS].to_numpy()
+    has = ~np.isnan(probs).any(axis=1)
+    label = np.full(len(df), "", dtype=object)
+    label[has] = np.array(EXPRESSIONS, dtype=object)[probs[has].argmax(axis=1)]
+    df["expression"] = label
+    au = df[AU_PROB_COLUMNS].to_numpy()
+    thresholds = np.asarray(au_thresholds if au_thresholds is not None else [0.5] * len(ACTION_UNITS), dtype=np.float64)
+    binary = pd.DataFrame((au >= thresholds[None, :]).astype(np.int8), columns=list(ACTION_UNITS)).astype("Int8")
+    binary = binary.mask(np.isnan(au))  # no face: <NA>, written as an empty CSV field
+    df = pd.concat([df, binary], axis=1)[TABLE_COLUMNS]
+    df["frame"] = df["frame"].astype(np.int64)
+    df["face_id"] = df["face_id"].astype(np.int64)
+    return df
+
+
+def model_align_margin(model_dir: str | Path) -> float:
+    """The crop margin a MODEL_DIR was trained with (optional ``"align_margin"`` in affectmae_model.json).
+
+    Models trained on Aff-Wild2 ``cropped_aligned`` frames use the template as is (1.0); a model trained on
+    differently framed crops (e.g. the synthetic renderer's) records the margin that reproduces them.
+    """
+    meta = json.loads((Path(model_dir) / "affectmae_model.json").read_text())
+    margin = meta.get("align_margin", 1.0)
+    if not isinstance(margin, (int, float)) or not 0.2 <= margin <= 5:
+        raise AffectMAEError(f"{model_dir}/affectmae_model.json: align_margin must be a number in [0.2, 5], got {margin!r}")
+    return float(margin)
+
+
+def analyze_video(video: str | Path, model_dir: str | Path, out_dir: str | Path | None = None,
+                  batch_size: int | None = None, stride: int | None = None, device: str | None = None,
+                  config: AnalyzeConfig | None = None, video_out: str | Path | None = None,
+                  **overrides) -> pd.DataFrame:
+    """Analyse ``video`` with the model in ``model_dir``; returns the per-(frame, face) table.
+
+    With ``out_dir``: writes ``predictions.csv`` (and ``.parquet`` if pyarrow is installed),
+    ``summary.json``, ``config.yaml`` and, unless ``plots=False``, PNG plots. ``video_out``: an annotated
+    MP4 (boxes, ids, labels). Keyword ``overrides`` set any :class:`AnalyzeConfig` field. The run summary
+    (frame counts, faces, cuts, per-stage seconds) is in ``df.attrs["summary"]``.
+    """
+    from .model import load_model_dir
+
+    cfg = config or AnalyzeConfig()
+    given = {"batch_size": batch_size, "stride": stride, "device": device, **overrides}
+    unknown = set(given) - {f.name for f in dataclasses.fields(AnalyzeConfig)}
+    if unknown:
+        raise AffectMAEError(f"unknown analyze settings: {', '.join(sorted(unknown))}")
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    if cfg.stride < 1 or cfg.batch_size < 1:
+        raise AffectMAEError(f"stride and batch_size must be >= 1, got {cfg.stride} and {cfg.batch_size}")
+    torch_device = resolve_device(cfg.device)
+    model = load_model_dir(model_dir)
+    if cfg.align_margin is None:
+        cfg = dataclasses.replace(cfg, align_margin=model_align_margin(model_dir))
+    detector = get_detector(cfg.detector, min_score=cfg.min_score, min_face=cfg.min_face, max_side=cfg.detect_max_side)
+    tracker = FaceTracker(max_age=cfg.max_age)
+    cuts = ShotCutDetector(cfg.cut_threshold)
+    timings = dict.fromkeys(STAGES, 0.0)
+    encoder = _Encoder(model.encoder, torch_device, cfg.batch_size, timings)
+    det_frames, det_ids, det_boxes, det_scores, frame_times = [], [], [], [], []
+    started = time.perf_counter()
+    with VideoReader(video) as reader:
+        stream = reader.frames(cfg.stride)
+        bar = tqdm(total=reader.info.n_frames or None, unit="frame", desc=Path(video).name, disable=None)
+        while True:
+            t0 = time.perf_counter()
+            frame = next(stream, None)
+            t1 = time.perf_counter()
+            timings["decode"] += t1 - t0
+            if frame is None:
+                break
+            bar.update(1)
+            frame_times.append(frame.time_s)
+            if frame.rgb is None:
+                continue
+            dets = detector.detect(frame.rgb)
+            if cfg.max_faces:
+                dets = dets[: cfg.max_faces]
+            t2 = time.perf_counter()
+            ids = tracker.update(frame.index, dets, cut=cuts.is_cut(frame.rgb))
+            t3 = time.perf_counter()
+            crops = [align_face(frame.rgb, d.landmarks, CROP_SIZE, cfg.align_margin) for d in dets]
+            t4 = time.perf_counter()
+            timings["detect"] += t2 - t1
+            timings["track"] += t3 - t2
+            timings["align"] += t4 - t3
+            for det, fid, crop in zip(dets, ids, crops):
+                det_frames.append(frame.index)
+                det_ids.append(fid)
+                det_boxes.append(det.box)
+                det_scores.append(det.score)
+                encoder.add(crop)
+        bar.close()
+        feats = encoder.features()
+        summary = {"video": str(video), **reader.summary(), "fps": reader.info.fps,
+                   "rotation": reader.info.rotation, "size": [reader.info.width, reader.info.height]}
+    if not frame_times:
+        raise InputFormatError(video, "no frame could be decoded (the file is truncated or damaged)")
+    det_frames_a = np.asarray(det_frames, dtype=np.int64)
+    det_ids_a = np.asarray(det_ids, dtype=np.int64)
+    boxes_a = np.asarray(det_boxes, dtype=np.float32).reshape(-1, 4)
+    scores_a = np.asarray(det_scores, dtype=np.float32)
+    t5 = time.perf_counter()
+    with torch.inference_mode():
+        predictions = _predict_tracks(model, det_ids_a, det_frames_a, feats, cfg.stride) if len(det_ids_a) else {}
+    timings["temporal"] += time.perf_counter() - t5
+    df = build_table(det_frames_a, det_ids_a, boxes_a, scores_a, predictions, frame_times, cfg.stride,
+                     getattr(model, "au_thresholds", None))
+    summary.update({
+        "frames_analyzed": int(sum(1 for i in range(len(frame_times)) if i % cfg.stride == 0)),
+        "frames_without_face": int((~df.groupby("frame")["face_detected"].any()).sum()),
+        "faces": int(len(predictions)),
+        "detections": int(len(det_ids_a)),
+        "shot_cuts": tracker.n_cuts,
+        "stride": cfg.stride,
+        "batch_size": cfg.batch_size,
+        "device": str(torch_device),
+        "detector": detector.name,
+    })
+    if out_dir is not None:
+        t6 = time.perf_counter()
+        write_outputs(df, Path(out_dir), cfg, summary)
+        timings["write"] += time.perf_counter() - t6
+    if video_out is not None:
+        from .plots import write_annotated_video
+
+        write_annotated_video(video, df, video_out)
+    summary["seconds"] = {k: round(v, 4) for k, v in timings.items()}
+    summary["seconds_total"] = round(time.perf_counter() - started, 4)
+    if out_dir is not None:
+        atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log.info("%s: %d frames, %d analysed, %d faces, %d frames without a face, %d shot cuts",
+             video, len(frame_times), summary["frames_analyzed"], summary["faces"],
+             summary["frames_without_face"], summary["shot_cuts"])
+    df.attrs["summary"] = summary
+    return df
+
+
+def write_outputs(df: pd.DataFrame, out_dir: Path, cfg: AnalyzeConfig, summary: dict) -> None:
+    """predictions.csv (+ .parquet when pyarrow is installed), config.yaml and the plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.5g")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        with atomic_path(out_dir / "predictions.parquet") as tmp:
+            df.to_parquet(tmp, index=False)
+    save_config(cfg, out_dir / "config.yaml")
+    if cfg.plots:
+        from .plots import plot_all
+
+        summary["plots"] = [str(p) for p in plot_all(df, out_dir)]

@@ -1,0 +1,150 @@
+"""ABAW submission files from stored features (``affectmae predict``).
+
+Which frames get a row:
+
+- ``test_list`` is the organisers' example file (a CSV whose header starts with ``image_location``, one
+  row per frame to submit, e.g. ``video/00001.jpg,...``): exactly those frames, in that order; or
+- ``test_list`` is a plain list with one video per line, optionally followed by its frame count
+  (``video`` / ``video,1234`` / ``video 1234``): frames 1..N, N from the line or else from the video's
+  feature array (whose length came from the frame folder or the annotations, see ``affectmae extract``);
+- no ``test_list``: every video of the features folder, all its frames.
+
+Every listed frame gets a row, frames without a face included: their features were interpolated from the
+neighbouring frames at extraction (the mask says which), so the temporal model predicts them like any
+other frame. A listed frame past the end of the features is an error naming the video and both lengths,
+except for exactly one frame (the known Aff-Wild2 off-by-one at the end of some videos), which gets the
+last frame's prediction.
+
+EXPR rows hold the arg-max class; AU rows hold 0/1 from the per-AU thresholds stored with the model
+(0.5 where none were tuned). Several runs (e.g. the CV folds) are ensembled by averaging VA values and
+class / AU probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AffectMAEError, InputFormatError
+from ..features import FeatureStore
+from ..tasks import TASKS, get_task
+from .model import AffectModel, load_model_dir, load_runs
+
+log = logging.getLogger(__name__)
+
+_LOCATION = re.compile(r"^(?P<video>.+)/(?P<number>\d+)\.jpg$")
+
+
+@dataclass
+class PredictConfig:
+    features: str = ""
+    out: str = ""  # folder for the CSV files
+    model: str = ""  # MODEL_DIR (or give runs)
+    runs: list[str] = field(default_factory=list)  # training run folders; several = ensemble
+    tasks: list[str] = field(default_factory=list)  # default: every task the model has
+    test_list: str = ""  # organisers' example CSV or a list of videos (see the module docstring)
+
+
+def read_test_list(path: str | Path) -> "OrderedDict[str, np.ndarray | int | None]":
+    """``{video: 0-based frames (M,)}`` for an organisers' CSV, ``{video: n_frames or None}`` for a plain list."""
+    path = Path(path)
+    if not path.is_file():
+        raise AffectMAEError(f"test list not found: {path}")
+    lines = path.read_text().splitlines()
+    out: OrderedDict = OrderedDict()
+    if lines and lines[0].split(",")[0].strip() == "image_location":
+        frames: OrderedDict[str, list[int]] = OrderedDict()
+        for i, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            m = _LOCATION.match(line.split(",")[0].strip())
+            if m is None or int(m.group("number")) < 1:
+                raise InputFormatError(path, f"expected image_location like video/00001.jpg, got {line.split(',')[0]!r}", line=i)
+            frames.setdefault(m.group("video"), []).append(int(m.group("number")) - 1)
+        out.update((v, np.asarray(k, dtype=np.int64)) for v, k in frames.items())
+    else:
+        for i, line in enumerate(lines, start=1):
+            parts = [p for p in re.split(r"[,\s]+", line.strip()) if p]
+            if not parts:
+                continue
+            if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+                raise InputFormatError(path, f"expected 'video' or 'video,n_frames', got {line!r}", line=i)
+            if parts[0] in out:
+                raise InputFormatError(path, f"video {parts[0]!r} listed twice", line=i)
+            out[parts[0]] = int(parts[1]) if len(parts) == 2 else None
+    if not out:
+        raise AffectMAEError(f"{path}: the test list names no video")
+    return out
+
+
+def _frames_for(video: str, wanted, n_features: int) -> np.ndarray:
+    """0-based frames to write for ``video``; checks them against the feature length."""
+    frames = np.arange(n_features if wanted is None else wanted) if not isinstance(wanted, np.ndarray) else wanted
+    last = int(frames.max()) + 1 if frames.size else 0
+    if last > n_features + 1:
+        raise AffectMAEError(f"video {video!r}: the test list asks for {last} frames but the features have "
+                             f"{n_features}; re-run extract with the right frame count")
+    return frames
+
+
+def predict_submissions(cfg: PredictConfig) -> dict:
+    """Write ``<out>/<task>_predictions.csv`` per task; returns ``{task: {"path", "rows", "videos"}}``."""
+    from tqdm import tqdm
+
+    from ..submission import SubmissionWriter
+
+    if not cfg.out:
+        raise AffectMAEError("predict needs an output folder (-o)")
+    if bool(cfg.model) == bool(cfg.runs):
+        raise AffectMAEError("give either a MODEL_DIR (--model) or training runs (--run), not both or neither")
+    model: AffectModel = load_model_dir(cfg.model) if cfg.model else load_runs(cfg.runs)
+    tasks = [get_task(t).name for t in cfg.tasks] or model.tasks
+    for t in tasks:
+        if t not in model.tasks:
+            raise AffectMAEError(f"the model has no {t} head (it has {', '.join(model.tasks)})")
+    store = FeatureStore(cfg.features)
+    if store.dim != model.feature_dim:
+        raise AffectMAEError(f"features in {store.root} are {store.dim}-d but the model expects {model.feature_dim}-d")
+    wanted = read_test_list(cfg.test_list) if cfg.test_list else OrderedDict((v, None) for v in store.videos())
+    if not wanted:
+        raise AffectMAEError(f"no videos to predict: {store.root} holds no features")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {t: out / f"{t}_predictions.csv" for t in tasks}
+    writers = {t: SubmissionWriter(t, paths[t]) for t in tasks}
+    summary = {t: {"path": str(paths[t]), "rows": 0, "videos": 0} for t in tasks}
+    thresholds = model.au_thresholds
+    entered = []
+    try:
+        for t in tasks:
+            writers[t].__enter__()
+            entered.append(t)
+        for video, want in tqdm(wanted.items(), desc="predict", unit="video", disable=None):
+            feats, present = store.rows(video)
+            n = feats.shape[0]
+            frames = _frames_for(video, want, n)
+            preds = model.predict_sequence(feats, present)
+            rows = np.minimum(frames, n - 1)  # the tolerated extra last frame reuses the last prediction
+            for t in tasks:
+                p = preds[t][rows]
+                if TASKS[t].kind == "multilabel":
+                    p = (p >= thresholds[None, :]).astype(np.int64)
+                elif TASKS[t].kind == "regression":
+                    p = np.clip(p, -1.0, 1.0)
+                writers[t].add(video, p, frames=frames)
+                summary[t]["rows"] += len(frames)
+                summary[t]["videos"] += 1
+            log.debug("%s: %d frames (%d without a face, interpolated)", video, len(frames), int((~present).sum()))
+    except BaseException as err:
+        for t in entered:
+            writers[t].__exit__(type(err), err, None)
+        raise
+    for t in entered:
+        writers[t].__exit__(None, None, None)
+    log.info("wrote %s", ", ".join(f"{s['path']} ({s['rows']} rows)" for s in summary.values()))
+    return summary

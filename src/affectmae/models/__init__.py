@@ -1,0 +1,1 @@
+"""Neural network modules: the ViT frame encoder, the MAE, the temporal model."""

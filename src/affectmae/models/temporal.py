@@ -1,0 +1,243 @@
+"""The temporal model: frame features -> TCN -> Transformer encoder -> one MLP head per task.
+
+One model class serves VA, EXPR, AU and the multi-task setting; the heads are built from the task table
+(:data:`affectmae.tasks.TASKS`). Differences from the authors' code:
+
+- the TCN looks both ways by default (``causal=False``); ``causal=True`` only looks back (streaming);
+- the Transformer gets a sinusoidal positional encoding (theirs has none);
+- weight norm uses ``torch.nn.utils.parametrizations.weight_norm`` (or none);
+- padded frames are excluded from attention and zeroed before the convolutions;
+- frames without a face can be replaced by a learned "missing" embedding (``missing_embedding=True``).
+
+``arch="linear"`` gives the per-frame linear baseline on the same features (no temporal context).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from ..tasks import get_task
+
+
+@dataclass
+class TemporalConfig:
+    arch: str = "temporal"  # "temporal" (TCN + Transformer + MLP) | "linear" (per-frame baseline)
+    input_dim: int = 768  # set from the feature store when training
+    tasks: list[str] = field(default_factory=lambda: ["va"])
+    use_tcn: bool = True  # ablation "w/o TCN": a linear projection to the TCN's output width instead
+    tcn_channels: list[int] = field(default_factory=lambda: [512, 256])
+    tcn_kernel: int = 3
+    tcn_dilations: list[int] = field(default_factory=list)  # empty: 1, 2, 4, ... per block
+    causal: bool = False
+    weight_norm: bool = True
+    use_transformer: bool = True  # ablation "w/o Transformer"
+    transformer_layers: int = 2
+    transformer_heads: int = 4
+    transformer_ff: int = 512
+    head_hidden: int = 128
+    dropout: float = 0.3
+    missing_embedding: bool = False
+
+
+def _conv(cin: int, cout: int, kernel: int, dilation: int, use_wn: bool) -> nn.Module:
+    conv = nn.Conv1d(cin, cout, kernel, dilation=dilation)
+    return weight_norm(conv) if use_wn else conv
+
+
+class TemporalBlock(nn.Module):
+    """Two dilated 1-D convolutions with a residual connection. x: (B, C_in, T) -> (B, C_out, T)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, dilation: int, dropout: float, causal: bool, use_wn: bool):
+        super().__init__()
+        total = (kernel - 1) * dilation
+        # causal: all padding on the left; otherwise split it so output frame t is centred on input frame t
+        self.pad = (total, 0) if causal else (total // 2, total - total // 2)
+        self.conv1 = _conv(cin, cout, kernel, dilation, use_wn)
+        self.conv2 = _conv(cout, cout, kernel, dilation, use_wn)
+        self.drop = nn.Dropout(dropout)
+        self.act = nn.ReLU()
+        self.down = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """keep: (B, 1, T) 1.0 on real frames, 0.0 on padding, so padding acts like the convs' zero padding."""
+        y = self.drop(self.act(self.conv1(nn.functional.pad(x, self.pad))))
+        y = y if keep is None else y * keep
+        y = self.drop(self.act(self.conv2(nn.functional.pad(y, self.pad))))
+        y = self.act(y + self.down(x))
+        return y if keep is None else y * keep
+
+
+class TCN(nn.Module):
+    """A stack of residual dilated conv blocks. x: (B, T, D) -> (B, T, channels[-1])."""
+
+    def __init__(self, input_dim: int, channels: list[int], kernel: int, dilations: list[int], dropout: float,
+                 causal: bool, use_wn: bool):
+        super().__init__()
+        dilations = list(dilations) or [2**i for i in range(len(channels))]
+        if len(dilations) != len(channels):
+            raise ValueError(f"tcn_dilations has {len(dilations)} entries but tcn_channels has {len(channels)}")
+        dims = [input_dim, *channels]
+        self.blocks = nn.Sequential(
+            *(TemporalBlock(dims[i], dims[i + 1], kernel, dilations[i], dropout, causal, use_wn) for i in range(len(channels)))
+        )
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, D); valid: (B, T) bool, False on padding -> (B, T, C)."""
+        keep = None if valid is None else valid[:, None, :].to(x.dtype)
+        y = x.transpose(1, 2)
+        for block in self.blocks:
+            y = block(y, keep)
+        return y.transpose(1, 2)
+
+
+def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
+    """The fixed sine/cosine position table of "Attention is all you need". -> (length, dim)."""
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, device=device)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
+
+
+class TemporalModel(nn.Module):
+    """Per-frame predictions for every task in ``cfg.tasks`` from a segment of frame features."""
+
+    def __init__(self, cfg: TemporalConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.specs = [get_task(t) for t in cfg.tasks]
+        if not self.specs:
+            raise ValueError("TemporalConfig.tasks is empty")
+        d = cfg.input_dim
+        self.missing = nn.Parameter(torch.zeros(d)) if cfg.missing_embedding else None
+        if cfg.arch == "linear":
+            self.trunk_dim = d
+            self.heads = nn.ModuleDict({s.name: nn.Linear(d, s.num_outputs) for s in self.specs})
+            return
+        if cfg.arch != "temporal":
+            raise ValueError(f"unknown temporal arch {cfg.arch!r}; use 'temporal' or 'linear'")
+        width = cfg.tcn_channels[-1]
+        if cfg.use_tcn:
+            self.tcn = TCN(d, cfg.tcn_channels, cfg.tcn_kernel, cfg.tcn_dilations, cfg.dropout, cfg.causal, cfg.weight_norm)
+        else:
+            self.tcn = nn.Sequential(nn.Linear(d, width), nn.ReLU())
+        self.transformer = None
+        if cfg.use_transformer:
+            layer = nn.TransformerEncoderLayer(width, cfg.transformer_heads, cfg.transformer_ff, cfg.dropout,
+                                               batch_first=True, norm_first=True)
+            self.transformer = nn.TransformerEncoder(layer, cfg.transformer_layers, enable_nested_tensor=False)
+        self.trunk_dim = width
+        self.heads = nn.ModuleDict({
+            s.name: nn.Sequential(nn.Linear(width, cfg.head_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(cfg.head_hidden, s.num_outputs))
+            for s in self.specs
+        })
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x: (B, T, D) features; present: (B, T) True where the frame had a face (else the learned
+        missing embedding is used, when enabled); valid: (B, T) False on segment padding.
+
+        Returns ``{task: (B, T, num_outputs)}``: VA after tanh (in [-1, 1]), logits for EXPR and AU.
+        """
+        if self.missing is not None and present is not None:
+            x = torch.where(present[..., None], x, self.missing.to(x.dtype))
+        if valid is not None:
+            x = x * valid[..., None].to(x.dtype)
+        if self.cfg.arch == "temporal":
+            x = self.tcn(x, valid) if self.cfg.use_tcn else self.tcn(x)  # (B, T, W)
+            if self.transformer is not None:
+                x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device)
+                causal_mask = None
+                if self.cfg.causal:
+                    causal_mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
+                pad_mask = None if valid is None else ~valid
+                x = self.transformer(x, mask=causal_mask, src_key_padding_mask=pad_mask)
+        out = {}
+        for spec in self.specs:
+            y = self.heads[spec.name](x)
+            out[spec.name] = torch.tanh(y) if spec.kind == "regression" else y
+        return out
+
+
+def postprocess(task: str, outputs: torch.Tensor) -> torch.Tensor:
+    """Model outputs -> what users get: VA values, EXPR class probabilities, AU probabilities."""
+    kind = get_task(task).kind
+    if kind == "multiclass":
+        return outputs.softmax(-1)
+    if kind == "multilabel":
+        return outputs.sigmoid()
+    return outputs
+
+
+@torch.no_grad()
+def predict_sequence(
+    model: TemporalModel, features: np.ndarray | torch.Tensor, present: np.ndarray | None,
+    window: int = 300, stride: int = 200, batch_size: int = 16,
+) -> dict[str, np.ndarray]:
+    """Run ``model`` over a whole video in overlapping windows and merge them per frame.
+
+    features: (N, D) (float16 or float32; read window by window, so a memory-mapped array stays on
+    disk); present: (N,) bool or None. Returns ``{task: (N, C) float32}`` postprocessed (VA values,
+    EXPR and AU probabilities). Windows shorter than ``window`` (short videos) are padded and masked.
+    """
+    from ..data.segments import OverlapMerger, segment_starts
+
+    was_training = model.training
+    model.eval()
+    n = int(features.shape[0])
+    starts = segment_starts(n, window, stride)
+    merged = {s.name: OverlapMerger(n, s.num_outputs) for s in model.specs}
+    device = next(model.parameters()).device
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i : i + batch_size]
+        lengths = [min(window, n - s) for s in chunk]
+        x = torch.zeros(len(chunk), window, features.shape[1], dtype=torch.float32)
+        pres = torch.ones(len(chunk), window, dtype=torch.bool)
+        val = torch.zeros(len(chunk), window, dtype=torch.bool)
+        for j, (s, ln) in enumerate(zip(chunk, lengths)):
+            x[j, :ln] = torch.as_tensor(np.asarray(features[s : s + ln], dtype=np.float32))
+            val[j, :ln] = True
+            if present is not None:
+                pres[j, :ln] = torch.as_tensor(np.asarray(present[s : s + ln], dtype=bool))
+        out = model(x.to(device), pres.to(device), val.to(device))
+        for name, y in out.items():
+            y = postprocess(name, y).float().cpu().numpy()
+            for j, (s, ln) in enumerate(zip(chunk, lengths)):
+                merged[name].add(s, y[j, :ln])
+    model.train(was_training)
+    return {name: m.result().astype(np.float32) for name, m in merged.items()}
+
+
+TEMPORAL_KIND = "temporal_model"
+
+
+def save_temporal(path, model: TemporalModel, metadata: dict | None = None) -> None:
+    """Weights + architecture (and e.g. window, stride, AU thresholds, validation scores) in one safetensors file."""
+    from dataclasses import asdict
+
+    from ..checkpoint import save_weights
+
+    save_weights(path, model.state_dict(), {**(metadata or {}), "kind": TEMPORAL_KIND, "model": asdict(model.cfg)})
+
+
+def load_temporal(path) -> tuple[TemporalModel, dict]:
+    """Rebuild a model written by :func:`save_temporal`; returns ``(model in eval mode, metadata)``."""
+    from ..checkpoint import load_state_strict, load_weights
+    from ..errors import CheckpointError
+
+    state, meta = load_weights(path)
+    if meta.get("kind") != TEMPORAL_KIND:
+        raise CheckpointError(f"{path}: not a temporal-model checkpoint (kind={meta.get('kind')!r})")
+    known = set(TemporalConfig.__dataclass_fields__)
+    cfg = TemporalConfig(**{k: v for k, v in meta["model"].items() if k in known})
+    model = TemporalModel(cfg)
+    load_state_strict(model, state, path)
+    return model.eval(), meta

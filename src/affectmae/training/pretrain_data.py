@@ -1,0 +1,111 @@
+"""Data side of MAE pretraining: deterministic augmentation + masking noise per sample, and the
+reconstruction figure.
+
+Every random choice for sample ``i`` in epoch ``e`` (crop, flip, which patches are masked) comes from a
+generator seeded by ``(seed, e, i)``. Batching, the number of processes, DataLoader workers and
+resuming therefore never change what a sample looks like, which is what makes resume and multi-process
+runs reproduce the single-process loss curve.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from ..io import atomic_path
+from ..models.vit import IMAGENET_MEAN, IMAGENET_STD
+from .engine import step_seed
+
+
+def mae_transform(img_size: int, crop_scale_min: float = 0.2, hflip: bool = True) -> v2.Compose:
+    """MAE augmentation: RandomResizedCrop(scale=(min, 1)) + horizontal flip, then ImageNet normalisation."""
+    steps: list[Any] = [v2.ToImage(),
+                        v2.RandomResizedCrop(img_size, scale=(crop_scale_min, 1.0),
+                                             interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return v2.Compose(steps)
+
+
+def plain_transform(img_size: int) -> v2.Compose:
+    """Resize + normalise, no randomness (figures, validation)."""
+    return v2.Compose([v2.ToImage(), v2.Resize((img_size, img_size), interpolation=v2.InterpolationMode.BICUBIC,
+                                               antialias=True),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _image_of(item: Any) -> Any:
+    """A face-image dataset item is ``(image, label)``; a bare image is accepted too."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+class MAEAugmented(Dataset):
+    """Wraps a face-image dataset: item ``i`` -> ``(image (3, S, S), noise (L,))``, or None if corrupt.
+
+    ``set_epoch(e)`` must be called before each epoch's DataLoader is created.
+    """
+
+    def __init__(self, images: Dataset, transform: Any, num_patches: int, seed: int):
+        self.images, self.transform, self.num_patches, self.seed = images, transform, num_patches, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        item = self.images[i]
+        if item is None:  # corrupt file: the source counted and logged it
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(step_seed(self.seed, self.epoch, i))
+            image = self.transform(_image_of(item))
+            noise = torch.rand(self.num_patches)
+        return image, noise
+
+
+def fixed_batch(images: Dataset, img_size: int, count: int) -> torch.Tensor:
+    """The first ``count`` readable images, resized and normalised: (N, 3, S, S) (for figures)."""
+    transform = plain_transform(img_size)
+    out = []
+    for i in range(len(images)):
+        item = images[i]
+        if item is not None:
+            out.append(transform(_image_of(item)))
+        if len(out) == count:
+            break
+    return torch.stack(out)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Normalised images (N, 3, H, W) -> uint8 (N, H, W, 3)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x.detach().float().cpu() * std + mean).clamp(0, 1)
+    return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def save_reconstruction_figure(path: str | Path, original: torch.Tensor, masked: torch.Tensor,
+                               recon: torch.Tensor, pad: int = 2) -> None:
+    """One row per image: original | masked input | reconstruction (PNG, written atomically).
+
+    All tensors (N, 3, H, W) in normalised pixel space; masked patches of ``masked`` are drawn grey.
+    """
+    cols = [to_uint8(original), to_uint8(masked), to_uint8(recon)]
+    n, h, w, _ = cols[0].shape
+    canvas = np.full((n * (h + pad) + pad, 3 * (w + pad) + pad, 3), 255, np.uint8)
+    for r in range(n):
+        for c, imgs in enumerate(cols):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            canvas[y:y + h, x:x + w] = imgs[r]
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")

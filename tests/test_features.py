@@ -1,0 +1,145 @@
+"""Feature store: `affectmae extract` on a hand-made Aff-Wild2 folder, missing-frame filling, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from affectmae.cli import main
+from affectmae.errors import AffectMAEError
+from affectmae.features import FeatureStore, fill_missing
+from affectmae.models.vit import build_encoder, load_encoder, preprocess_frames, save_encoder
+
+
+def _write_dataset(root, lengths, missing=(), corrupt=(), extra_images=()):
+    """Frames (16x16 JPEGs with distinct colours) + VA annotations (Train_Set) for videos of given lengths."""
+    rng = np.random.default_rng(0)
+    for video, n in lengths.items():
+        folder = root / "cropped_aligned" / video
+        folder.mkdir(parents=True)
+        for k in range(n + (1 if video in extra_images else 0)):
+            if (video, k) in missing:
+                continue
+            path = folder / f"{k + 1:05d}.jpg"
+            if (video, k) in corrupt:
+                path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+                continue
+            img = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(img).save(path, quality=95)
+        ann = root / "VA_Estimation_Challenge" / "Train_Set"
+        ann.mkdir(parents=True, exist_ok=True)
+        lines = ["valence,arousal"] + [f"{0.1 * (k % 5):.2f},{-0.1 * (k % 3):.2f}" for k in range(n)]
+        (ann / f"{video}.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture()
+def encoder_path(tmp_path):
+    torch.manual_seed(0)
+    enc = build_encoder("tiny", img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=2)
+    path = tmp_path / "encoder.safetensors"
+    save_encoder(enc, path)
+    return path
+
+
+def test_fill_missing_linear_nearest_and_edges():
+    feats = np.zeros((7, 2), np.float32)
+    present = np.array([False, True, False, False, True, False, False])
+    feats[1] = [1.0, 10.0]
+    feats[4] = [4.0, 40.0]
+    lin = fill_missing(feats.copy(), present, "linear")
+    np.testing.assert_allclose(lin[:, 0], [1, 1, 2, 3, 4, 4, 4])
+    np.testing.assert_allclose(lin[:, 1], [10, 10, 20, 30, 40, 40, 40])
+    near = fill_missing(feats.copy(), present, "nearest")
+    np.testing.assert_allclose(near[:, 0], [1, 1, 1, 4, 4, 4, 4])
+    zero = fill_missing(feats.copy(), present, "zero")
+    np.testing.assert_allclose(zero[:, 0], [0, 1, 0, 0, 4, 0, 0])
+    # chunked filling gives the same result as one pass
+    np.testing.assert_allclose(fill_missing(feats.copy(), present, "linear", chunk=1), lin)
+
+
+def test_extract_matches_encoder_and_marks_missing(tmp_path, encoder_path):
+    lengths = {"vid_a": 5, "vid_b": 3}
+    # vid_a frame 2 has no image; vid_a has the known off-by-one the other way (no image for the last line):
+    # frame 4 missing too. vid_b frame 1 is a corrupt JPEG (counted, treated as missing).
+    _write_dataset(tmp_path, lengths, missing={("vid_a", 2), ("vid_a", 4)}, corrupt={("vid_b", 1)})
+    out = tmp_path / "feats"
+    rc = main(["extract", "--encoder", str(encoder_path), "--frames", str(tmp_path), "--data", str(tmp_path),
+               "-o", str(out), "--batch-size", "2", "--missing", "linear"])
+    assert rc == 0
+    store = FeatureStore(out)
+    assert store.videos() == ["vid_a", "vid_b"]
+    assert store.dim == 24
+    meta = json.loads((out / "features.json").read_text())
+    assert meta["dtype"] == "float16" and meta["encoder_meta"]["kind"] == "encoder"
+    feats, present = store.load("vid_a")
+    assert feats.shape == (5, 24) and feats.dtype == np.float16
+    assert present.tolist() == [True, True, False, True, False]
+    # independent reference: the encoder on the decoded JPEGs, one by one
+    enc = load_encoder(encoder_path).eval()
+    for k in (0, 1, 3):
+        img = np.array(Image.open(tmp_path / "cropped_aligned" / "vid_a" / f"{k + 1:05d}.jpg").convert("RGB"))
+        with torch.no_grad():
+            ref = enc.forward_features(preprocess_frames(img[None], 16))["pooled"][0].numpy()
+        np.testing.assert_allclose(feats[k].astype(np.float32), ref, rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(feats[2].astype(np.float32), (feats[1].astype(np.float32) + feats[3]) / 2, atol=2e-3)
+    np.testing.assert_array_equal(feats[4], feats[3])  # after the last image: copy of the last present frame
+    _, present_b = store.load("vid_b")
+    assert present_b.tolist() == [True, False, True]
+
+
+def test_extract_resumes_and_refuses_another_encoder(tmp_path, encoder_path, caplog):
+    _write_dataset(tmp_path, {"v1": 2, "v2": 2})
+    out = tmp_path / "feats"
+    from affectmae.features import ExtractConfig, extract_features
+
+    cfg = ExtractConfig(encoder=str(encoder_path), frames=str(tmp_path), out=str(out), batch_size=4)
+    first = extract_features(cfg)
+    assert first["extracted"] == 2 and first["frames"] == 4 and first["missing"] == 0
+    (out / "v2.npy").unlink()  # as if interrupted before v2 was renamed into place
+    stamp = (out / "v1.npy").stat().st_mtime_ns
+    second = extract_features(cfg)
+    assert second["skipped_done"] == 1 and second["extracted"] == 1
+    assert (out / "v1.npy").stat().st_mtime_ns == stamp
+    assert not list(out.glob(".*tmp"))
+    other = tmp_path / "other.safetensors"
+    save_encoder(build_encoder("tiny", img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2), other)
+    with pytest.raises(AffectMAEError, match="already holds features of another encoder"):
+        extract_features(ExtractConfig(encoder=str(other), frames=str(tmp_path), out=str(out)))
+
+
+def test_extract_frame_count_from_folder_and_errors(tmp_path, encoder_path, capsys):
+    _write_dataset(tmp_path, {"t1": 4}, missing={("t1", 1)})
+    out = tmp_path / "feats"
+    # no annotations: frame count = largest frame number in the folder
+    assert main(["extract", "--encoder", str(encoder_path), "--frames", str(tmp_path / "cropped_aligned"),
+                 "-o", str(out)]) == 0
+    feats, present = FeatureStore(out).load("t1")
+    assert feats.shape[0] == 4 and present.tolist() == [True, False, True, True]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["extract", "--encoder", str(encoder_path), "--frames", str(empty), "-o", str(tmp_path / "f2")]) == 2
+    assert "no videos to extract" in capsys.readouterr().err
+    with pytest.raises(AffectMAEError, match="not a features folder"):
+        FeatureStore(tmp_path / "nowhere")
+
+
+def test_npy_rows_reads_and_writes_like_numpy(tmp_path):
+    from affectmae.features import NpyRows
+
+    ref = np.arange(40, dtype=np.float16).reshape(10, 4)
+    np.save(tmp_path / "a.npy", ref)
+    rows = NpyRows(tmp_path / "a.npy", mode="r+")
+    assert rows.shape == (10, 4) and rows.dtype == np.float16 and len(rows) == 10
+    np.testing.assert_array_equal(rows[3:7], ref[3:7])
+    np.testing.assert_array_equal(rows[-1], ref[-1])
+    rows[2:4] = 7
+    rows.close()
+    expected = ref.copy()
+    expected[2:4] = 7
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), expected)
+    with pytest.raises(TypeError, match="int or a contiguous slice"):
+        NpyRows(tmp_path / "a.npy")[::2]

@@ -1,0 +1,109 @@
+"""Fine-tuning: layer-wise lr decay, class weights, losses, CLI run on synthetic Aff-Wild2, resume, probe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from affectmae.checkpoint import load_weights, read_metadata
+from affectmae.cli import main
+from affectmae.data.synthetic import generate_affwild2
+from affectmae.errors import CheckpointError
+from affectmae.metrics import ccc
+from affectmae.models.vit import build_encoder, load_encoder, save_encoder
+from affectmae.tasks import TASKS
+from affectmae.training.engine import read_metrics
+from affectmae.training.finetune import FinetuneModel, _class_weight_tensors, frame_loss, layer_decay_groups
+from affectmae.training.optim import set_lr
+
+
+def test_layer_decay_scales_and_no_decay_groups():
+    model = FinetuneModel(build_encoder("tiny", 32, depth=2), TASKS["expr"])
+    groups = layer_decay_groups(model, weight_decay=0.05, layer_decay=0.5)
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    set_lr(opt, 1e-3)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["encoder.patch_embed.proj.weight"])] == (pytest.approx(1e-3 * 0.125), 0.05)
+    assert lr_of[id(named["encoder.cls_token"])] == (pytest.approx(1e-3 * 0.125), 0.0)
+    assert lr_of[id(named["encoder.blocks.0.attn.qkv.weight"])] == (pytest.approx(1e-3 * 0.25), 0.05)
+    assert lr_of[id(named["encoder.blocks.1.norm1.weight"])] == (pytest.approx(1e-3 * 0.5), 0.0)
+    assert lr_of[id(named["head.weight"])] == (pytest.approx(1e-3), 0.05)
+    assert lr_of[id(named["encoder.norm.bias"])] == (pytest.approx(1e-3), 0.0)
+    assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_class_weights_by_hand():
+    w = _class_weight_tensors(np.array([[0], [0], [0], [1]]), TASKS["expr"])
+    torch.testing.assert_close(w, torch.tensor([4 / 24, 4 / 8, 0, 0, 0, 0, 0, 0], dtype=torch.float32))
+    au = np.zeros((5, 12))
+    au[:1, 0] = 1  # AU1: 1 positive, 4 negatives -> 4; AU2: no positive -> 5 / max(0, 1) = 5
+    torch.testing.assert_close(_class_weight_tensors(au, TASKS["au"])[:2], torch.tensor([4.0, 5.0]))
+    many = np.zeros((30, 12))
+    many[:, 1] = 1  # AU2 always on -> 0 / 30, clamped up to 0.1; AU1 never on -> 30, clamped down to 10
+    torch.testing.assert_close(_class_weight_tensors(many, TASKS["au"])[:2], torch.tensor([10.0, 0.1]))
+
+
+def test_frame_losses_match_independent_definitions():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 8), torch.tensor([0, 3, 3, 7, 1, 0])
+    torch.testing.assert_close(frame_loss(TASKS["expr"], logits, labels, None), F.cross_entropy(logits, labels))
+    w = torch.rand(8)
+    torch.testing.assert_close(frame_loss(TASKS["expr"], logits, labels, w), F.cross_entropy(logits, labels, weight=w))
+    va_pred, va_true = torch.rand(6, 2) * 2 - 1, torch.rand(6, 2) * 2 - 1
+    expected = 1 - (ccc(va_pred[:, 0].numpy(), va_true[:, 0].numpy()) + ccc(va_pred[:, 1].numpy(), va_true[:, 1].numpy())) / 2
+    assert frame_loss(TASKS["va"], va_pred, va_true, None).item() == pytest.approx(expected, abs=1e-5)
+    au_logits, au_true = torch.randn(6, 12), (torch.rand(6, 12) > 0.5).float()
+    torch.testing.assert_close(frame_loss(TASKS["au"], au_logits, au_true, None),
+                               F.binary_cross_entropy_with_logits(au_logits, au_true))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ft")
+    generate_affwild2(root / "aw2", videos=3, frames=40, faces=0, size=32)
+    torch.manual_seed(0)
+    save_encoder(build_encoder("tiny", 32, depth=1), root / "mae" / "encoder.safetensors", {"stage": "pretrain"})
+    return root / "aw2", root / "mae"
+
+
+def test_cli_finetune_expr_then_resume(synth, tmp_path, capsys):
+    data, mae = synth
+    run = tmp_path / "ft"
+    args = ["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config", "finetune_tiny",
+            "batch_size=16", "tensorboard=false", "class_weights=true"]
+    assert main(args + ["epochs=2"]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "encoder.safetensors")
+    epochs = read_metrics(run, "epoch")
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    best = max(epochs, key=lambda e: e["val_score"])
+    meta = read_metadata(run / "encoder.safetensors")
+    assert meta["stage"] == "finetune" and meta["task"] == "expr" and meta["val_score"] == best["val_score"]
+    head, head_meta = load_weights(run / "head_expr.safetensors")
+    assert head["weight"].shape == (8, 192) and head_meta["num_outputs"] == 8
+    assert load_encoder(run).arch["depth"] == 1  # usable by extract as it is
+
+    assert main(args + ["epochs=3", "--resume"]) == 0
+    assert [e["epoch"] for e in read_metrics(run, "epoch")] == [1, 2, 3]
+    with pytest.raises(CheckpointError, match=r"incompatible config \(task: saved 'expr', now 'au'\)"):
+        from affectmae.training.finetune import run_finetune
+
+        run_finetune("finetune_tiny", ["epochs=4", "batch_size=16"], data=str(data), encoder=str(mae), out_dir=str(run), task="au",
+                     resume=True)
+
+
+def test_linear_probe_on_au_leaves_encoder_unchanged(synth, tmp_path):
+    data, mae = synth
+    run = tmp_path / "probe"
+    assert main(["finetune", "--data", str(data), "--encoder", str(mae / "encoder.safetensors"), "-o", str(run),
+                 "--task", "au", "--config", "finetune_tiny", "epochs=1", "batch_size=16", "freeze_encoder=true",
+                 "tensorboard=false"]) == 0
+    before, after = load_encoder(mae).state_dict(), load_encoder(run).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    head, _ = load_weights(run / "head_au.safetensors")
+    assert head["weight"].shape == (12, 192)
+    assert 0.0 <= read_metrics(run, "epoch")[0]["val_score"] <= 1.0

@@ -1,0 +1,144 @@
+"""Temporal model and losses: receptive field, causality, padding, positional encoding, masking, merging."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from affectmae.losses import ccc_loss, masked_bce, masked_cross_entropy, multitask_loss
+from affectmae.metrics import ccc
+from affectmae.models.temporal import (TemporalConfig, TemporalModel, load_temporal, predict_sequence, save_temporal,
+                                       sinusoidal_positions)
+
+
+def _cfg(**kw) -> TemporalConfig:
+    base = dict(input_dim=6, tasks=["va", "expr", "au"], tcn_channels=[8, 8], transformer_heads=2,
+                transformer_ff=16, head_hidden=8, dropout=0.0)
+    return TemporalConfig(**{**base, **kw})
+
+
+def test_ccc_loss_matches_metric_and_ignores_masked_frames():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(2, 10, 2, generator=g) * 2 - 1
+    true = torch.rand(2, 10, 2, generator=g) * 2 - 1
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 6:] = False
+    p, t = pred[mask].numpy(), true[mask].numpy()
+    expected = 1 - (ccc(p[:, 0], t[:, 0]) + ccc(p[:, 1], t[:, 1])) / 2
+    assert ccc_loss(pred, true, mask).item() == pytest.approx(expected, abs=1e-5)
+    garbage = pred.clone().requires_grad_(True)
+    with torch.no_grad():
+        garbage[1, 6:] = 123.0
+    loss = ccc_loss(garbage, true, mask)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    loss.backward()
+    assert garbage.grad[1, 6:].abs().max().item() == 0.0
+    assert ccc_loss(pred, true, torch.zeros(2, 10, dtype=torch.bool)).item() == 0.0
+
+
+def test_cross_entropy_and_bce_masks():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 6, 8, generator=g)
+    target = torch.tensor([[0, 3, -1, 7, 2, 5]])
+    mask = torch.tensor([[True, True, False, True, True, False]])
+    ref = F.cross_entropy(logits[0, [0, 1, 3, 4]], torch.tensor([0, 3, 7, 2]))
+    assert masked_cross_entropy(logits, target[..., None], mask).item() == pytest.approx(ref.item(), abs=1e-6)
+    au_logits = torch.randn(1, 3, 12, generator=g)
+    au = torch.randint(0, 2, (1, 3, 12), generator=g).float()
+    au[0, 1, 4] = -1  # one invalid unit
+    au_mask = torch.tensor([[True, True, False]])
+    keep = torch.zeros(1, 3, 12, dtype=torch.bool)
+    keep[0, :2] = True
+    keep[0, 1, 4] = False
+    ref_bce = F.binary_cross_entropy_with_logits(au_logits[keep], au[keep])
+    assert masked_bce(au_logits, au, au_mask).item() == pytest.approx(ref_bce.item(), abs=1e-6)
+    total, parts = multitask_loss({"expr": logits, "au": au_logits}, {"expr": target, "au": au},
+                                  {"expr": mask, "au": au_mask})
+    assert total.item() == pytest.approx(ref.item() + ref_bce.item(), abs=1e-5)
+    assert set(parts) == {"expr", "au"}
+
+
+def _changed_frames(model, trials: int = 4) -> list[int]:
+    """Frames whose outputs move when input frame 20 of 50 is perturbed (union over random trials, all heads)."""
+    changed = torch.zeros(50, dtype=torch.bool)
+    for t in range(trials):
+        g = torch.Generator().manual_seed(t)
+        x = torch.randn(1, 50, 6, generator=g)
+        x2 = x.clone()
+        x2[0, 20] += torch.randn(6, generator=g) * 3
+        a, b = model(x), model(x2)
+        for task in a:
+            changed |= (a[task] - b[task]).abs().sum(-1)[0] > 0
+    return torch.nonzero(changed).flatten().tolist()
+
+
+@torch.no_grad()
+def test_tcn_receptive_field_both_ways_and_causal():
+    torch.manual_seed(0)
+    # kernel 3, dilations 1 and 2, two convs per block: (1 + 1) + (2 + 2) = 6 frames each way
+    model = TemporalModel(_cfg(use_transformer=False)).eval()
+    assert _changed_frames(model) == list(range(14, 27))
+    causal = TemporalModel(_cfg(use_transformer=False, causal=True)).eval()
+    assert _changed_frames(causal) == list(range(20, 33))
+    # the full causal model (TCN + masked attention) never looks ahead; the offline one looks everywhere
+    assert _changed_frames(TemporalModel(_cfg(causal=True)).eval())[0] == 20
+    assert _changed_frames(TemporalModel(_cfg()).eval()) == list(range(50))
+    assert parametrize.is_parametrized(model.tcn.blocks[0].conv1)
+
+
+def test_padding_does_not_change_real_frames():
+    torch.manual_seed(0)
+    model = TemporalModel(_cfg()).eval()
+    x = torch.randn(1, 30, 6)
+    padded = torch.cat([x, 100 * torch.randn(1, 10, 6)], 1)
+    valid = torch.zeros(1, 40, dtype=torch.bool)
+    valid[0, :30] = True
+    a = model(x)
+    b = model(padded, valid=valid)
+    for task in ("va", "expr", "au"):
+        torch.testing.assert_close(a[task], b[task][:, :30], atol=1e-5, rtol=1e-5)
+    assert a["va"].abs().max() <= 1.0
+
+
+def test_sinusoidal_positions_values():
+    table = sinusoidal_positions(4, 6)
+    assert table.shape == (4, 6)
+    assert table[1, 0].item() == pytest.approx(math.sin(1.0))
+    assert table[1, 1].item() == pytest.approx(math.cos(1.0))
+    assert table[3, 2].item() == pytest.approx(math.sin(3 / 10000 ** (2 / 6)), abs=1e-6)
+    assert table[0].tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_missing_embedding_replaces_absent_frames():
+    model = TemporalModel(_cfg(arch="linear", missing_embedding=True)).eval()
+    with torch.no_grad():
+        model.missing.fill_(0.5)
+    x = torch.randn(1, 4, 6)
+    present = torch.tensor([[True, False, True, False]])
+    out = model(x, present)["au"]
+    ref = model.heads["au"](torch.full((6,), 0.5))
+    torch.testing.assert_close(out[0, 1], ref)
+    torch.testing.assert_close(out[0, 0], model.heads["au"](x[0, 0]))
+
+
+def test_predict_sequence_merges_windows_to_every_frame(tmp_path):
+    torch.manual_seed(0)
+    model = TemporalModel(_cfg(arch="linear"))
+    feats = np.random.default_rng(0).normal(size=(130, 6)).astype(np.float16)
+    out = predict_sequence(model, feats, None, window=64, stride=48)
+    with torch.no_grad():
+        direct = model(torch.from_numpy(feats.astype(np.float32))[None])
+    np.testing.assert_allclose(out["va"], direct["va"][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["expr"], direct["expr"][0].softmax(-1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["au"], direct["au"][0].sigmoid().numpy(), atol=1e-5)
+    short = predict_sequence(model, feats[:10], None, window=64, stride=48)
+    assert short["expr"].shape == (10, 8)
+    save_temporal(tmp_path / "m.safetensors", model, {"tasks": ["va", "expr", "au"], "window": 64})
+    loaded, meta = load_temporal(tmp_path / "m.safetensors")
+    assert meta["window"] == 64 and loaded.cfg.arch == "linear"
+    np.testing.assert_allclose(predict_sequence(loaded, feats, None, 64, 48)["au"], out["au"], atol=1e-6)

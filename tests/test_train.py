@@ -1,0 +1,147 @@
+"""`affectmae train`: end to end on tiny feature data, official per-frame validation, resume, NaN guard, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from affectmae.checkpoint import read_metadata
+from affectmae.cli import main
+from affectmae.errors import AffectMAEError, TrainingDivergedError
+from affectmae.features import FeatureStore
+from affectmae.models.temporal import load_temporal, predict_sequence
+from affectmae.training import temporal as temporal_mod
+from affectmae.training.temporal import train_from_args
+from temporal_helpers import make_feature_dataset
+
+FAST = ["epochs=3", "tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_feature_dataset(tmp_path_factory.mktemp("feat"), n_videos=5, lengths=(50, 90))
+
+
+def _ccc(x, y):
+    mx, my = x.mean(), y.mean()
+    return 2 * ((x - mx) * (y - my)).mean() / (x.var() + y.var() + (mx - my) ** 2)
+
+
+def test_train_cli_writes_run_and_validates_per_frame(dataset, tmp_path, capsys):
+    feats, ann = dataset
+    run = tmp_path / "run"
+    rc = main(["train", "--features", str(feats), "--data", str(ann), "--task", "va", "-o", str(run),
+               "--config", "temporal_tiny", "epochs=3", "lr=0.002", "tensorboard=true"])
+    assert rc == 0
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["lr"] == 0.002 and cfg["window"] == 32 and cfg["model"]["input_dim"] == 16
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert metrics["val_videos"] == ["video03", "video04"]
+    assert printed["best"]["va"]["score"] == pytest.approx(metrics["best"]["va"]["score"])
+    # independent recomputation: best model, merged windows, all validation frames concatenated, numpy CCC
+    model, meta = load_temporal(run / "best.safetensors")
+    assert meta["window"] == 32 and meta["stride"] == 16 and meta["epoch"] == metrics["best_epoch"]
+    store = FeatureStore(feats)
+    preds, trues = [], []
+    for video in ("video03", "video04"):
+        f, present = store.load(video)
+        preds.append(predict_sequence(model, f, present, 32, 16)["va"])
+        lines = (ann / "VA_Estimation_Challenge" / "Validation_Set" / f"{video}.txt").read_text().split()[1:]
+        trues.append(np.array([[float(v) for v in line.split(",")] for line in lines]))
+    p, t = np.concatenate(preds), np.concatenate(trues)
+    ok = t[:, 0] != -5
+    assert ok.sum() == metrics["best"]["va"]["frames_scored"] == len(t) - (~ok).sum()
+    expected = (_ccc(p[ok, 0], t[ok, 0]) + _ccc(p[ok, 1], t[ok, 1])) / 2
+    assert metrics["best"]["va"]["score"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_temporal_beats_per_frame_linear_on_va(dataset, tmp_path):
+    feats, ann = dataset
+    common = dict(features=str(feats), data=str(ann), task="va")
+    temporal = train_from_args("temporal_tiny", [], out=str(tmp_path / "t"), **common)
+    linear = train_from_args("temporal_tiny", [], out=str(tmp_path / "l"), baseline="linear", **common)
+    assert temporal["best"]["score"] > linear["best"]["score"] + 0.1
+
+
+def test_multitask_and_au_thresholds(dataset, tmp_path):
+    feats, ann = dataset
+    result = train_from_args("temporal_tiny", FAST, features=str(feats), data=str(ann), task="multi", out=str(tmp_path))
+    assert set(result["best"]) == {"va", "expr", "au", "score"}
+    meta = read_metadata(tmp_path / "best.safetensors")
+    assert meta["tasks"] == ["va", "expr", "au"]
+    assert len(meta["au_thresholds"]) == 12 and all(0.05 <= t <= 0.95 for t in meta["au_thresholds"])
+    assert result["best"]["au"]["score_tuned_thresholds"] >= result["best"]["au"]["score"] - 1e-9
+    parts = [result["best"][t]["score"] for t in ("va", "expr", "au")]
+    assert result["best"]["score"] == pytest.approx(np.mean(parts))
+
+
+def test_resume_continues_to_the_same_result(dataset, tmp_path, monkeypatch):
+    feats, ann = dataset
+    args = dict(features=str(feats), data=str(ann), task="expr")
+    full = train_from_args("temporal_tiny", FAST, out=str(tmp_path / "full"), **args)
+    calls = {"n": 0}
+    original = temporal_mod.evaluate_videos
+
+    def interrupt_in_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(temporal_mod, "evaluate_videos", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_from_args("temporal_tiny", FAST, out=str(tmp_path / "cut"), **args)
+    monkeypatch.setattr(temporal_mod, "evaluate_videos", original)
+    assert read_metadata(tmp_path / "cut" / "last_state.safetensors")["counters"]["epoch"] == 1
+    resumed = train_from_args("temporal_tiny", FAST, out=str(tmp_path / "cut"), resume=True, **args)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    for a, b in zip(full["history"], resumed["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["val"]["score"] == pytest.approx(a["val"]["score"], abs=1e-6)
+    with pytest.raises(AffectMAEError, match="cannot resume with an incompatible config"):
+        train_from_args("temporal_tiny", [*FAST, "batch_size=4"], out=str(tmp_path / "cut"), resume=True, **args)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path, monkeypatch):
+    feats, ann = dataset
+    real_loss = temporal_mod.multitask_loss
+    calls = {"n": 0}
+
+    def nan_after_first_epoch(*a, **k):
+        calls["n"] += 1
+        total, parts = real_loss(*a, **k)
+        return (total * float("nan"), parts) if calls["n"] > steps_per_epoch else (total, parts)
+
+    # tiny config: videos of 50-90 frames, window 32, stride 16 -> count the training windows
+    from affectmae.data.segments import make_segments
+
+    n_train = [np.load(feats / f"video0{i}.npy").shape[0] for i in range(3)]
+    steps_per_epoch = -(-len(make_segments(n_train, 32, 16)) // 8)
+    monkeypatch.setattr(temporal_mod, "multitask_loss", nan_after_first_epoch)
+    with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 2"):
+        train_from_args("temporal_tiny", FAST, features=str(feats), data=str(ann), task="au", out=str(tmp_path))
+    assert read_metadata(tmp_path / "best.safetensors")["epoch"] == 1
+    assert read_metadata(tmp_path / "last_state.safetensors")["counters"]["epoch"] == 1
+
+
+def test_length_mismatch_and_empty_validation_errors(tmp_path):
+    feats, ann = make_feature_dataset(tmp_path / "a", n_videos=3, lengths=(40, 40), tasks=("expr",))
+    path = ann / "EXPR_Recognition_Challenge" / "Train_Set" / "video00.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + ["1"]) + "\n")  # one extra line: the tolerated Aff-Wild2 off-by-one
+    out = tmp_path / "ok"
+    train_from_args("temporal_tiny", ["epochs=1"], features=str(feats), data=str(ann), task="expr", out=str(out))
+    path.write_text("\n".join(lines[:-5]) + "\n")  # 35 lines for 40 feature rows
+    with pytest.raises(AffectMAEError, match=r"video 'video00': the features have 40 frames but the EXPR annotation .*video00.txt has 35"):
+        train_from_args("temporal_tiny", ["epochs=1"], features=str(feats), data=str(ann), task="expr", out=str(out))
+    feats2, ann2 = make_feature_dataset(tmp_path / "b", n_videos=2, n_val=0, tasks=("va",))
+    rc = main(["train", "--features", str(feats2), "--data", str(ann2), "--task", "va", "-o", str(tmp_path / "r")])
+    assert rc == 2
+    with pytest.raises(AffectMAEError, match="fold 0 has no validation videos"):
+        train_from_args(None, [], features=str(feats2), data=str(ann2), task="va", out=str(tmp_path / "r"))
