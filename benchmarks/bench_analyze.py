@@ -69,12 +69,15 @@ def write_long_video(path: Path, n_frames: int, size=(320, 180)) -> None:
 
 
 MEMORY_CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from affectmae.inference.pipeline import analyze_video
 t = time.perf_counter()
 df = analyze_video(sys.argv[1], sys.argv[2], stride=int(sys.argv[3]), plots=False, device="cpu")
+# VmHWM: this process's own peak resident set. ru_maxrss is not usable in a child: Linux carries the
+# parent's resident set at fork/exec into it, so short and long videos would read the same.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"frames": len(df), "seconds": time.perf_counter() - t,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": hwm / 1024}))
 """
 
 

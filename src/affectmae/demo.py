@@ -5,7 +5,7 @@ and AU -> 5-fold cv table -> ablation table -> export a MODEL_DIR -> predict + s
 analyze a generated MP4 in which the face detector finds the rendered faces.
 
 Each stage calls the same library function as its subcommand and reads what the previous stage wrote, so
-the output folder is a worked example of a full project. No network access; about 10 minutes on 2 CPU
+the output folder is a worked example of a full project. No network access; about 6-7 minutes on 2 CPU
 cores. Layout of ``OUT`` (default ``demo_output/``)::
 
     data/        synthetic Aff-Wild2 (cropped_aligned/, annotations/, faces/)
