@@ -16,6 +16,7 @@ from affectmae.data.affwild2 import (
     FrameIndex,
     base_video_name,
     find_split_dir,
+    has_split,
     load_annotations,
     person_side,
     read_annotation_file,
@@ -170,6 +171,17 @@ def test_no_challenge_folder(tmp_path):
     assert str(err.value) == (
         f"{tmp_path}: no AU annotation folder (AU_Detection_Challenge or AU_Set) found in it or up to 3 levels below"
     )
+
+
+def test_has_split_is_false_only_for_absent_folders(tmp_path):
+    root, _ = make_affwild2(tmp_path)
+    assert has_split(root, "va", "train") and has_split(root, "va", "val")
+    assert not has_split(root, "expr", "val")  # challenge folder present, split folder absent
+    assert not has_split(tmp_path / "Aff-Wild2" / "cropped_aligned", "au", "train")  # no challenge folder
+    # two annotation releases side by side: an ambiguity, never silently treated as "no annotations"
+    write(tmp_path / "Aff-Wild2" / "5th_ABAW" / CHALLENGE["va"] / "Train_Set" / "vidA.txt", f"{VA_HEADER}\n0,0\n")
+    with pytest.raises(AffectMAEError, match="several VA annotation folders found"):
+        has_split(root, "va", "train")
 
 
 # ----------------------------------------------------------------------------------------- frames

@@ -206,15 +206,13 @@ def fill_missing(features: np.ndarray, present: np.ndarray, method: str = "linea
 # ---------------------------------------------------------------------------------------- frame counts
 def annotation_lengths(annotation_root: str | Path) -> dict[str, int]:
     """Longest annotation (number of frames) per video over every task and split found under the root."""
-    from .data.affwild2 import find_split_dir, load_annotations
+    from .data.affwild2 import has_split, load_annotations
     from .tasks import SPLITS, TASKS
 
     lengths: dict[str, int] = {}
     for name in TASKS:
         for split in SPLITS:
-            try:
-                find_split_dir(annotation_root, name, split)
-            except AffectMAEError:
+            if not has_split(annotation_root, name, split):
                 continue  # e.g. a dataset with only the AU challenge
             for vl in load_annotations(annotation_root, name, split):
                 lengths[vl.video] = max(lengths.get(vl.video, 0), int(vl.labels.shape[0]))

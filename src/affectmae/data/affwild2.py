@@ -190,6 +190,11 @@ def read_annotation_file(path: str | Path, task: str) -> VideoLabels:
 
 
 # ------------------------------------------------------------------------------------ locating data
+class AnnotationsNotFound(AffectMAEError):
+    """The task's challenge folder, or the split folder inside it, does not exist (a dataset may hold only
+    some tasks). Other problems, such as several candidate folders, are plain :class:`AffectMAEError`."""
+
+
 def _find_challenge_dir(root: Path, task: str) -> Path:
     names = CHALLENGE_DIR_ALIASES[task]
     if root.name in names:
@@ -212,7 +217,7 @@ def _find_challenge_dir(root: Path, task: str) -> Path:
         ][:_SEARCH_MAX_DIRS]
         if not level:
             break
-    raise AffectMAEError(
+    raise AnnotationsNotFound(
         f"{root}: no {task.upper()} annotation folder ({' or '.join(names)}) found in it or up to "
         f"{_SEARCH_DEPTH} levels below"
     )
@@ -233,8 +238,17 @@ def find_split_dir(annotation_root: str | Path, task: str, split: str) -> Path:
         raise AffectMAEError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     split_dir = _find_challenge_dir(root, spec.name) / split_name
     if not split_dir.is_dir():
-        raise AffectMAEError(f"split folder {split_dir} does not exist")
+        raise AnnotationsNotFound(f"split folder {split_dir} does not exist")
     return split_dir
+
+
+def has_split(annotation_root: str | Path, task: str, split: str) -> bool:
+    """Whether ``task`` has a ``split`` folder under the root. Ambiguous or unreadable layouts still raise."""
+    try:
+        find_split_dir(annotation_root, task, split)
+    except AnnotationsNotFound:
+        return False
+    return True
 
 
 def load_annotations(annotation_root: str | Path, task: str, split: str) -> list[VideoLabels]:

@@ -68,15 +68,13 @@ def _align(video: str, task: str, source, labels: np.ndarray, valid: np.ndarray,
 
 def load_labelled_videos(store: FeatureStore, annotation_root: str, tasks: list[str]) -> list[LabelledVideo]:
     """Every annotated video of ``tasks`` (both splits), sorted by name, with labels aligned to the features."""
-    from ..data.affwild2 import find_split_dir, load_annotations
+    from ..data.affwild2 import has_split, load_annotations
 
     videos: dict[str, LabelledVideo] = {}
     for task in tasks:
         found = False
         for split in SPLITS:
-            try:
-                find_split_dir(annotation_root, task, split)
-            except AffectMAEError:
+            if not has_split(annotation_root, task, split):
                 continue
             found = True
             for vl in load_annotations(annotation_root, task, split):
