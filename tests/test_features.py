@@ -143,3 +143,23 @@ def test_npy_rows_reads_and_writes_like_numpy(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), expected)
     with pytest.raises(TypeError, match="int or a contiguous slice"):
         NpyRows(tmp_path / "a.npy")[::2]
+
+
+def test_int8_extract_is_close_to_fp32_and_not_mixed_with_it(tmp_path, encoder_path):
+    _write_dataset(tmp_path, {"v1": 12})
+    common = ["extract", "--encoder", str(encoder_path), "--frames", str(tmp_path / "cropped_aligned"),
+              "--data", str(tmp_path)]
+    assert main([*common, "-o", str(tmp_path / "fp32")]) == 0
+    assert main([*common, "-o", str(tmp_path / "int8"), "--quantize", "int8"]) == 0
+    ref, _ = FeatureStore(tmp_path / "fp32").load("v1")
+    q, _ = FeatureStore(tmp_path / "int8").load("v1")
+    ref, q = ref.astype(np.float64), q.astype(np.float64)
+    cos = (ref * q).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(q, axis=1))
+    assert q.shape == ref.shape == (12, 24)
+    assert cos.min() > 0.99 and not np.array_equal(ref, q)  # close, but really the quantised model
+    assert json.loads((tmp_path / "int8" / "features.json").read_text())["quantize"] == "int8"
+    with pytest.raises(AffectMAEError, match="already holds features of another encoder .*quantize int8"):
+        from affectmae.features import ExtractConfig, extract_features
+
+        extract_features(ExtractConfig(encoder=str(encoder_path), frames=str(tmp_path / "cropped_aligned"),
+                                       out=str(tmp_path / "int8"), annotations=str(tmp_path)))

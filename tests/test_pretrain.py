@@ -143,6 +143,25 @@ def test_two_gloo_processes_follow_the_single_process_curve(faces, straight_run,
     assert len(_losses(single)) == 6
 
 
+def test_torchrun_launch_of_the_cli_matches_one_process(faces, tmp_path):
+    """The documented multi-process launch, for real: ``torchrun --nproc-per-node 2 -m affectmae pretrain``."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "torchrun"
+    settings = ["model_size=tiny", "depth=1", "img_size=32", "decoder_dim=32", "decoder_depth=1", "decoder_heads=2",
+                "epochs=2", "warmup_epochs=1", "batch_size=8", "base_lr=2e-3", "num_workers=0", "log_every_steps=1",
+                "recon_every_epochs=0", "norm_pix_loss=true", "device=cpu", "tensorboard=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "affectmae", "pretrain", "--data", str(faces), "-o", str(out), *settings],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    single = pretrain(_cfg(faces, tmp_path / "single", epochs=2))
+    assert len(_losses(single)) == 6
+    np.testing.assert_allclose(_losses(out), _losses(single), rtol=0, atol=1e-5)
+
+
 def test_cli_run_folder_figure_and_corrupt_image(tmp_path, capsys):
     data = _faces(tmp_path / "faces", n=9)
     (data / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -273,9 +273,18 @@ def _decode_batch(frame_index, video: str, ks: list[int], present: np.ndarray, s
 
 def iter_decoded(frame_index, video: str, n: int, present: np.ndarray, size: int, batch_size: int,
                  threads: int = 2, prefetch: int = 4) -> Iterator[tuple[np.ndarray, list[int], int]]:
-    """Yield decoded batches of one video in frame order, decoding ``prefetch`` batches ahead on a thread pool
-    (PIL releases the GIL while decoding, so this overlaps with the encoder's matrix products)."""
+    """Yield decoded batches of one video in frame order.
+
+    ``threads >= 1``: decode ``prefetch`` batches ahead on a thread pool (PIL releases the GIL), which hides
+    decoding behind a GPU encoder. ``threads == 0``: decode each batch when it is needed. On the CPU the
+    encoder's matrix products already use every core, and a decoding thread competing with them cost more
+    (extract at 0.84 of the encoder alone, 2 cores) than decoding 112 px JPEGs in line (about 0.4 ms a frame).
+    """
     batches = [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
+    if threads == 0:
+        for ks in batches:
+            yield _decode_batch(frame_index, video, ks, present, size)
+        return
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending = []
         it = iter(batches)
@@ -333,10 +342,28 @@ class ExtractConfig:
     annotations: str = ""  # optional Aff-Wild2 annotation root (frame counts); "" = count from the frame folders
     videos: list[str] | None = None  # optional subset of videos
     batch_size: int = 32
-    decode_threads: int = 1  # one thread decodes 112 px JPEGs far faster than a ViT-B encodes them
+    decode_threads: int = -1  # -1 auto: 0 on CPU (decode between batches), 2 on GPU (decode ahead); see iter_decoded
     missing: str = "linear"  # linear | nearest | zero
     torch_threads: int = 0  # 0 = torch default
     device: str = "auto"  # auto = cuda when available, else cpu
+    quantize: str = "none"  # none | int8: dynamic int8 Linear layers (CPU; faster, see docs/benchmarks.md)
+
+
+QUANTIZE_MODES = ("none", "int8")
+
+
+def quantize_encoder(encoder, mode: str):
+    """``mode="int8"``: the encoder with its Linear layers dynamically quantised to int8 (CPU only).
+
+    ``benchmarks/bench_extract.py`` reports the speed-up and the cosine similarity to fp32 features.
+    """
+    import torch
+
+    if mode == "none":
+        return encoder
+    if mode != "int8":
+        raise AffectMAEError(f"unknown quantize mode {mode!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    return torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def extract_features(cfg: ExtractConfig) -> dict:
@@ -362,7 +389,13 @@ def extract_features(cfg: ExtractConfig) -> dict:
     counts = video_frame_counts(frame_index, cfg.annotations or None, list(cfg.videos) if cfg.videos else None)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
-    encoder = load_encoder(cfg.encoder).eval().to(device)
+    if cfg.quantize not in QUANTIZE_MODES:
+        raise AffectMAEError(f"unknown quantize mode {cfg.quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if cfg.quantize != "none":
+        if device.type != "cpu":
+            raise AffectMAEError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
+    encoder = quantize_encoder(load_encoder(cfg.encoder).eval().to(device), cfg.quantize)
+    decode_threads = cfg.decode_threads if cfg.decode_threads >= 0 else (0 if device.type == "cpu" else 2)
     enc_meta = encoder_metadata(cfg.encoder)
     dim = int(encoder.embed_dim)
     size = int(encoder.arch["img_size"])
@@ -370,13 +403,15 @@ def extract_features(cfg: ExtractConfig) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     meta = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "encoder": str(Path(cfg.encoder).resolve()),
             "encoder_meta": enc_meta, "dim": dim, "dtype": "float16", "img_size": size, "missing": cfg.missing,
+            "quantize": cfg.quantize,
             "mask": "present: True where the frame image existed and decoded"}
     meta_path = root / "features.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        if old.get("encoder") != meta["encoder"] or old.get("dim") != dim:
+        if (old.get("encoder") != meta["encoder"] or old.get("dim") != dim
+                or old.get("quantize", "none") != cfg.quantize):
             raise AffectMAEError(f"{root} already holds features of another encoder ({old.get('encoder')}, dim "
-                                 f"{old.get('dim')}); use a new output folder")
+                                 f"{old.get('dim')}, quantize {old.get('quantize', 'none')}); use a new output folder")
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
 
     @torch.inference_mode()
@@ -394,7 +429,7 @@ def extract_features(cfg: ExtractConfig) -> dict:
     for video in todo:
         n = counts[video]
         present = frame_index.available(video, n)
-        batches = iter_decoded(frame_index, video, n, present, size, cfg.batch_size, cfg.decode_threads)
+        batches = iter_decoded(frame_index, video, n, present, size, cfg.batch_size, decode_threads)
 
         def counted(batches=batches):
             for images, ks, bad in batches:

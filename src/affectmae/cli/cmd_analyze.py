@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--video-out", metavar="MP4", help="also write an annotated copy of the video")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any other AnalyzeConfig setting, given right after VIDEO "
                    "(e.g. `affectmae analyze clip.mp4 max_age=50 align_margin=1.2 --model M -o OUT`)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, omp_passive=True)
 
 
 def run(args: argparse.Namespace) -> int:

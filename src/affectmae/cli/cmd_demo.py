@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=150, help="mean frames per synthetic video (default 150)")
     p.add_argument("--faces", type=int, default=300, help="face images for MAE pretraining (default 300)")
     p.add_argument("--analyze-frames", type=int, default=150, help="frames of the generated video to analyze")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, omp_passive=True)  # it ends with `analyze` (face detector)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -18,10 +18,14 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--out", required=True, help="features folder")
     p.add_argument("--videos", nargs="+", default=None, help="only these videos")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--decode-threads", type=int, default=1, help="JPEG decoding threads (decode ahead of compute)")
+    p.add_argument("--decode-threads", type=int, default=-1,
+                   help="JPEG decoding threads that decode ahead of the encoder (default: 0 on CPU, 2 on GPU)")
     p.add_argument("--missing", choices=("linear", "nearest", "zero"), default="linear",
                    help="features of frames without an image: interpolate in time, copy the nearest, or zeros")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: dynamically quantised Linear layers on the CPU, faster at a small fidelity cost "
+                        "(docs/benchmarks.md)")
     p.set_defaults(func=_run)
 
 
@@ -31,7 +35,7 @@ def _run(args) -> int:
     summary = extract_features(ExtractConfig(
         encoder=args.encoder, frames=args.frames, out=args.out, annotations=args.data, videos=args.videos,
         batch_size=args.batch_size, decode_threads=args.decode_threads, missing=args.missing,
-        torch_threads=args.threads,
+        torch_threads=args.threads, quantize=args.quantize,
     ))
     summary.pop("per_video")
     print(json.dumps(summary))

@@ -94,7 +94,7 @@ class YuFaceDetector:
         if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
             log.warning("PyTorch was loaded before OMP_WAIT_POLICY=PASSIVE was set: its idle OpenMP threads "
                         "busy-wait and slow face detection 5-40x on few cores. Set OMP_WAIT_POLICY=PASSIVE in the "
-                        "environment (the affectmae command does this itself)")
+                        "environment (`affectmae analyze` does this itself)")
         self.min_score = float(min_score)
         self.min_face = int(min_face)
         self.max_side = int(max_side)
