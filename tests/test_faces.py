@@ -138,3 +138,39 @@ def test_align_face_undoes_a_known_warp():
     assert error < 3.0
     # the landmarks land exactly on the template
     np.testing.assert_allclose(apply_transform(similarity_transform(landmarks, TEMPLATE_112), landmarks), TEMPLATE_112, atol=1e-9)
+
+
+def test_worker_detector_matches_in_process_and_recycles(scene, detector):
+    from affectmae.data.detect_worker import WorkerDetector
+
+    _, frames = scene
+    with WorkerDetector("auto", recycle_every=3) as worker:
+        pids = []
+        for rgb in frames:
+            got, want = worker.detect(rgb), detector.detect(rgb)
+            pids.append(worker._proc.pid)
+            assert len(got) == len(want) == 2
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g.box, w.box)
+                np.testing.assert_array_equal(g.landmarks, w.landmarks)
+                assert g.score == pytest.approx(w.score, abs=1e-6)
+        assert worker.name == "yuface"
+        assert worker.restarts == 2 and len(set(pids)) == 3  # 8 frames: a fresh process every 3 calls
+        assert worker.detect(np.zeros((40, 60, 3), np.uint8)) == []
+
+
+def test_worker_detector_errors():
+    from affectmae.data.detect_worker import WorkerDetector
+
+    with pytest.raises(AffectMAEError, match="unknown face detector 'nope'"):
+        WorkerDetector("nope")
+    worker = WorkerDetector("auto")
+    with pytest.raises(AffectMAEError, match=r"detector input must be \(H, W, 3\) uint8"):
+        worker.detect(np.zeros((4, 4), np.uint8))
+    worker.detect(np.zeros((40, 60, 3), np.uint8))
+    worker._proc.kill()
+    worker._proc.wait()
+    with pytest.raises(AffectMAEError, match="the face-detector worker process failed"):
+        worker.detect(np.zeros((40, 60, 3), np.uint8))
+    assert worker.detect(np.zeros((40, 60, 3), np.uint8)) == []  # a new worker starts after a failure
+    worker.close()

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import save_config
+from ..data.detect_worker import WorkerDetector
 from ..data.faces import get_detector
 from ..data.video import VideoReader
 from ..errors import AffectMAEError, InputFormatError
@@ -63,6 +64,8 @@ class AnalyzeConfig:
     cut_threshold: float = 0.5  # histogram distance that counts as a shot cut
     align_margin: float | None = None  # > 1 zooms the crop out; None: MODEL_DIR's "align_margin", else 1.0
     plots: bool = True
+    detector_worker: bool = True  # detect in a child process, replaced every detector_recycle_frames (yuface leaks)
+    detector_recycle_frames: int = 2000
 
 
 def resolve_device(device: str) -> torch.device:
@@ -256,7 +259,20 @@ def analyze_video(video: str | Path, model_dir: str | Path, out_dir: str | Path 
     model = load_model_dir(model_dir)
     if cfg.align_margin is None:
         cfg = dataclasses.replace(cfg, align_margin=model_align_margin(model_dir))
-    detector = get_detector(cfg.detector, min_score=cfg.min_score, min_face=cfg.min_face, max_side=cfg.detect_max_side)
+    det_args = dict(min_score=cfg.min_score, min_face=cfg.min_face, max_side=cfg.detect_max_side)
+    if cfg.detector_worker:
+        detector = WorkerDetector(cfg.detector, recycle_every=cfg.detector_recycle_frames, **det_args)
+    else:
+        detector = get_detector(cfg.detector, **det_args)
+    try:
+        return _analyze(video, model, detector, cfg, torch_device, out_dir, video_out)
+    finally:
+        if cfg.detector_worker:
+            detector.close()
+
+
+def _analyze(video, model, detector, cfg: AnalyzeConfig, torch_device, out_dir, video_out) -> pd.DataFrame:
+    """The frame loop and outputs of :func:`analyze_video` (which owns the detector's lifetime)."""
     tracker = FaceTracker(max_age=cfg.max_age)
     cuts = ShotCutDetector(cfg.cut_threshold)
     timings = dict.fromkeys(STAGES, 0.0)
@@ -320,6 +336,7 @@ def analyze_video(video: str | Path, model_dir: str | Path, out_dir: str | Path 
         "batch_size": cfg.batch_size,
         "device": str(torch_device),
         "detector": detector.name,
+        "detector_restarts": getattr(detector, "restarts", 0),
     })
     if out_dir is not None:
         t6 = time.perf_counter()
