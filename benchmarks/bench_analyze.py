@@ -93,6 +93,32 @@ def fmt_stages(r: dict) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in per.items())
 
 
+def detector_overhead(video: Path) -> dict:
+    """ms per frame of the recycled worker detector (what analyze uses) vs yuface in this process."""
+    from affectmae.data.detect_worker import WorkerDetector
+    from affectmae.data.faces import get_detector
+    from affectmae.data.video import VideoReader
+
+    with VideoReader(video) as reader:
+        frames = [f.rgb for f in reader.frames()]
+    local = get_detector("auto")
+    local.detect(frames[0])
+    t = time.perf_counter()
+    for rgb in frames:
+        local.detect(rgb)
+    t_local = (time.perf_counter() - t) / len(frames)
+    t = time.perf_counter()
+    worker = WorkerDetector("auto")
+    worker.detect(frames[0])
+    start = time.perf_counter() - t
+    t = time.perf_counter()
+    for rgb in frames:
+        worker.detect(rgb)
+    t_worker = (time.perf_counter() - t) / len(frames)
+    worker.close()
+    return {"in_process_ms": t_local * 1e3, "worker_ms": t_worker * 1e3, "worker_start_s": start}
+
+
 def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -118,6 +144,10 @@ def main() -> None:
             print(f"\n## speed: {n_frames} frames, 640x360, 1 face, batch {args.batch_size}, CPU")
             print("| encoder | stride | frames/s | ms per video frame: decode, detect, track, align, encode, temporal |")
             print("| --- | --- | --- | --- |")
+            o = detector_overhead(video)
+            print(f"detector, same frames side by side: worker process {o['worker_ms']:.1f} ms per frame "
+                  f"(+{o['worker_start_s']:.2f} s start) vs in-process {o['in_process_ms']:.1f} ms "
+                  f"= {o['worker_ms'] / o['in_process_ms']:.2f}x")
         for size in sizes:
             model_dir = make_model_dir(tmp / f"model_{size}", size)
             run_speed(video, model_dir, 1, args.batch_size)  # warm-up (first-call allocations)
