@@ -15,6 +15,7 @@ each rank a strided slice of the epoch, which does not have these two properties
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -69,6 +70,16 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_session(device: str = "auto") -> Iterator[DistInfo]:
+    """:func:`init_distributed` for the duration of a stage; the process group is always torn down."""
+    info = init_distributed(device)
+    try:
+        yield info
+    finally:
+        cleanup_distributed()
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:

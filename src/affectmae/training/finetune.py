@@ -36,7 +36,7 @@ from ..losses import task_loss
 from ..metrics import evaluate
 from ..models.vit import ViTEncoder, load_encoder, save_encoder
 from ..tasks import TaskSpec, get_task
-from .distributed import GlobalBatchSampler, all_reduce_mean, barrier, cleanup_distributed, init_distributed
+from .distributed import GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
 from .engine import CheckpointManager, ScalarLogger, autocast, check_finite, make_adamw, progress, resolve_config, step_seed
 from .optim import set_lr, warmup_cosine_lr
 from .pretrain_data import plain_transform
@@ -182,11 +182,8 @@ def score(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray) -> dict:
 
 def finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune (or linear-probe) the encoder; returns the run folder. Works under ``torchrun``."""
-    info = init_distributed(cfg.device)
-    try:
+    with distributed_session(cfg.device) as info:
         return _finetune(cfg, info)
-    finally:
-        cleanup_distributed()
 
 
 def _finetune(cfg: FinetuneConfig, info) -> Path:

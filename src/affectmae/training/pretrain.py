@@ -27,7 +27,7 @@ from ..data.images import collate_skip_corrupt
 from ..errors import AffectMAEError
 from ..models.mae import MaskedAutoencoder
 from ..models.vit import build_encoder, load_encoder, save_encoder
-from .distributed import GlobalBatchSampler, all_reduce_mean, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .distributed import GlobalBatchSampler, all_reduce_mean, all_reduce_sum, barrier, distributed_session
 from .engine import CheckpointManager, ScalarLogger, autocast, check_finite, make_adamw, progress, resolve_config
 from .optim import param_groups_weight_decay, set_lr, warmup_cosine_lr
 from .pretrain_data import MAEAugmented, fixed_batch, mae_transform, save_reconstruction_figure
@@ -111,11 +111,8 @@ def build_mae(cfg: PretrainConfig) -> MaskedAutoencoder:
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) MAE pretraining; returns the run folder. Works under ``torchrun`` (DDP)."""
-    info = init_distributed(cfg.device)
-    try:
+    with distributed_session(cfg.device) as info:
         return _pretrain(cfg, info)
-    finally:
-        cleanup_distributed()
 
 
 def _pretrain(cfg: PretrainConfig, info) -> Path:
