@@ -174,3 +174,17 @@ def test_worker_detector_errors():
         worker.detect(np.zeros((40, 60, 3), np.uint8))
     assert worker.detect(np.zeros((40, 60, 3), np.uint8)) == []  # a new worker starts after a failure
     worker.close()
+
+
+def test_worker_detector_never_loads_the_leaky_library_in_this_process():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from affectmae.data.detect_worker import WorkerDetector\n"
+            "with WorkerDetector('auto') as w:\n"
+            "    assert w.detect(np.zeros((40, 60, 3), np.uint8)) == []\n"
+            "print('yuface' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip() == "False"

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from ..errors import AffectMAEError
-from .faces import Detection, get_detector
+from .faces import YUFACE_MAX_SIDE, Detection, get_detector, resolve_detector
 
 _REQUEST = struct.Struct("<III")
 _REPLY = struct.Struct("<I")
@@ -41,7 +41,8 @@ class WorkerDetector:
         self._proc: subprocess.Popen | None = None
         if recycle_every < 1:
             raise AffectMAEError(f"recycle_every must be >= 1, got {recycle_every}")
-        self.name = get_detector(name, **kwargs).name  # unknown name / nothing installed: the error, here
+        # unknown name / nothing installed: the error comes here, without loading the detector in this process
+        self.name = resolve_detector(name, kwargs.get("max_side", YUFACE_MAX_SIDE))
         self.recycle_every = recycle_every
         self.restarts = 0
         self._args = json.dumps({"name": self.name, **kwargs})

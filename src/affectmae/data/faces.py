@@ -150,6 +150,12 @@ def get_detector(name: str = "auto", min_score: float = 0.5, min_face: int = 0,
     exceeds ``max_side`` are downscaled for detection (boxes and landmarks come back in full-frame
     pixels): a smaller ``max_side`` is faster but misses small faces.
     """
+    name = resolve_detector(name, max_side)
+    return DETECTORS[name](min_score=min_score, min_face=min_face, max_side=max_side)
+
+
+def resolve_detector(name: str = "auto", max_side: int = YUFACE_MAX_SIDE) -> str:
+    """The concrete detector name for ``name`` (``"auto"``: the first installed), checked without loading it."""
     name = name.lower()
     if name == "auto":
         found = available_detectors()
@@ -160,4 +166,4 @@ def get_detector(name: str = "auto", min_score: float = 0.5, min_face: int = 0,
         raise AffectMAEError(f"unknown face detector {name!r}; choose one of auto, {', '.join(DETECTORS)}")
     if max_side < 64:
         raise AffectMAEError(f"detector max_side must be >= 64 pixels, got {max_side}")
-    return DETECTORS[name](min_score=min_score, min_face=min_face, max_side=max_side)
+    return name
