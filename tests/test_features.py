@@ -11,7 +11,7 @@ from PIL import Image
 
 from affectmae.cli import main
 from affectmae.errors import AffectMAEError
-from affectmae.features import FeatureStore, fill_missing
+from affectmae.features import ExtractConfig, FeatureStore, extract_features, fill_missing
 from affectmae.models.vit import build_encoder, load_encoder, preprocess_frames, save_encoder
 
 
@@ -94,7 +94,6 @@ def test_extract_matches_encoder_and_marks_missing(tmp_path, encoder_path):
 def test_extract_resumes_and_refuses_another_encoder(tmp_path, encoder_path, caplog):
     _write_dataset(tmp_path, {"v1": 2, "v2": 2})
     out = tmp_path / "feats"
-    from affectmae.features import ExtractConfig, extract_features
 
     cfg = ExtractConfig(encoder=str(encoder_path), frames=str(tmp_path), out=str(out), batch_size=4)
     first = extract_features(cfg)
@@ -159,7 +158,5 @@ def test_int8_extract_is_close_to_fp32_and_not_mixed_with_it(tmp_path, encoder_p
     assert cos.min() > 0.99 and not np.array_equal(ref, q)  # close, but really the quantised model
     assert json.loads((tmp_path / "int8" / "features.json").read_text())["quantize"] == "int8"
     with pytest.raises(AffectMAEError, match="already holds features of another encoder .*quantize int8"):
-        from affectmae.features import ExtractConfig, extract_features
-
         extract_features(ExtractConfig(encoder=str(encoder_path), frames=str(tmp_path / "cropped_aligned"),
                                        out=str(tmp_path / "int8"), annotations=str(tmp_path)))
