@@ -7,6 +7,12 @@ The step is forward + backward + AdamW update with 75 % masking and the 512-d, 8
 come from ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and attention). The two steps
 are timed in alternating rounds and the medians compared, because shared machines are noisy. On a GPU
 the script also reports bf16-autocast img/s and the fraction of the GPU's bf16 matmul rate.
+
+The machine's GEMM rate is the faster of PyTorch's ``a @ b`` (MKL on x86) and oneDNN's matmul on the same
+2048^3 fp32 product: on AMD CPUs with AVX-512, MKL runs its AVX2 path at about half of what oneDNN reaches,
+so ``a @ b`` alone would understate the machine. Our step takes oneDNN for its linear layers where
+``affectmae.models.fast_linear`` finds it faster (``AFFECTMAE_CPU_GEMM=aten`` turns that off); the
+reference-style step uses plain ``nn.Linear``, as facebookresearch/mae does.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch.utils.flop_counter import FlopCounterMode
 
+from affectmae.models.fast_linear import _onednn_op, cpu_gemm_backend, fast_linear
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.vit import build_encoder, sincos_pos_embed_2d
-from affectmae.training.engine import make_adamw
+from affectmae.training.engine import keep_freed_memory, make_adamw
 
 
 class ReferenceStyleMAE(nn.Module):
@@ -87,14 +94,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def gemm_gflops(n: int, repeats: int, dtype=torch.float32, device="cpu") -> float:
+def gemm_gflops(n: int, repeats: int, dtype=torch.float32, device="cpu", onednn: bool = False) -> float:
+    """Best rate of ``repeats`` n^3 products: ``a @ b`` (PyTorch's BLAS), or oneDNN's matmul if ``onednn``."""
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
+    bt = b.t().contiguous()
+    product = (lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")) if onednn else (lambda: a @ b)
+    product()
     rates = []
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        a @ b
+        product()
         _sync(device)
         rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return max(rates)
@@ -129,6 +139,43 @@ def step_flops(step) -> int:
     return counter.get_total_flops()
 
 
+def linear_only(model: nn.Module, imgs: torch.Tensor, repeats: int = 5) -> tuple[float, int]:
+    """The step's linear layers alone: (seconds, FLOPs) of each layer's forward + backward at the shapes
+    one step gives it, timed in isolation (best of ``repeats``) and summed. Nothing else a step does (the
+    optimizer update, attention, GELU, LayerNorm, residual adds) is in it, so ``FLOPs / seconds`` is an
+    upper bound on the whole step's rate with these GEMM kernels."""
+    shapes: dict[tuple[int, int, int], int] = {}
+
+    def record(module, inputs, output):
+        key = (inputs[0].numel() // module.in_features, module.in_features, module.out_features)
+        shapes[key] = shapes.get(key, 0) + 1
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(imgs, 0.75)
+    for hook in hooks:
+        hook.remove()
+    total_s, total_flops = 0.0, 0
+    for (m, k, n), count in shapes.items():
+        x = torch.randn(m, k, requires_grad=True)
+        w, b = torch.randn(n, k, requires_grad=True), torch.randn(n, requires_grad=True)
+        grad = torch.randn(m, n)
+
+        def layer() -> None:
+            fast_linear(x, w, b).backward(grad)
+            x.grad = w.grad = b.grad = None
+
+        layer()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            layer()
+            best = min(best, time.perf_counter() - t0)
+        total_s += count * best
+        total_flops += count * 6 * m * k * n
+    return total_s, total_flops
+
+
 def time_steps(step, n: int, device) -> float:
     _sync(device)
     t0 = time.perf_counter()
@@ -146,6 +193,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (about 1-2 minutes on 2 cores)")
     args = parser.parse_args()
     rounds, per_round = (2, 2) if args.quick else (4, 4)
+    keep_freed_memory()  # as `affectmae pretrain` does on CPU; process-wide, so both steps get it
     torch.manual_seed(0)
     print(json.dumps({"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0]}))
@@ -157,21 +205,34 @@ def main() -> None:
     step_ours, step_ref = make_step(ours, imgs, True), make_step(ref, imgs, False)
     flops = step_flops(step_ours)
     flops_ref = step_flops(step_ref)
-    gemm, t_ours, t_ref = [], [], []
-    for _ in range(rounds):  # alternate, so both see the same machine load
-        gemm.append(gemm_gflops(2048, 3))
+    has_onednn = _onednn_op() is not None
+    gemm_aten, gemm_dnnl, t_ours, t_ref = [], [], [], []
+    for _ in range(rounds):  # alternate, so all see the same machine load
+        gemm_aten.append(gemm_gflops(2048, 3))
+        if has_onednn:
+            gemm_dnnl.append(gemm_gflops(2048, 3, onednn=True))
         t_ours.append(time_steps(step_ours, per_round, "cpu"))
         t_ref.append(time_steps(step_ref, per_round, "cpu"))
-    g, to, tr = statistics.median(gemm), statistics.median(t_ours), statistics.median(t_ref)
+    lin_s, lin_flops = linear_only(ours, imgs)
+    ga = statistics.median(gemm_aten)
+    gd = statistics.median(gemm_dnnl) if gemm_dnnl else 0.0
+    g, to, tr = max(ga, gd), statistics.median(t_ours), statistics.median(t_ref)
     print(json.dumps({
         "workload": f"MAE step ViT-{args.size} {args.img_size}px batch {args.batch}, fp32 CPU",
-        "gemm_gflops": round(g, 1), "step_gflop": round(flops / 1e9, 1), "ref_step_gflop": round(flops_ref / 1e9, 1),
+        "cpu_gemm_backend": cpu_gemm_backend(),
+        "gemm_gflops": round(g, 1), "gemm_gflops_aten": round(ga, 1), "gemm_gflops_onednn": round(gd, 1),
+        "step_gflop": round(flops / 1e9, 1), "ref_step_gflop": round(flops_ref / 1e9, 1),
         "ours_img_per_s": round(args.batch / to, 2), "ours_gflops": round(flops / to / 1e9, 1),
         "ours_fraction_of_gemm": round(flops / to / 1e9 / g, 3),
         "ref_img_per_s": round(args.batch / tr, 2), "ref_gflops": round(flops_ref / tr / 1e9, 1),
+        "ref_fraction_of_gemm": round(flops_ref / tr / 1e9 / g, 3),
         "ours_vs_ref_speed": round(tr / to, 3),
+        "linear_layers_alone_s": round(lin_s, 3), "linear_layers_alone_gflops": round(lin_flops / lin_s / 1e9, 1),
+        "linear_layers_alone_fraction_of_gemm": round(lin_flops / lin_s / 1e9 / g, 3),
+        "step_ceiling_fraction_of_gemm": round(flops / lin_s / 1e9 / g, 3),
         "rounds_s_per_step": {"ours": [round(t, 3) for t in t_ours], "ref": [round(t, 3) for t in t_ref],
-                              "gemm_gflops": [round(x, 1) for x in gemm]},
+                              "gemm_gflops_aten": [round(x, 1) for x in gemm_aten],
+                              "gemm_gflops_onednn": [round(x, 1) for x in gemm_dnnl]},
     }))
 
     if torch.cuda.is_available():

@@ -22,6 +22,7 @@ That frame is simply marked missing and filled, so the feature array always matc
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -363,7 +364,10 @@ def quantize_encoder(encoder, mode: str):
         return encoder
     if mode != "int8":
         raise AffectMAEError(f"unknown quantize mode {mode!r}; choose one of {', '.join(QUANTIZE_MODES)}")
-    return torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8)
+    from .models.fast_linear import use_fast_linear
+
+    plain = use_fast_linear(copy.deepcopy(encoder), enabled=False)  # the quantiser maps plain nn.Linear only
+    return torch.ao.quantization.quantize_dynamic(plain, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def extract_features(cfg: ExtractConfig) -> dict:

@@ -17,6 +17,7 @@ import torch.nn as nn
 from einops import rearrange
 from timm.models.vision_transformer import Block
 
+from .fast_linear import use_fast_linear
 from .vit import ViTEncoder, sincos_pos_embed_2d
 
 
@@ -37,6 +38,7 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_dim, p * p * 3)
         self._init_decoder()
+        use_fast_linear(self)
 
     def _init_decoder(self) -> None:
         torch.nn.init.normal_(self.mask_token, std=0.02)

@@ -31,6 +31,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from ..checkpoint import load_state_strict, load_weights, read_metadata, save_weights
 from ..errors import CheckpointError
+from .fast_linear import use_fast_linear
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class ViTEncoder(VisionTransformer):
         )
         with torch.no_grad():
             self.pos_embed.copy_(sincos_pos_embed_2d(arch["embed_dim"], self.grid_size))
+        use_fast_linear(self)  # oneDNN fp32 products on CPUs where they beat MKL (models/fast_linear.py)
 
     @property
     def grid_size(self) -> int:

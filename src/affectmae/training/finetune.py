@@ -37,7 +37,8 @@ from ..metrics import evaluate
 from ..models.vit import ViTEncoder, load_encoder, save_encoder
 from ..tasks import TaskSpec, get_task
 from .distributed import GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
-from .engine import CheckpointManager, ScalarLogger, autocast, check_finite, make_adamw, progress, resolve_config, step_seed
+from .engine import (CheckpointManager, ScalarLogger, autocast, check_finite, keep_freed_memory, make_adamw, progress,
+                     resolve_config, step_seed)
 from .optim import set_lr, warmup_cosine_lr
 from .pretrain_data import plain_transform
 from .state import load_training_state
@@ -209,6 +210,8 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
     encoder = load_encoder(cfg.encoder, img_size=cfg.img_size, drop_path_rate=0.0 if cfg.freeze_encoder else cfg.drop_path)
     encoder.pos_embed.requires_grad_(True)
     img_size = encoder.arch["img_size"]
+    if device.type == "cpu":
+        keep_freed_memory()
     model = FinetuneModel(encoder, spec).to(device)
     if cfg.freeze_encoder:
         encoder.requires_grad_(False)
