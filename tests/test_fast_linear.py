@@ -1,0 +1,145 @@
+"""FastLinear (oneDNN fp32 products) against float64 references, its backend choice, and what it must not break."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from affectmae.models import fast_linear as fl
+from affectmae.models.fast_linear import FastLinear, cpu_gemm_backend, fast_linear, set_cpu_gemm_backend, use_fast_linear
+from affectmae.models.mae import MaskedAutoencoder
+from affectmae.models.vit import build_encoder
+from affectmae.training import engine
+
+needs_onednn = pytest.mark.skipif(fl._onednn_op() is None, reason="this PyTorch build has no oneDNN linear")
+
+
+@pytest.fixture
+def backend():
+    """Set the backend for one test and put the process's own choice back afterwards."""
+    saved = fl._backend
+    yield set_cpu_gemm_backend
+    fl._backend = saved
+
+
+def _product_node(y: torch.Tensor) -> str:
+    """Name of the autograd node that computed ``y``, looking through the reshape to the input's rank."""
+    node = y.grad_fn
+    while type(node).__name__ in ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"):
+        node = node.next_functions[0][0]
+    return type(node).__name__
+
+
+def _grads_float64(x, w, b, grad):
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    F.linear(x64, w64, b64).backward(grad.double())
+    return F.linear(x64, w64, b64).detach(), x64.grad, w64.grad, b64.grad
+
+
+@needs_onednn
+@pytest.mark.parametrize("m,k,n", [(8, 16, 4), (64, 4, 32)])  # both ways of forming the weight gradient
+def test_onednn_forward_and_backward_match_float64(backend, m, k, n):
+    backend("onednn")
+    gen = torch.Generator().manual_seed(m)
+    # a non-contiguous 3-D input, as the attention output is before its projection
+    x = torch.randn(2, k, m // 2, generator=gen).transpose(1, 2).requires_grad_()
+    w = torch.randn(n, k, generator=gen, requires_grad=True)
+    b = torch.randn(n, generator=gen, requires_grad=True)
+    grad = torch.randn(2, m // 2, n, generator=gen)
+    y = fast_linear(x, w, b)
+    assert _product_node(y) == "_OneDNNLinearBackward"
+    y.backward(grad)
+    ref_y, ref_gx, ref_gw, ref_gb = _grads_float64(x, w, b, grad)
+    assert y.shape == (2, m // 2, n)
+    torch.testing.assert_close(y.double(), ref_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), ref_gx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad.double(), ref_gw, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.grad.double(), ref_gb, rtol=1e-5, atol=1e-5)
+    assert w.grad.is_contiguous()
+
+
+@needs_onednn
+def test_other_dtypes_and_the_aten_backend_take_f_linear(backend):
+    backend("onednn")
+    x64 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    assert _product_node(fast_linear(x64, w64)) == "MmBackward0"
+    backend("aten")
+    x, w = torch.randn(3, 5, requires_grad=True), torch.randn(2, 5, requires_grad=True)
+    assert _product_node(fast_linear(x, w)) == "MmBackward0"
+
+
+@needs_onednn
+def test_flop_counter_counts_onednn_products_like_addmm(backend):
+    torch.manual_seed(0)
+    mae = MaskedAutoencoder(build_encoder("tiny", 32, depth=2), 32, 1, 2)
+    imgs = torch.randn(4, 3, 32, 32)
+    totals = {}
+    for name in ("aten", "onednn"):
+        backend(name)
+        with FlopCounterMode(display=False) as counter:
+            mae(imgs, 0.75, torch.linspace(0, 1, 4).repeat(4, 1))[0].backward()
+        totals[name] = counter.get_total_flops()
+    assert totals["aten"] == totals["onednn"]
+    layer = FastLinear(16, 8)
+    with FlopCounterMode(display=False) as counter:
+        layer(torch.randn(5, 16, requires_grad=True)).sum().backward()
+    assert counter.get_total_flops() == 3 * 2 * 5 * 16 * 8  # forward, grad input, grad weight
+
+
+def test_encoder_and_decoder_use_fast_linear_with_nn_linear_keys():
+    mae = MaskedAutoencoder(build_encoder("tiny", 32, depth=2), 32, 1, 2)
+    linears = [m for m in mae.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 2 * 4 + 1 * 4 + 2  # qkv, proj, fc1, fc2 per block; decoder embed and pred
+    assert all(type(m) is FastLinear for m in linears)
+    assert "blocks.0.attn.qkv.weight" in mae.encoder.state_dict()
+    use_fast_linear(mae, enabled=False)
+    assert all(type(m) is nn.Linear for m in mae.modules() if isinstance(m, nn.Linear))
+    use_fast_linear(mae)
+    assert all(type(m) is FastLinear for m in mae.modules() if isinstance(m, nn.Linear))
+
+
+def test_backend_from_the_environment(backend, monkeypatch):
+    backend(None)
+    monkeypatch.setenv(fl.ENV_VAR, "aten")
+    assert cpu_gemm_backend() == "aten"
+    backend(None)
+    monkeypatch.setenv(fl.ENV_VAR, "mkl")
+    with pytest.raises(ValueError, match=r"AFFECTMAE_CPU_GEMM='mkl': expected one of auto, onednn, aten"):
+        cpu_gemm_backend()
+    backend(None)
+    monkeypatch.setenv(fl.ENV_VAR, "auto")
+    assert cpu_gemm_backend() in ("onednn", "aten")
+    with pytest.raises(ValueError, match="expected 'onednn' or 'aten'"):
+        set_cpu_gemm_backend("cublas")
+
+
+def test_int8_quantisation_still_sees_plain_linear_layers():
+    from affectmae.features import quantize_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", 32, depth=2).eval()
+    quantized = quantize_encoder(encoder, "int8")
+    kinds = {type(m).__name__ for m in quantized.modules()}
+    assert "Linear" in kinds and not any(type(m) in (nn.Linear, FastLinear) for m in quantized.modules())
+    assert sum(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in quantized.modules()) == 8
+    assert all(type(m) is FastLinear for m in encoder.modules() if isinstance(m, nn.Linear))  # original untouched
+    imgs = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        cos = F.cosine_similarity(encoder(imgs), quantized(imgs), dim=1)
+    assert cos.min() > 0.99
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(engine, "_malloc_tuned", False)
+    monkeypatch.setenv("AFFECTMAE_MALLOC_TUNING", "0")
+    assert engine.keep_freed_memory() is False
+    monkeypatch.delenv("AFFECTMAE_MALLOC_TUNING")
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import platform
+
+        expected = platform.libc_ver()[0] == "glibc"
+        assert engine.keep_freed_memory() is expected
