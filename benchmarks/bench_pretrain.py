@@ -30,7 +30,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch.utils.flop_counter import FlopCounterMode
 
-from affectmae.models.fast_linear import _onednn_op, cpu_gemm_backend, fast_linear
+from affectmae.models.fast_linear import cpu_gemm_backend, fast_linear, onednn_available, time_best
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.vit import build_encoder, sincos_pos_embed_2d
 from affectmae.training.engine import keep_freed_memory, make_adamw
@@ -165,13 +165,7 @@ def linear_only(model: nn.Module, imgs: torch.Tensor, repeats: int = 5) -> tuple
             fast_linear(x, w, b).backward(grad)
             x.grad = w.grad = b.grad = None
 
-        layer()
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            layer()
-            best = min(best, time.perf_counter() - t0)
-        total_s += count * best
+        total_s += count * time_best(layer, repeats)
         total_flops += count * 6 * m * k * n
     return total_s, total_flops
 
@@ -205,7 +199,7 @@ def main() -> None:
     step_ours, step_ref = make_step(ours, imgs, True), make_step(ref, imgs, False)
     flops = step_flops(step_ours)
     flops_ref = step_flops(step_ref)
-    has_onednn = _onednn_op() is not None
+    has_onednn = onednn_available()
     gemm_aten, gemm_dnnl, t_ours, t_ref = [], [], [], []
     for _ in range(rounds):  # alternate, so all see the same machine load
         gemm_aten.append(gemm_gflops(2048, 3))

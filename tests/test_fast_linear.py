@@ -12,7 +12,7 @@ from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.vit import build_encoder
 from affectmae.training import engine
 
-needs_onednn = pytest.mark.skipif(fl._onednn_op() is None, reason="this PyTorch build has no oneDNN linear")
+needs_onednn = pytest.mark.skipif(not fl.onednn_available(), reason="this PyTorch build has no oneDNN linear")
 
 
 @pytest.fixture

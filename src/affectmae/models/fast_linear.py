@@ -43,12 +43,18 @@ def _onednn_op():
     return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
+def onednn_available() -> bool:
+    """Whether this PyTorch build has the oneDNN linear op that :class:`FastLinear` can use."""
+    return _onednn_op() is not None
+
+
 def _dnnl_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T + bias; any strides (oneDNN reads transposed views without copying)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _time_best(fn, repeats: int) -> float:
+def time_best(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn`` (after one untimed warm-up call), in seconds."""
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -68,8 +74,8 @@ def _calibrate() -> str:
         if not torch.allclose(_dnnl_linear(x, w, None), F.linear(x, w), rtol=1e-4, atol=1e-3):
             log.warning("oneDNN fp32 linear disagrees with aten's; using aten")
             return "aten"
-        t_aten = _time_best(lambda: F.linear(x, w), 5)
-        t_dnnl = _time_best(lambda: _dnnl_linear(x, w, None), 5)
+        t_aten = time_best(lambda: F.linear(x, w), 5)
+        t_dnnl = time_best(lambda: _dnnl_linear(x, w, None), 5)
     except RuntimeError as exc:  # an op that exists but is not built for this CPU
         log.debug("oneDNN linear unavailable: %s", exc)
         return "aten"
