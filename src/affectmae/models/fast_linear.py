@@ -14,8 +14,8 @@ backend is ``onednn``; the arithmetic is fp32 in both backends. The backend is c
   ``AUTO_MARGIN`` times faster, so machines where the two are close (AVX2 CPUs, Intel CPUs where MKL
   uses AVX-512) keep PyTorch's default path.
 
-Anything that is not an fp32 CPU tensor (CUDA, autocast, float64, int8-quantised copies) takes
-``F.linear`` unchanged.
+Anything that is not a non-empty fp32 CPU tensor (CUDA, autocast, float64, an empty batch, int8-quantised
+copies) takes ``F.linear`` unchanged.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` with the oneDNN path for fp32 CPU tensors when this process's backend is ``onednn``."""
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.numel() == 0
             or torch.is_autocast_enabled("cpu") or cpu_gemm_backend() != "onednn"):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
