@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from affectmae.errors import AffectMAEError
 from affectmae.models import fast_linear as fl
 from affectmae.models.fast_linear import FastLinear, cpu_gemm_backend, fast_linear, set_cpu_gemm_backend, use_fast_linear
 from affectmae.models.mae import MaskedAutoencoder
@@ -108,7 +109,7 @@ def test_backend_from_the_environment(backend, monkeypatch):
     assert cpu_gemm_backend() == "aten"
     backend(None)
     monkeypatch.setenv(fl.ENV_VAR, "mkl")
-    with pytest.raises(ValueError, match=r"AFFECTMAE_CPU_GEMM='mkl': expected one of auto, onednn, aten"):
+    with pytest.raises(AffectMAEError, match=r"AFFECTMAE_CPU_GEMM='mkl': expected one of auto, onednn, aten"):
         cpu_gemm_backend()
     backend(None)
     monkeypatch.setenv(fl.ENV_VAR, "auto")

@@ -3,7 +3,7 @@
 PyTorch computes fp32 ``nn.Linear`` on x86 CPUs with MKL's sgemm. On AMD CPUs with AVX-512 (Zen 4/5)
 MKL runs its AVX2 code path, while oneDNN, which PyTorch also ships, uses AVX-512: measured on a 2-core
 AMD EPYC with AVX-512, a 2048^3 fp32 product ran at 210 GFLOP/s through MKL and 464 GFLOP/s through
-oneDNN, and the ViT-B matrix shapes of MAE pretraining gained the same 2x forward and backward.
+oneDNN, and the linear layers of the ViT-B MAE step ran about 1.9x faster, forward and backward.
 
 :class:`FastLinear` is an ``nn.Linear`` (same parameters, same state-dict keys) whose forward and backward
 go through ``torch.ops.mkldnn._linear_pointwise`` (the oneDNN matmul that TorchInductor uses) when the
@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import AffectMAEError
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "AFFECTMAE_CPU_GEMM"
@@ -49,7 +51,8 @@ def onednn_available() -> bool:
 
 
 def _dnnl_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (M, K) @ weight (N, K)^T + bias; any strides (oneDNN reads transposed views without copying)."""
+    """x (M, K) @ weight (N, K)^T + bias. ``weight`` may be a transposed view (read in place); a
+    non-contiguous ``x`` is copied first by the op."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -91,9 +94,9 @@ def cpu_gemm_backend() -> str:
     if _backend is None:
         wanted = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
         if wanted not in BACKENDS:
-            raise ValueError(f"{ENV_VAR}={wanted!r}: expected one of {', '.join(BACKENDS)}")
+            raise AffectMAEError(f"{ENV_VAR}={wanted!r}: expected one of {', '.join(BACKENDS)}")
         if wanted == "onednn" and _onednn_op() is None:
-            raise RuntimeError(f"{ENV_VAR}=onednn, but this PyTorch build has no oneDNN (mkldnn) linear")
+            raise AffectMAEError(f"{ENV_VAR}=onednn, but this PyTorch build has no oneDNN (mkldnn) linear")
         _backend = _calibrate() if wanted == "auto" else wanted
     return _backend
 

@@ -23,8 +23,8 @@ import json
 import logging
 import math
 import os
-import sys
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -71,8 +71,8 @@ def keep_freed_memory() -> bool:
     PyTorch's CPU allocator hands every tensor to malloc. With glibc's defaults, buffers of a few MB
     (the activations of a ViT step) are ``mmap``-ed and returned to the kernel when freed, so each step
     page-faults them in again. Serving allocations up to 32 MB from the heap and trimming the heap only
-    beyond 1 GB of free memory made the ViT-B MAE step 5-7 % faster here
-    (``benchmarks/bench_pretrain.py``). The price is that the resident size stays at its peak, which
+    beyond 1 GB of free memory made the ViT-B MAE step of ``benchmarks/bench_pretrain.py`` 5-7 % faster
+    on a 2-core AMD EPYC (timed with and without, docs/benchmarks.md). The price is that the resident size stays at its peak, which
     training reaches every step anyway; inference commands, whose memory must stay flat, do not call it.
     """
     global _malloc_tuned
