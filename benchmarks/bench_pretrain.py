@@ -13,6 +13,10 @@ The machine's GEMM rate is the faster of PyTorch's ``a @ b`` (MKL on x86) and on
 so ``a @ b`` alone would understate the machine. Our step takes oneDNN for its linear layers where
 ``affectmae.models.fast_linear`` finds it faster (``AFFECTMAE_CPU_GEMM=aten`` turns that off); the
 reference-style step uses plain ``nn.Linear``, as facebookresearch/mae does.
+
+``linear_layers_alone_*`` times every linear layer of our step by itself (forward + backward at the
+shapes one step gives it) and sums them; ``step_ceiling_fraction_of_gemm`` is the step's FLOPs over that
+time, i.e. the fraction of the GEMM rate the whole step would reach if nothing else in it took any time.
 """
 
 from __future__ import annotations
