@@ -66,6 +66,8 @@ def test_other_dtypes_and_the_aten_backend_take_f_linear(backend):
     x64 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     w64 = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
     assert _product_node(fast_linear(x64, w64)) == "MmBackward0"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps its own (bf16) linear
+        assert fast_linear(torch.randn(3, 5), torch.randn(2, 5)).dtype == torch.bfloat16
     empty = fast_linear(torch.randn(2, 0, 5, requires_grad=True), torch.randn(2, 5))  # oneDNN refuses M = 0
     assert empty.shape == (2, 0, 2)
     backend("aten")

@@ -139,10 +139,17 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` with the oneDNN path for fp32 CPU tensors when this process's backend is ``onednn``."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.numel() == 0
-            or torch.is_autocast_enabled("cpu") or cpu_gemm_backend() != "onednn"):
+            or _cpu_autocast_enabled() or cpu_gemm_backend() != "onednn"):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     y = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
@@ -187,8 +194,8 @@ def _register_flop_formula() -> None:
 
     try:
         register_flop_formula(op)(linear_flop)
-    except (RuntimeError, ValueError):  # already registered (by a newer torch or a second import)
-        pass
+    except Exception as exc:  # already registered (a newer torch, a second import); counting is only a convenience
+        log.debug("no FLOP formula registered for the oneDNN linear: %s", exc)
 
 
 _register_flop_formula()
