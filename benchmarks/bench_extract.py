@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from affectmae.models.fast_linear import onednn_available, onednn_linear
+
 
 def gemm_gflops(seconds: float = 3.0) -> float:
     """The machine's fp32 matmul rate with ViT-B-like shapes (tokens x 768 @ 768 x 3072): the faster of
@@ -29,8 +31,8 @@ def gemm_gflops(seconds: float = 3.0) -> float:
     a, b = torch.randn(32 * 50, 768), torch.randn(768, 3072)
     bt = b.t().contiguous()
     products = [lambda: a @ b]
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], ""))
+    if onednn_available():
+        products.append(lambda: onednn_linear(a, bt, None))
     rates = []
     for product in products:
         for _ in range(3):

@@ -34,7 +34,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch.utils.flop_counter import FlopCounterMode
 
-from affectmae.models.fast_linear import cpu_gemm_backend, fast_linear, onednn_available, time_best
+from affectmae.models.fast_linear import cpu_gemm_backend, fast_linear, onednn_available, onednn_linear, time_best
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.vit import build_encoder, sincos_pos_embed_2d
 from affectmae.training.engine import keep_freed_memory, make_adamw
@@ -102,7 +102,7 @@ def gemm_gflops(n: int, repeats: int, dtype=torch.float32, device="cpu", onednn:
     """Best rate of ``repeats`` n^3 products: ``a @ b`` (PyTorch's BLAS), or oneDNN's matmul if ``onednn``."""
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     bt = b.t().contiguous()
-    product = (lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")) if onednn else (lambda: a @ b)
+    product = (lambda: onednn_linear(a, bt, None)) if onednn else (lambda: a @ b)
     product()
     rates = []
     for _ in range(repeats):

@@ -50,7 +50,7 @@ def onednn_available() -> bool:
     return _onednn_op() is not None
 
 
-def _dnnl_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T + bias. ``weight`` may be a transposed view (read in place); a
     non-contiguous ``x`` is copied first by the op."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
@@ -74,11 +74,11 @@ def _calibrate() -> str:
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(448, 768, generator=gen), torch.randn(3072, 768, generator=gen)
     try:
-        if not torch.allclose(_dnnl_linear(x, w, None), F.linear(x, w), rtol=1e-4, atol=1e-3):
+        if not torch.allclose(onednn_linear(x, w, None), F.linear(x, w), rtol=1e-4, atol=1e-3):
             log.warning("oneDNN fp32 linear disagrees with aten's; using aten")
             return "aten"
         t_aten = time_best(lambda: F.linear(x, w), 5)
-        t_dnnl = time_best(lambda: _dnnl_linear(x, w, None), 5)
+        t_dnnl = time_best(lambda: onednn_linear(x, w, None), 5)
     except RuntimeError as exc:  # an op that exists but is not built for this CPU
         log.debug("oneDNN linear unavailable: %s", exc)
         return "aten"
@@ -118,22 +118,22 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _dnnl_linear(x, weight, bias)
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _dnnl_linear(grad_out, weight.t(), None)  # (M, N) @ (N, K)
+            grad_x = onednn_linear(grad_out, weight.t(), None)  # (M, N) @ (N, K)
         if ctx.needs_input_grad[1]:
             # The op copies a transposed first operand but reads a transposed second one in place: either
             # copy grad_out^T (M*N values), or x^T and then the (K, N) result (M*K + K*N), whichever is less.
             (m, n), k = grad_out.shape, x.shape[1]
             if m * n <= m * k + k * n:
-                grad_w = _dnnl_linear(grad_out.t().contiguous(), x.t(), None)  # (N, M) @ (M, K)
+                grad_w = onednn_linear(grad_out.t().contiguous(), x.t(), None)  # (N, M) @ (M, K)
             else:
-                grad_w = _dnnl_linear(x.t().contiguous(), grad_out.t(), None).t().contiguous()  # ((K, M) @ (M, N))^T
+                grad_w = onednn_linear(x.t().contiguous(), grad_out.t(), None).t().contiguous()  # ((K, M) @ (M, N))^T
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(0)
         return grad_x, grad_w, grad_b
