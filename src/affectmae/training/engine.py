@@ -65,8 +65,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's 
 _malloc_tuned = False
 
 
-def keep_freed_memory() -> bool:
-    """Keep freed heap memory in the process (glibc only; a no-op elsewhere or with AFFECTMAE_MALLOC_TUNING=0).
+def keep_freed_memory(device: torch.device | None = None) -> bool:
+    """Keep freed heap memory in the process (glibc only; a no-op for a non-CPU ``device``, elsewhere, or
+    with AFFECTMAE_MALLOC_TUNING=0).
 
     PyTorch's CPU allocator hands every tensor to malloc. With glibc's defaults, buffers of a few MB
     (the activations of a ViT step) are ``mmap``-ed and returned to the kernel when freed, so each step
@@ -76,6 +77,8 @@ def keep_freed_memory() -> bool:
     training reaches every step anyway; inference commands, whose memory must stay flat, do not call it.
     """
     global _malloc_tuned
+    if device is not None and device.type != "cpu":
+        return False
     if _malloc_tuned:
         return True
     if os.environ.get("AFFECTMAE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):

@@ -210,8 +210,7 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
     encoder = load_encoder(cfg.encoder, img_size=cfg.img_size, drop_path_rate=0.0 if cfg.freeze_encoder else cfg.drop_path)
     encoder.pos_embed.requires_grad_(True)
     img_size = encoder.arch["img_size"]
-    if device.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(device)
     model = FinetuneModel(encoder, spec).to(device)
     if cfg.freeze_encoder:
         encoder.requires_grad_(False)

@@ -127,8 +127,7 @@ def _pretrain(cfg: PretrainConfig, info) -> Path:
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
-    if device.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(device)
     torch.manual_seed(cfg.seed)
     model = build_mae(cfg).to(device)
     encoder = model.encoder
