@@ -76,7 +76,10 @@ def test_multitask_and_au_thresholds(dataset, tmp_path):
     meta = read_metadata(tmp_path / "best.safetensors")
     assert meta["tasks"] == ["va", "expr", "au"]
     assert len(meta["au_thresholds"]) == 12 and all(0.05 <= t <= 0.95 for t in meta["au_thresholds"])
-    assert result["best"]["au"]["score_tuned_thresholds"] >= result["best"]["au"]["score"] - 1e-9
+    assert meta["au_threshold_source"] == "train" and result["au_thresholds"] == meta["au_thresholds"]
+    au = result["best"]["au"]
+    assert au["score_at_0.5"] == au["score"] and au["thresholds_tuned_on"] == "train"
+    assert 0.0 <= au["score_tuned_thresholds"] <= 1.0
     parts = [result["best"][t]["score"] for t in ("va", "expr", "au")]
     assert result["best"]["score"] == pytest.approx(np.mean(parts))
 
@@ -145,3 +148,68 @@ def test_length_mismatch_and_empty_validation_errors(tmp_path):
     assert rc == 2
     with pytest.raises(AffectMAEError, match="fold 0 has no validation videos"):
         train_from_args(None, [], features=str(feats2), data=str(ann2), task="va", out=str(tmp_path / "r"))
+
+
+def _flip_validation_au(ann) -> None:
+    """Invert every valid validation AU label, so thresholds tuned on validation differ from training ones."""
+    for path in sorted((ann / "AU_Detection_Challenge" / "Validation_Set").glob("*.txt")):
+        header, *rows = path.read_text().splitlines()
+        flipped = [",".join(v if v == "-1" else str(1 - int(v)) for v in row.split(",")) for row in rows]
+        path.write_text(header + "\n" + "\n".join(flipped) + "\n")
+
+
+def _au_predictions(run, feats, ann, which: str):
+    """(probs, true) of the best model over the official train or val videos, recomputed independently."""
+    from affectmae.training.temporal_data import load_labelled_videos, select_fold
+
+    model, meta = load_temporal(run / "best.safetensors")
+    store = FeatureStore(feats)
+    train, val = select_fold(load_labelled_videos(store, str(ann), ["au"]), 0, 5, 0)
+    probs, trues = [], []
+    for lv in {"train": train, "val": val}[which]:
+        f, present = store.load(lv.video)
+        probs.append(predict_sequence(model, f, present, meta["window"], meta["stride"])["au"])
+        trues.append(lv.labels["au"])
+    return np.concatenate(probs), np.concatenate(trues)
+
+
+def _mean_f1_sklearn(probs, true, thresholds) -> float:
+    from sklearn.metrics import f1_score
+
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (12,))
+    return float(np.mean([f1_score(true[true[:, k] != -1, k], probs[true[:, k] != -1, k] >= thr[k], zero_division=0)
+                          for k in range(12)]))
+
+
+@pytest.mark.parametrize("source", ["train", "val", "none"])
+def test_au_thresholds_come_from_the_configured_split(tmp_path, source):
+    from affectmae.metrics import tune_au_thresholds
+
+    feats, ann = make_feature_dataset(tmp_path / "d", n_videos=5, lengths=(50, 90), tasks=("au",))
+    _flip_validation_au(ann)
+    run = tmp_path / "run"
+    result = train_from_args("temporal_tiny", [*FAST, f"au_threshold_source={source}"], features=str(feats),
+                             data=str(ann), task="au", out=str(run))
+    meta = read_metadata(run / "best.safetensors")
+    au = result["best"]["au"]
+    p_train, t_train = _au_predictions(run, feats, ann, "train")
+    p_val, t_val = _au_predictions(run, feats, ann, "val")
+    from_train, from_val = tune_au_thresholds(p_train, t_train), tune_au_thresholds(p_val, t_val)
+    assert np.abs(from_train - from_val).max() >= 0.05  # the flipped validation labels pull them apart
+    # the 0.5 score is always reported, and it is the validation F1 at 0.5 (sklearn reference)
+    assert au["score"] == au["score_at_0.5"] == pytest.approx(_mean_f1_sklearn(p_val, t_val, 0.5), abs=1e-6)
+    if source == "none":
+        assert meta["au_thresholds"] is None and au["thresholds_tuned_on"] == "none"
+        assert "score_tuned_thresholds" not in au
+        return
+    expected = {"train": from_train, "val": from_val}[source]
+    np.testing.assert_allclose(meta["au_thresholds"], expected, atol=1e-9)
+    assert meta["au_threshold_source"] == au["thresholds_tuned_on"] == source
+    assert au["score_tuned_thresholds"] == pytest.approx(_mean_f1_sklearn(p_val, t_val, expected), abs=1e-6)
+
+
+def test_unknown_au_threshold_source_is_refused(dataset, tmp_path):
+    feats, ann = dataset
+    with pytest.raises(AffectMAEError, match="au_threshold_source must be one of train, val, none, got 'test'"):
+        train_from_args("temporal_tiny", ["au_threshold_source=test"], features=str(feats), data=str(ann),
+                        task="au", out=str(tmp_path))

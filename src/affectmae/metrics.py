@@ -180,9 +180,11 @@ def evaluate(task: str, pred: Any, true: Any, valid: Any = None, **options: Any)
 def tune_au_thresholds(
     probs: Any, true: Any, valid: Any = None, grid: Sequence[float] = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 ) -> np.ndarray:
-    """Per-AU threshold from ``grid`` that maximises that AU's F1 on validation data.
+    """Per-AU threshold from ``grid`` that maximises that AU's F1 on the given data.
 
     ``probs, true: (N, 12)``; returns float64 ``(12,)``. Ties go to the threshold closest to 0.5.
+    Tune on data that is not scored afterwards (``train`` tunes on the training videos' predictions);
+    F1 at thresholds tuned on the scored frames themselves is optimistic.
     """
     spec = TASKS["au"]
     probs, true = _check_rows(_array(probs, "probs"), _array(true, "true"), spec.num_outputs, spec)

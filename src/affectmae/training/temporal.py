@@ -11,7 +11,14 @@ Run folder (``cfg.out``)::
 Validation: every validation video is predicted in overlapping windows that are merged per frame, then
 all validation frames are concatenated and scored once (:func:`affectmae.metrics.evaluate`), so each
 frame counts once, as in the official protocol (not an average over segments). The model selection
-score is the task's official score (the mean over tasks for ``task=multi``).
+score is the task's official score (the mean over tasks for ``task=multi``), with AU at threshold 0.5.
+
+AU thresholds (``au_threshold_source``): per-AU thresholds are tuned, at each new best epoch, on the
+model's predictions over the **training** videos of the fold (default ``train``), so the validation
+frames the run is scored on never choose them. ``val`` tunes them on the validation frames (the old
+behaviour: the tuned validation score is then optimistic, measured on the data that picked the
+thresholds); ``none`` keeps 0.5. The AU metrics always hold ``score`` (= ``score_at_0.5``) beside
+``score_tuned_thresholds`` (validation F1 at the stored thresholds) and ``thresholds_tuned_on``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ log = logging.getLogger(__name__)
 
 BEST_FILE = "best.safetensors"
 STATE_FILE = "last_state.safetensors"
+AU_THRESHOLD_SOURCES = ("train", "val", "none")
 
 
 @dataclass
@@ -63,7 +71,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     warmup_epochs: float = 1.0
     grad_clip: float = 0.0  # 0 = off
-    tune_au_thresholds: bool = True
+    au_threshold_source: str = "train"  # train | val | none: where per-AU thresholds are tuned (see module doc)
     threads: int = 0  # torch threads, 0 = default
     device: str = "auto"  # auto = cuda when available, else cpu
     tensorboard: bool = True
@@ -82,7 +90,11 @@ def task_list(task: str) -> list[str]:
 @torch.no_grad()
 def evaluate_videos(model: TemporalModel, store: FeatureStore, videos: list[LabelledVideo], window: int, stride: int,
                     au_thresholds=None) -> tuple[dict, dict[str, np.ndarray]]:
-    """Official per-frame metrics over all ``videos`` at once; returns (metrics, concatenated predictions)."""
+    """Official per-frame metrics over all ``videos`` at once; returns (metrics, concatenated predictions).
+
+    AU: ``score`` and ``score_at_0.5`` are at threshold 0.5; with ``au_thresholds`` (12,) also
+    ``score_tuned_thresholds`` and ``f1_per_au_tuned_thresholds`` at those thresholds (same predictions).
+    """
     from ..metrics import evaluate
 
     preds: dict[str, list] = {s.name: [] for s in model.specs}
@@ -104,8 +116,13 @@ def evaluate_videos(model: TemporalModel, store: FeatureStore, videos: list[Labe
             continue
         p, t, v = (np.concatenate(a) for a in (preds[name], trues[name], valids[name]))
         cat[name] = p
-        opts = {"thresholds": au_thresholds} if name == "au" and au_thresholds is not None else {}
-        metrics[name] = evaluate(name, p, t, v, **opts)
+        metrics[name] = evaluate(name, p, t, v)  # AU at threshold 0.5
+        if name == "au":
+            metrics[name]["score_at_0.5"] = metrics[name]["score"]
+            if au_thresholds is not None:
+                tuned = evaluate(name, p, t, v, thresholds=au_thresholds)
+                metrics[name]["score_tuned_thresholds"] = tuned["score"]
+                metrics[name]["f1_per_au_tuned_thresholds"] = tuned["f1_per_au"]
         cat[f"{name}/true"], cat[f"{name}/valid"] = t, v
     if not metrics:
         raise AffectMAEError("no validation video carries labels of the trained task(s)")
@@ -119,6 +136,31 @@ def _tune_thresholds(cat: dict[str, np.ndarray]) -> list[float] | None:
     if "au" not in cat:
         return None
     return [float(t) for t in tune_au_thresholds(cat["au"], cat["au/true"], cat["au/valid"])]
+
+
+def au_thresholds_from(source: str, model: TemporalModel, store: FeatureStore, train_videos: list[LabelledVideo],
+                       val_cat: dict[str, np.ndarray], window: int, stride: int) -> list[float] | None:
+    """Per-AU thresholds (12 floats) for the model as it is now, or None (no AU head, or ``source="none"``).
+
+    ``source="train"``: tuned on the model's merged per-frame predictions over ``train_videos``;
+    ``"val"``: on the validation predictions ``val_cat`` (from :func:`evaluate_videos`).
+    """
+    if source not in AU_THRESHOLD_SOURCES:
+        raise AffectMAEError(f"au_threshold_source must be one of {', '.join(AU_THRESHOLD_SOURCES)}, got {source!r}")
+    if source == "none" or "au" not in val_cat:
+        return None
+    if source == "val":
+        return _tune_thresholds(val_cat)
+    au_train = [v for v in train_videos if "au" in v.labels]
+    if not au_train:
+        raise AffectMAEError("au_threshold_source=train: no training video carries AU labels to tune thresholds on")
+    return _tune_thresholds(evaluate_videos(model, store, au_train, window, stride)[1])
+
+
+def _score_at(cat: dict[str, np.ndarray], thresholds: list[float]) -> dict:
+    from ..metrics import evaluate
+
+    return evaluate("au", cat["au"], cat["au/true"], cat["au/valid"], thresholds=thresholds)
 
 
 def _writer(cfg: TrainConfig, out: Path):
@@ -139,6 +181,9 @@ def train_temporal(cfg: TrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tasks = task_list(cfg.task)
+    if cfg.au_threshold_source not in AU_THRESHOLD_SOURCES:
+        raise AffectMAEError(f"au_threshold_source must be one of {', '.join(AU_THRESHOLD_SOURCES)}, "
+                             f"got {cfg.au_threshold_source!r}")
     store = FeatureStore(cfg.features)
     videos = load_labelled_videos(store, cfg.data, tasks)
     train_videos, val_videos = select_fold(videos, cfg.fold, cfg.n_folds, cfg.fold_seed)
@@ -214,13 +259,19 @@ def train_temporal(cfg: TrainConfig) -> dict:
         counters["epoch"] = epoch + 1
         if metrics["score"] > counters["best_score"]:
             counters["best_score"], counters["best_epoch"] = metrics["score"], epoch + 1
-            thresholds = _tune_thresholds(cat) if cfg.tune_au_thresholds else None
-            if thresholds is not None:
-                metrics["au"]["score_tuned_thresholds"] = evaluate_videos(
-                    model, store, val_videos, cfg.window, cfg.stride, thresholds)[0]["au"]["score"]
+            thresholds = au_thresholds_from(cfg.au_threshold_source, model, store, train_videos, cat,
+                                            cfg.window, cfg.stride)
+            if "au" in metrics:
+                metrics["au"]["thresholds_tuned_on"] = cfg.au_threshold_source if thresholds is not None else "none"
+                metrics["au"]["thresholds"] = thresholds
+                if thresholds is not None:  # the same validation predictions, scored at the tuned thresholds
+                    tuned = _score_at(cat, thresholds)
+                    metrics["au"]["score_tuned_thresholds"] = tuned["score"]
+                    metrics["au"]["f1_per_au_tuned_thresholds"] = tuned["f1_per_au"]
             best_metrics = metrics
             save_temporal(out / BEST_FILE, model, {
                 "tasks": tasks, "window": cfg.window, "stride": cfg.stride, "au_thresholds": thresholds,
+                "au_threshold_source": cfg.au_threshold_source if thresholds is not None else "none",
                 "val": metrics, "epoch": epoch + 1, "features": {k: store.meta.get(k) for k in ("encoder", "dim")},
                 **fold_info})
         save_training_state(state_path, model, optimizer, counters, cfg_dict,
@@ -229,6 +280,7 @@ def train_temporal(cfg: TrainConfig) -> dict:
         writer.close()
     result = {"run_dir": str(out), "task": cfg.task, "fold": cfg.fold, "best": best_metrics,
               "best_epoch": counters["best_epoch"], "history": history,
+              "au_thresholds": best_metrics.get("au", {}).get("thresholds"),
               "train_segments_per_s": round(n_segments / t_train, 2) if t_train > 0 else None, **fold_info}
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
     return result
