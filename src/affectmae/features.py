@@ -7,6 +7,11 @@ Layout of a features folder::
     FEATURES/<video>.npy          (N, D) float16, one row per frame (frame k is image %05d.jpg % (k + 1))
     FEATURES/<video>.mask.npy     (N,) bool, True where the frame image existed and was decoded
 
+``encoder`` in features.json names what made the features: the resolved checkpoint path, ``pixels:<S>``
+(grey S x S pixels) or ``random:<checkpoint>@seed<k>`` (that architecture with random weights); the
+baselines of the ablation table are extracted through this same code path
+(:mod:`affectmae.models.baseline_encoders`).
+
 Frames without an image (no face found, or a corrupt JPEG, which is counted and reported) get a
 feature anyway, so every frame has a prediction later: ``missing="linear"`` interpolates in time between
 the nearest present frames (copying the nearest one before the first / after the last present frame),
@@ -337,7 +342,8 @@ def write_video_features(root: Path, video: str, n: int, dim: int, batches, enco
 
 @dataclass
 class ExtractConfig:
-    encoder: str = ""  # encoder checkpoint (ours, reference MAE .pth, or timm state dict)
+    encoder: str = ""  # encoder checkpoint (ours, reference MAE .pth, timm), or pixels[:S] / random:<checkpoint>
+    seed: int = 0  # weights of a random:<checkpoint> encoder (models/baseline_encoders.py)
     frames: str = ""  # cropped_aligned/ root: <frames>/<video>/00001.jpg
     out: str = ""  # features folder
     annotations: str = ""  # optional Aff-Wild2 annotation root (frame counts); "" = count from the frame folders
@@ -381,7 +387,8 @@ def extract_features(cfg: ExtractConfig) -> dict:
     from tqdm import tqdm
 
     from .data.affwild2 import FrameIndex
-    from .models.vit import encoder_metadata, load_encoder, preprocess_frames
+    from .models.baseline_encoders import build_extract_encoder
+    from .models.vit import preprocess_frames
 
     if cfg.missing not in MISSING_METHODS:
         raise AffectMAEError(f"unknown missing-frame method {cfg.missing!r}; choose one of {', '.join(MISSING_METHODS)}")
@@ -398,14 +405,14 @@ def extract_features(cfg: ExtractConfig) -> dict:
     if cfg.quantize != "none":
         if device.type != "cpu":
             raise AffectMAEError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
-    encoder = quantize_encoder(load_encoder(cfg.encoder).eval().to(device), cfg.quantize)
+    built, enc_id, enc_meta = build_extract_encoder(cfg.encoder, cfg.seed)
+    encoder = quantize_encoder(built.eval().to(device), cfg.quantize)
     decode_threads = cfg.decode_threads if cfg.decode_threads >= 0 else (0 if device.type == "cpu" else 2)
-    enc_meta = encoder_metadata(cfg.encoder)
     dim = int(encoder.embed_dim)
     size = int(encoder.arch["img_size"])
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "encoder": str(Path(cfg.encoder).resolve()),
+    meta = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "encoder": enc_id,
             "encoder_meta": enc_meta, "dim": dim, "dtype": "float16", "img_size": size, "missing": cfg.missing,
             "quantize": cfg.quantize,
             "mask": "present: True where the frame image existed and decoded"}

@@ -12,7 +12,10 @@ def register(subparsers) -> None:
         description="Writes FEATURES/<video>.npy, FEATURES/<video>.mask.npy and FEATURES/features.json. "
         "Resumable: videos already written are skipped. Frames without an image are filled (see --missing).",
     )
-    p.add_argument("--encoder", required=True, help="encoder checkpoint (ours, reference-MAE .pth or timm)")
+    p.add_argument("--encoder", required=True,
+                   help="encoder checkpoint (ours, reference-MAE .pth or timm); or a baseline: 'pixels' / 'pixels:S' "
+                        "(grey SxS pixels, default 24) or 'random:CHECKPOINT' (its architecture, random weights)")
+    p.add_argument("--seed", type=int, default=0, help="weights of a random:CHECKPOINT encoder")
     p.add_argument("--frames", required=True, help="cropped_aligned folder (or the folder holding it)")
     p.add_argument("--data", default="", help="Aff-Wild2 annotation root: frame counts come from the annotations")
     p.add_argument("-o", "--out", required=True, help="features folder")
@@ -35,7 +38,7 @@ def _run(args) -> int:
     summary = extract_features(ExtractConfig(
         encoder=args.encoder, frames=args.frames, out=args.out, annotations=args.data, videos=args.videos,
         batch_size=args.batch_size, decode_threads=args.decode_threads, missing=args.missing,
-        torch_threads=args.threads, quantize=args.quantize,
+        torch_threads=args.threads, quantize=args.quantize, seed=args.seed,
     ))
     summary.pop("per_video")
     print(json.dumps(summary))

@@ -1,0 +1,110 @@
+"""Baseline frame encoders for the feature tables, behind the same encoder API as :class:`ViTEncoder`.
+
+``affectmae extract --encoder SPEC`` accepts, besides a checkpoint path:
+
+- ``pixels`` / ``pixels:<S>``: :class:`PixelEncoder`, plain grey pixels downscaled to S x S (default 24,
+  576-d), standardised per frame. No weights; the "linear on raw pixels" row.
+- ``random:<checkpoint>``: :func:`random_encoder`, a ViT with the architecture of ``<checkpoint>`` and
+  freshly initialised weights (``seed``). The "randomly initialised encoder" row.
+
+Both expose ``forward_features(x) -> {"pooled": (B, D), ...}``, ``embed_dim`` and ``arch["img_size"]``,
+so :func:`affectmae.features.extract_features` runs them through the same code path as a trained encoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import AffectMAEError
+from .vit import IMAGENET_MEAN, IMAGENET_STD, ViTEncoder, encoder_metadata, load_encoder
+
+PIXEL_SIZE = 24
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
+
+
+class PixelEncoder(torch.nn.Module):
+    """Frames -> grey S x S pixels, each frame standardised to mean 0 and standard deviation 1.
+
+    Input is what :func:`affectmae.models.vit.preprocess_frames` gives (ImageNet-normalised RGB); it is
+    mapped back to [0, 1], turned grey with BT.601 weights, resized to S x S (bilinear, antialiased; a
+    no-op when the frames already are S x S) and flattened row by row. A constant frame gives zeros.
+    """
+
+    def __init__(self, size: int = PIXEL_SIZE):
+        super().__init__()
+        if size < 2:
+            raise AffectMAEError(f"pixel encoder size must be at least 2, got {size}")
+        self.arch: dict[str, Any] = {"kind": "pixels", "img_size": int(size), "size": int(size)}
+        self.embed_dim = int(size) * int(size)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("grey", torch.tensor(GREY_WEIGHTS).view(1, 3, 1, 1), persistent=False)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (B, 3, H, W) ImageNet-normalised -> {"grey": (B, S, S) in [0, 1], "pooled": (B, S*S) standardised}."""
+        size = self.arch["size"]
+        rgb = (x * self.std + self.mean).clamp(0.0, 1.0)
+        grey = (rgb * self.grey).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+        if grey.shape[-2:] != (size, size):
+            grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        flat = grey.flatten(1)  # (B, S*S)
+        centred = flat - flat.mean(dim=1, keepdim=True)
+        std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()  # population std per frame
+        pooled = torch.where(std > 1e-8, centred / std.clamp_min(1e-8), torch.zeros_like(centred))
+        return {"grey": grey[:, 0], "pooled": pooled}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) -> (B, S*S)."""
+        return self.forward_features(x)["pooled"]
+
+
+def random_encoder(source: str | Path, seed: int = 0) -> ViTEncoder:
+    """A ViT with the architecture of the encoder at ``source`` and random weights (timm's init, seeded).
+
+    The global torch RNG is left as it was; the same ``seed`` gives the same weights.
+    """
+    with torch.random.fork_rng(devices=[]):  # building the source encoder draws from the RNG too
+        arch = dict(load_encoder(source).arch)
+        arch.pop("drop_path_rate", None)
+        torch.manual_seed(int(seed))
+        return ViTEncoder(arch)
+
+
+def parse_encoder_spec(spec: str) -> tuple[str, str]:
+    """``"pixels[:S]"`` -> ("pixels", S or ""); ``"random:PATH"`` -> ("random", PATH); else ("checkpoint", spec)."""
+    if spec == "pixels" or spec.startswith("pixels:"):
+        return "pixels", spec.partition(":")[2]
+    if spec.startswith("random:"):
+        path = spec.partition(":")[2]
+        if not path:
+            raise AffectMAEError("encoder spec 'random:' needs the path of an encoder to copy the architecture "
+                                 "from, e.g. random:runs/finetune/encoder.safetensors")
+        return "random", path
+    return "checkpoint", spec
+
+
+def build_extract_encoder(spec: str, seed: int = 0) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """The encoder named by ``spec`` (see the module doc) -> (encoder, identity string, metadata).
+
+    The identity string goes into ``features.json`` as ``encoder`` (a resumed extraction must match it);
+    the metadata as ``encoder_meta``.
+    """
+    kind, arg = parse_encoder_spec(spec)
+    if kind == "pixels":
+        try:
+            size = int(arg) if arg else PIXEL_SIZE
+        except ValueError:
+            raise AffectMAEError(f"encoder spec {spec!r}: expected pixels:<size>, e.g. pixels:24") from None
+        encoder = PixelEncoder(size)
+        return encoder, f"pixels:{size}", {"kind": "pixels", "size": size, "grey": "BT.601",
+                                           "standardised": "per frame, population std"}
+    if kind == "random":
+        source = str(Path(arg).resolve())
+        encoder = random_encoder(arg, seed)
+        return encoder, f"random:{source}@seed{int(seed)}", {"kind": "random", "arch_from": source,
+                                                              "seed": int(seed), "arch": encoder.arch}
+    return load_encoder(spec), str(Path(spec).resolve()), encoder_metadata(spec)
