@@ -21,8 +21,9 @@ pytest.importorskip("yuface")
 
 FPS = 25
 N = 36
-COLUMNS = (["frame", "time_s", "face_id", "face_detected", "analyzed", "x1", "y1", "x2", "y2", "det_score",
-            "valence", "arousal"] + [f"expr_{e}" for e in EXPRESSIONS] + ["expression"]
+COLUMNS = (["input", "frame", "time_s", "face_id", "face_detected", "analyzed", "x1", "y1", "x2", "y2", "det_score",
+            "eye_l_x", "eye_l_y", "eye_r_x", "eye_r_y", "nose_x", "nose_y", "mouth_l_x", "mouth_l_y", "mouth_r_x",
+            "mouth_r_y", "pose_roll", "valence", "arousal"] + [f"expr_{e}" for e in EXPRESSIONS] + ["expression"]
            + [f"{a}_prob" for a in ACTION_UNITS] + list(ACTION_UNITS))
 THRESHOLDS = [0.5, 0.45, 0.55, 0.5, 0.4, 0.5, 0.6, 0.5, 0.5, 0.3, 0.7, 0.5]
 
@@ -61,8 +62,8 @@ def cli_run(work):
     root, model_dir, truth = work
     out = root / "out"
     code = main(["analyze", str(truth.path), "--model", str(model_dir), "-o", str(out), "--batch-size", "8",
-                 "--video-out", str(out / "annotated.mp4")])
-    return code, out, pd.read_csv(out / "predictions.csv")
+                 "--video-out"])
+    return code, out, pd.read_csv(out / "two.csv")
 
 
 def test_cli_writes_table_plots_and_summary(cli_run):
@@ -70,14 +71,15 @@ def test_cli_writes_table_plots_and_summary(cli_run):
     assert code == 0
     assert list(df.columns) == COLUMNS
     for name in ("valence_arousal.png", "expressions.png", "action_units.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = json.loads((out / "summary.json").read_text())
+        assert (out / f"two.{name}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "two.summary.json").read_text())
     assert (summary["frames_decoded"], summary["frames_analyzed"], summary["faces"]) == (N, N, 4)
     assert (summary["shot_cuts"], summary["frames_without_face"], summary["detections"]) == (1, 4, 2 * (N - 4))
     assert set(summary["seconds"]) == {"decode", "detect", "track", "align", "encode", "temporal", "write"}
     from affectmae.data.video import probe_video
 
-    assert probe_video(out / "annotated.mp4").n_frames == N
+    assert probe_video(out / "two.annotated.mp4").n_frames == N
+    assert (df["input"] == str(out.parent / "two.mp4")).all()
 
 
 def test_rows_per_frame_ids_and_no_face_flags(cli_run):
@@ -174,11 +176,11 @@ def test_video_without_faces_flags_every_frame(work, tmp_path):
     _, model_dir, _ = work
     video = make_synthetic_video(tmp_path / "empty.mp4", n_frames=10, size=(320, 180), no_face=(0, 10)).path
     assert main(["analyze", str(video), "--model", str(model_dir), "-o", str(tmp_path / "out")]) == 0
-    df = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    df = pd.read_csv(tmp_path / "out" / "empty.csv")
     assert len(df) == 10 and (~df["face_detected"]).all() and (df["face_id"] == -1).all()
     assert df["valence"].isna().all() and df["AU1"].isna().all()
     for name in ("valence_arousal.png", "expressions.png", "action_units.png"):
-        assert (tmp_path / "out" / name).stat().st_size > 1000
+        assert (tmp_path / "out" / f"empty.{name}").stat().st_size > 1000
 
 
 def test_five_faces_get_five_stable_ids(work, tmp_path):
@@ -211,8 +213,8 @@ def test_truncated_video_keeps_what_was_decoded(work, tmp_path, caplog):
     cut.write_bytes(full.read_bytes()[: full.stat().st_size * 3 // 4])
     with caplog.at_level(logging.WARNING):
         assert main(["analyze", str(cut), "--model", str(model_dir), "-o", str(tmp_path / "out"), "--no-plots"]) == 0
-    s = json.loads((tmp_path / "out" / "summary.json").read_text())
-    df = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    s = json.loads((tmp_path / "out" / "cut.summary.json").read_text())
+    df = pd.read_csv(tmp_path / "out" / "cut.csv")
     assert s["truncated"] is True and 0 < s["frames_decoded"] < 30
     assert df["frame"].max() == s["frames_decoded"] - 1 and "cut.mp4" in caplog.text
     data = full.read_bytes()

@@ -1,45 +1,59 @@
-"""``affectmae analyze VIDEO --model MODEL_DIR -o OUT``: per-frame affect for every face in a video."""
+"""``affectmae analyze VIDEO... --model MODEL_DIR -o OUT``: per-frame affect for every face in videos."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+
+_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "analyze",
-        help="per-frame valence/arousal, expression and AUs for every face in a video (CSV + plots)",
-        description="Decode VIDEO, detect, track and align faces, and write OUT/predictions.csv (one row per "
-        "frame and face; frames without a face are flagged), OUT/summary.json and PNG plots.",
+        help="per-frame valence/arousal, expression and AUs for every face in videos (CSV + plots)",
+        description="Decode each video, detect, track and align faces, and write OUT/<stem>.csv (one row per "
+        "frame and face; frames without a face are flagged), OUT/<stem>.summary.json and PNG plots. Videos "
+        "already analysed with the same settings are skipped on a rerun.",
     )
-    p.add_argument("video", help="video file (anything FFmpeg reads: mp4, mov, mkv, avi, ...)")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="folder written by `affectmae train` or `demo`")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO",
+                   help="video files (anything FFmpeg reads: mp4, mov, mkv, avi, ...), folders of videos or quoted "
+                   "glob patterns ('clips/**/*.mp4'); key=value tokens among them set any AnalyzeConfig field "
+                   "(e.g. max_age=50 align_margin=1.2)")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="folder written by `affectmae export` or `demo`")
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--config", metavar="FILE", help="YAML file of analyze settings (AnalyzeConfig)")
     p.add_argument("--batch-size", type=int, help="face crops per encoder batch (default 32)")
     p.add_argument("--stride", type=int, help="analyse every k-th frame and interpolate the rest (default 1)")
     p.add_argument("--device", help="cpu, cuda or auto (default)")
-    p.add_argument("--detector", help="face detector: auto (default) or yuface")
+    p.add_argument("--detector", help="face detector: auto (default), yuface or mtcnn")
     p.add_argument("--min-face", type=int, help="ignore faces smaller than this many pixels (default 32)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--video-out", metavar="MP4", help="also write an annotated copy of the video")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="any other AnalyzeConfig setting, given right after VIDEO "
-                   "(e.g. `affectmae analyze clip.mp4 max_age=50 align_margin=1.2 --model M -o OUT`)")
+    p.add_argument("--openface-names", action="store_true",
+                   help="write OpenFace-style column names (timestamp, confidence, success, AU12_c, ...)")
+    p.add_argument("--video-out", action="store_true", help="also write OUT/<stem>.annotated.mp4")
+    p.add_argument("--shard", metavar="K/N", help="analyse only the K-th of N equal parts of the inputs (K = 1..N)")
+    p.add_argument("--overwrite", action="store_true", help="re-analyse videos that are already finished in OUT")
     p.set_defaults(func=run, omp_passive=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..inference.pipeline import AnalyzeConfig, analyze_video
+    from ..inference.batch import analyze_inputs
+    from ..inference.pipeline import AnalyzeConfig
 
+    settings = [a for a in args.inputs if _SETTING.match(a) and not os.path.exists(a)]
+    inputs = [a for a in args.inputs if a not in settings]
     flags = {"batch_size": args.batch_size, "stride": args.stride, "device": args.device,
              "detector": args.detector, "min_face": args.min_face}
-    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    settings += [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.no_plots:
-        overrides.append("plots=false")
-    cfg = load_config(AnalyzeConfig, args.config, overrides)
-    df = analyze_video(args.video, args.model, out_dir=args.out, config=cfg, video_out=args.video_out)
-    s = df.attrs["summary"]
-    print(f"{s['frames_decoded']} frames ({s['frames_analyzed']} analysed), {s['faces']} face tracks, "
-          f"{s['frames_without_face']} frames without a face -> {args.out}/predictions.csv")
+        settings.append("plots=false")
+    if args.openface_names:
+        settings.append("column_names=openface")
+    cfg = load_config(AnalyzeConfig, args.config, settings)
+    r = analyze_inputs(inputs, args.model, args.out, cfg, shard=args.shard, video_out=args.video_out,
+                       overwrite=args.overwrite)
+    print(f"{len(r['analyzed'])} videos analysed ({r['frames']} frames), {len(r['skipped'])} already done -> {args.out}")
     return 0

@@ -1,6 +1,9 @@
 """Raw video -> per-frame affect table (``affectmae analyze``).
 
-    df = analyze_video("clip.mp4", "runs/model", out_dir="out", batch_size=32, stride=1, device="auto")
+    with Analyzer("runs/model", batch_size=32, stride=1, device="auto") as analyzer:   # loads once
+        for video in videos:
+            df = analyzer.analyze(video, out_dir="out")
+    df = analyze_video("clip.mp4", "runs/model", out_dir="out")   # one video: the same, in one call
 
 Stages, all streaming (frames are never accumulated, so memory stays flat for hour-long videos):
 
@@ -12,8 +15,7 @@ Stages, all streaming (frames are never accumulated, so memory stays flat for ho
    merges overlapping windows), then expand to every frame (linear interpolation between analysed frames).
 
 The table has one row per (frame, face); a frame without any face gets one row with ``face_detected=False``,
-``face_id=-1`` and NaN predictions. Column groups: ``frame, time_s, face_id, face_detected, analyzed,
-x1, y1, x2, y2, det_score, valence, arousal, expr_<name> x8, expression, <AU>_prob x12, <AU> x12``.
+``face_id=-1`` and NaN predictions. Its columns are described in :mod:`affectmae.inference.table`.
 """
 
 from __future__ import annotations
@@ -36,17 +38,13 @@ from ..data.faces import get_detector
 from ..data.video import VideoReader
 from ..errors import AffectMAEError, InputFormatError
 from ..io import atomic_path, atomic_write_text
-from ..tasks import ACTION_UNITS, EXPRESSIONS
 from .align import CROP_SIZE, align_face
+from .table import (AU_PROB_COLUMNS, BOX_COLUMNS, EXPR_COLUMNS, LANDMARK_COLUMNS, TABLE_COLUMNS,  # noqa: F401 (re-exported)
+                    build_table, write_table)
 from .tracking import FaceTracker, ShotCutDetector
 
 log = logging.getLogger(__name__)
 
-EXPR_COLUMNS = [f"expr_{name}" for name in EXPRESSIONS]
-AU_PROB_COLUMNS = [f"{au}_prob" for au in ACTION_UNITS]
-BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
-TABLE_COLUMNS = (["frame", "time_s", "face_id", "face_detected", "analyzed"] + BOX_COLUMNS + ["det_score", "valence", "arousal"]
-                 + EXPR_COLUMNS + ["expression"] + AU_PROB_COLUMNS + list(ACTION_UNITS))
 STAGES = ("decode", "detect", "track", "align", "encode", "temporal", "write")
 
 
@@ -66,6 +64,7 @@ class AnalyzeConfig:
     plots: bool = True
     detector_worker: bool = True  # detect in a child process, replaced every detector_recycle_frames (yuface leaks)
     detector_recycle_frames: int = 2000
+    column_names: str = "affectmae"  # CSV column names: affectmae | openface (AU12_c, confidence, success, ...)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -100,6 +99,10 @@ class _Encoder:
         self.blocks: list[np.ndarray] = []
         self.timings = timings
 
+    def reset(self, timings: dict) -> None:
+        """Start a new video: no crops or features pending, times go to ``timings``."""
+        self.crops, self.blocks, self.timings = [], [], timings
+
     def add(self, crop: np.ndarray) -> None:
         self.crops.append(crop)
         if len(self.crops) >= self.batch_size:
@@ -122,28 +125,6 @@ class _Encoder:
         if not self.blocks:
             return np.zeros((0, 0), dtype=np.float16)
         return np.concatenate(self.blocks)
-
-
-def _expand_track(frames: np.ndarray, values: np.ndarray, stride: int, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Analysed frames ``frames (n,)`` with ``values (n, C)`` -> every covered frame.
-
-    Frame ``a + j`` (0 < j < stride) is interpolated between analysed frames ``a`` and ``a + stride`` when
-    the face was seen at both, else holds the value at ``a``. Returns (frame (M,), values (M, C), analysed (M,)).
-    """
-    if stride == 1:
-        return frames, values, np.ones(len(frames), dtype=bool)
-    out_frames, out_values, analysed = [], [], []
-    offsets = np.arange(stride)
-    next_seen = np.zeros(len(frames), dtype=bool)
-    next_seen[:-1] = frames[1:] == frames[:-1] + stride
-    for i, a in enumerate(frames):
-        span = offsets[a + offsets < n_frames]
-        w = (span / stride)[:, None]
-        nxt = values[i + 1] if next_seen[i] else values[i]
-        out_frames.append(a + span)
-        out_values.append(values[i][None, :] * (1 - w) + nxt[None, :] * w)
-        analysed.append(span == 0)
-    return np.concatenate(out_frames), np.concatenate(out_values), np.concatenate(analysed)
 
 
 def fill_gaps(values: np.ndarray, pos: np.ndarray, length: int) -> np.ndarray:
@@ -174,53 +155,6 @@ def _predict_tracks(model, track_ids: np.ndarray, frames: np.ndarray, feats: np.
     return out
 
 
-def build_table(det_frames, det_ids, det_boxes, det_scores, predictions, frame_times, stride, au_thresholds) -> pd.DataFrame:
-    """Assemble the per-(frame, face) table; frames no track covers get one ``face_detected=False`` row."""
-    n_frames = len(frame_times)
-    parts = []
-    for fid, preds in predictions.items():
-        rows = np.flatnonzero(det_ids == fid)
-        n = len(rows)
-        cols = [det_boxes[rows], det_scores[rows, None]]
-        cols.append(preds["va"] if "va" in preds else np.full((n, 2), np.nan))
-        cols.append(preds["expr"] if "expr" in preds else np.full((n, len(EXPRESSIONS)), np.nan))
-        cols.append(preds["au"] if "au" in preds else np.full((n, len(ACTION_UNITS)), np.nan))
-        frames, values, analysed = _expand_track(det_frames[rows], np.concatenate(cols, axis=1), stride, n_frames)
-        part = pd.DataFrame(values, columns=BOX_COLUMNS + ["det_score", "valence", "arousal"] + EXPR_COLUMNS + AU_PROB_COLUMNS)
-        part.insert(0, "frame", frames)
-        part.insert(1, "face_id", fid)
-        part.insert(2, "face_detected", True)
-        part.insert(3, "analyzed", analysed)
-        parts.append(part)
-    covered = np.zeros(n_frames, dtype=bool)
-    for part in parts:
-        covered[part["frame"].to_numpy()] = True
-    empty = np.flatnonzero(~covered)
-    if len(empty) or not parts:
-        part = pd.DataFrame(np.nan, index=range(len(empty)), columns=parts[0].columns[4:] if parts else
-                            BOX_COLUMNS + ["det_score", "valence", "arousal"] + EXPR_COLUMNS + AU_PROB_COLUMNS)
-        part.insert(0, "frame", empty)
-        part.insert(1, "face_id", -1)
-        part.insert(2, "face_detected", False)
-        part.insert(3, "analyzed", empty % stride == 0)
-        parts.append(part)
-    df = pd.concat(parts, ignore_index=True).sort_values(["frame", "face_id"], kind="stable").reset_index(drop=True)
-    df.insert(1, "time_s", np.asarray(frame_times, dtype=np.float64)[df["frame"].to_numpy()])
-    probs = df[EXPR_COLUMNS].to_numpy()
-    has = ~np.isnan(probs).any(axis=1)
-    label = np.full(len(df), "", dtype=object)
-    label[has] = np.array(EXPRESSIONS, dtype=object)[probs[has].argmax(axis=1)]
-    df["expression"] = label
-    au = df[AU_PROB_COLUMNS].to_numpy()
-    thresholds = np.asarray(au_thresholds if au_thresholds is not None else [0.5] * len(ACTION_UNITS), dtype=np.float64)
-    binary = pd.DataFrame((au >= thresholds[None, :]).astype(np.int8), columns=list(ACTION_UNITS)).astype("Int8")
-    binary = binary.mask(np.isnan(au))  # no face: <NA>, written as an empty CSV field
-    df = pd.concat([df, binary], axis=1)[TABLE_COLUMNS]
-    df["frame"] = df["frame"].astype(np.int64)
-    df["face_id"] = df["face_id"].astype(np.int64)
-    return df
-
-
 def model_align_margin(model_dir: str | Path) -> float:
     """The crop margin a MODEL_DIR was trained with (optional ``"align_margin"`` in affectmae_model.json).
 
@@ -234,54 +168,91 @@ def model_align_margin(model_dir: str | Path) -> float:
     return float(margin)
 
 
+class Analyzer:
+    """A loaded MODEL_DIR and a running face detector, reused for many videos.
+
+    ``Analyzer(model_dir, config=None, **settings)``: ``settings`` are :class:`AnalyzeConfig` fields and
+    override ``config``. :meth:`analyze` runs one video; :meth:`close` (or ``with``) stops the detector
+    worker. Loading costs 2-3.4 s for ViT-B and starting the worker about 0.3 s; both happen once here.
+    """
+
+    def __init__(self, model_dir: str | Path, config: AnalyzeConfig | None = None, **settings):
+        from .model import load_model_dir
+
+        cfg = config or AnalyzeConfig()
+        settings = {k: v for k, v in settings.items() if v is not None}
+        unknown = set(settings) - {f.name for f in dataclasses.fields(AnalyzeConfig)}
+        if unknown:
+            raise AffectMAEError(f"unknown analyze settings: {', '.join(sorted(unknown))}")
+        cfg = dataclasses.replace(cfg, **settings)
+        if cfg.stride < 1 or cfg.batch_size < 1:
+            raise AffectMAEError(f"stride and batch_size must be >= 1, got {cfg.stride} and {cfg.batch_size}")
+        if cfg.column_names not in ("affectmae", "openface"):
+            raise AffectMAEError(f"column_names must be 'affectmae' or 'openface', got {cfg.column_names!r}")
+        self.device = resolve_device(cfg.device)
+        self.model_dir = Path(model_dir)
+        self.model = load_model_dir(model_dir)
+        if cfg.align_margin is None:
+            cfg = dataclasses.replace(cfg, align_margin=model_align_margin(model_dir))
+        self.config = cfg
+        det_args = dict(min_score=cfg.min_score, min_face=cfg.min_face, max_side=cfg.detect_max_side)
+        if cfg.detector_worker:
+            self.detector = WorkerDetector(cfg.detector, recycle_every=cfg.detector_recycle_frames, **det_args)
+        else:
+            self.detector = get_detector(cfg.detector, **det_args)
+        self._encoder = _Encoder(self.model.encoder, self.device, cfg.batch_size, dict.fromkeys(STAGES, 0.0))
+
+    def analyze(self, video: str | Path, out_dir: str | Path | None = None, video_out: str | Path | None = None,
+                stem: str | None = None, progress=None) -> pd.DataFrame:
+        """Analyse ``video``; returns the per-(frame, face) table (run summary in ``df.attrs["summary"]``).
+
+        With ``out_dir``: writes ``predictions.csv``, ``summary.json``, ``config.yaml`` and the PNG plots,
+        or ``<stem>.csv``, ``<stem>.summary.json``, ``<stem>.config.yaml``, ``<stem>.<plot>.png`` when ``stem``
+        is given (the batch layout). ``video_out``: an annotated MP4. ``progress``: a tqdm-like object whose
+        ``update(1)`` is called per decoded frame (default: a bar for this video).
+        """
+        return _analyze(video, self, out_dir, video_out, stem, progress)
+
+    def close(self) -> None:
+        if isinstance(self.detector, WorkerDetector):
+            self.detector.close()
+
+    def __enter__(self) -> "Analyzer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def analyze_video(video: str | Path, model_dir: str | Path, out_dir: str | Path | None = None,
                   batch_size: int | None = None, stride: int | None = None, device: str | None = None,
                   config: AnalyzeConfig | None = None, video_out: str | Path | None = None,
                   **overrides) -> pd.DataFrame:
-    """Analyse ``video`` with the model in ``model_dir``; returns the per-(frame, face) table.
+    """Analyse one ``video`` with the model in ``model_dir`` (an :class:`Analyzer` used once).
 
     With ``out_dir``: writes ``predictions.csv`` (and ``.parquet`` if pyarrow is installed),
     ``summary.json``, ``config.yaml`` and, unless ``plots=False``, PNG plots. ``video_out``: an annotated
     MP4 (boxes, ids, labels). Keyword ``overrides`` set any :class:`AnalyzeConfig` field. The run summary
     (frame counts, faces, cuts, per-stage seconds) is in ``df.attrs["summary"]``.
     """
-    from .model import load_model_dir
-
-    cfg = config or AnalyzeConfig()
-    given = {"batch_size": batch_size, "stride": stride, "device": device, **overrides}
-    unknown = set(given) - {f.name for f in dataclasses.fields(AnalyzeConfig)}
-    if unknown:
-        raise AffectMAEError(f"unknown analyze settings: {', '.join(sorted(unknown))}")
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
-    if cfg.stride < 1 or cfg.batch_size < 1:
-        raise AffectMAEError(f"stride and batch_size must be >= 1, got {cfg.stride} and {cfg.batch_size}")
-    torch_device = resolve_device(cfg.device)
-    model = load_model_dir(model_dir)
-    if cfg.align_margin is None:
-        cfg = dataclasses.replace(cfg, align_margin=model_align_margin(model_dir))
-    det_args = dict(min_score=cfg.min_score, min_face=cfg.min_face, max_side=cfg.detect_max_side)
-    if cfg.detector_worker:
-        detector = WorkerDetector(cfg.detector, recycle_every=cfg.detector_recycle_frames, **det_args)
-    else:
-        detector = get_detector(cfg.detector, **det_args)
-    try:
-        return _analyze(video, model, detector, cfg, torch_device, out_dir, video_out)
-    finally:
-        if cfg.detector_worker:
-            detector.close()
+    with Analyzer(model_dir, config, batch_size=batch_size, stride=stride, device=device, **overrides) as analyzer:
+        return analyzer.analyze(video, out_dir, video_out)
 
 
-def _analyze(video, model, detector, cfg: AnalyzeConfig, torch_device, out_dir, video_out) -> pd.DataFrame:
-    """The frame loop and outputs of :func:`analyze_video` (which owns the detector's lifetime)."""
+def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> pd.DataFrame:
+    """The frame loop and outputs of :meth:`Analyzer.analyze`."""
+    cfg, model, detector = analyzer.config, analyzer.model, analyzer.detector
     tracker = FaceTracker(max_age=cfg.max_age)
     cuts = ShotCutDetector(cfg.cut_threshold)
     timings = dict.fromkeys(STAGES, 0.0)
-    encoder = _Encoder(model.encoder, torch_device, cfg.batch_size, timings)
-    det_frames, det_ids, det_boxes, det_scores, frame_times = [], [], [], [], []
+    encoder = analyzer._encoder
+    encoder.reset(timings)
+    det_frames, det_ids, det_boxes, det_scores, det_landmarks, frame_times = [], [], [], [], [], []
     started = time.perf_counter()
     with VideoReader(video) as reader:
         stream = reader.frames(cfg.stride)
-        bar = tqdm(total=reader.info.n_frames or None, unit="frame", desc=Path(video).name, disable=None)
+        bar = progress if progress is not None else tqdm(total=reader.info.n_frames or None, unit="frame",
+                                                          desc=Path(video).name, disable=None)
         while True:
             t0 = time.perf_counter()
             frame = next(stream, None)
@@ -309,8 +280,10 @@ def _analyze(video, model, detector, cfg: AnalyzeConfig, torch_device, out_dir, 
                 det_ids.append(fid)
                 det_boxes.append(det.box)
                 det_scores.append(det.score)
+                det_landmarks.append(det.landmarks)
                 encoder.add(crop)
-        bar.close()
+        if progress is None:
+            bar.close()
         feats = encoder.features()
         summary = {"video": str(video), **reader.summary(), "fps": reader.info.fps,
                    "rotation": reader.info.rotation, "size": [reader.info.width, reader.info.height]}
@@ -320,12 +293,13 @@ def _analyze(video, model, detector, cfg: AnalyzeConfig, torch_device, out_dir, 
     det_ids_a = np.asarray(det_ids, dtype=np.int64)
     boxes_a = np.asarray(det_boxes, dtype=np.float32).reshape(-1, 4)
     scores_a = np.asarray(det_scores, dtype=np.float32)
+    landmarks_a = np.asarray(det_landmarks, dtype=np.float32).reshape(-1, 5, 2)
     t5 = time.perf_counter()
     with torch.inference_mode():
         predictions = _predict_tracks(model, det_ids_a, det_frames_a, feats, cfg.stride) if len(det_ids_a) else {}
     timings["temporal"] += time.perf_counter() - t5
-    df = build_table(det_frames_a, det_ids_a, boxes_a, scores_a, predictions, frame_times, cfg.stride,
-                     getattr(model, "au_thresholds", None))
+    df = build_table(det_frames_a, det_ids_a, boxes_a, scores_a, landmarks_a, predictions, frame_times, cfg.stride,
+                     getattr(model, "au_thresholds", None), input_name=str(video))
     summary.update({
         "frames_analyzed": int(sum(1 for i in range(len(frame_times)) if i % cfg.stride == 0)),
         "frames_without_face": int((~df.groupby("frame")["face_detected"].any()).sum()),
@@ -334,13 +308,13 @@ def _analyze(video, model, detector, cfg: AnalyzeConfig, torch_device, out_dir, 
         "shot_cuts": tracker.n_cuts,
         "stride": cfg.stride,
         "batch_size": cfg.batch_size,
-        "device": str(torch_device),
+        "device": str(analyzer.device),
         "detector": detector.name,
         "detector_restarts": getattr(detector, "restarts", 0),
     })
     if out_dir is not None:
         t6 = time.perf_counter()
-        write_outputs(df, Path(out_dir), cfg, summary)
+        write_outputs(df, Path(out_dir), cfg, summary, stem)
         timings["write"] += time.perf_counter() - t6
     if video_out is not None:
         from .plots import write_annotated_video
@@ -348,8 +322,9 @@ def _analyze(video, model, detector, cfg: AnalyzeConfig, torch_device, out_dir, 
         write_annotated_video(video, df, video_out)
     summary["seconds"] = {k: round(v, 4) for k, v in timings.items()}
     summary["seconds_total"] = round(time.perf_counter() - started, 4)
-    if out_dir is not None:
-        atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if out_dir is not None:  # written last: its presence marks a finished video (batch runs skip those)
+        name = f"{stem}.summary.json" if stem else "summary.json"
+        atomic_write_text(Path(out_dir) / name, json.dumps(summary, indent=2) + "\n")
     log.info("%s: %d frames, %d analysed, %d faces, %d frames without a face, %d shot cuts",
              video, len(frame_times), summary["frames_analyzed"], summary["faces"],
              summary["frames_without_face"], summary["shot_cuts"])
@@ -357,20 +332,20 @@ def _analyze(video, model, detector, cfg: AnalyzeConfig, torch_device, out_dir, 
     return df
 
 
-def write_outputs(df: pd.DataFrame, out_dir: Path, cfg: AnalyzeConfig, summary: dict) -> None:
-    """predictions.csv (+ .parquet when pyarrow is installed), config.yaml and the plots."""
+def write_outputs(df: pd.DataFrame, out_dir: Path, cfg: AnalyzeConfig, summary: dict, stem: str | None = None) -> None:
+    """The table as CSV (+ .parquet when pyarrow is installed), config.yaml and the plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "predictions.csv") as tmp:
-        df.to_csv(tmp, index=False, float_format="%.5g")
+    prefix = f"{stem}." if stem else ""
+    write_table(df, out_dir / (f"{stem}.csv" if stem else "predictions.csv"), cfg.column_names)
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         pass
     else:
-        with atomic_path(out_dir / "predictions.parquet") as tmp:
+        with atomic_path(out_dir / f"{stem or 'predictions'}.parquet") as tmp:
             df.to_parquet(tmp, index=False)
-    save_config(cfg, out_dir / "config.yaml")
+    save_config(cfg, out_dir / f"{prefix}config.yaml")
     if cfg.plots:
         from .plots import plot_all
 
-        summary["plots"] = [str(p) for p in plot_all(df, out_dir)]
+        summary["plots"] = [str(p) for p in plot_all(df, out_dir, prefix)]

@@ -123,12 +123,13 @@ def plot_action_units(df: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
-def plot_all(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def plot_all(df: pd.DataFrame, out_dir: str | Path, prefix: str = "") -> list[Path]:
+    """The three figures as ``out_dir/<prefix>valence_arousal.png``, ``...expressions.png``, ``...action_units.png``."""
     out_dir = Path(out_dir)
     return [
-        plot_valence_arousal(df, out_dir / "valence_arousal.png"),
-        plot_expressions(df, out_dir / "expressions.png"),
-        plot_action_units(df, out_dir / "action_units.png"),
+        plot_valence_arousal(df, out_dir / f"{prefix}valence_arousal.png"),
+        plot_expressions(df, out_dir / f"{prefix}expressions.png"),
+        plot_action_units(df, out_dir / f"{prefix}action_units.png"),
     ]
 
 

@@ -1,0 +1,175 @@
+"""The per-(frame, face) table of ``analyze``: its columns and dtypes, how it is built from tracks, and how
+it is written and read back.
+
+    df = read_predictions("out/clip.csv")     # the dtypes analyze returned (AU columns Int8, not float64)
+
+Column groups, in order: ``input, frame, time_s, face_id, face_detected, analyzed``, the box
+``x1, y1, x2, y2``, ``det_score``, the 5 landmarks (``eye_l_x, eye_l_y, eye_r_x, eye_r_y, nose_x, nose_y,
+mouth_l_x, mouth_l_y, mouth_r_x, mouth_r_y``; l/r = left/right in the image), ``pose_roll``, ``valence,
+arousal``, ``expr_<name>`` x8, ``expression``, ``<AU>_prob`` x12, ``<AU>`` x12 (0/1, Int8, <NA> without a
+face). ``names="openface"`` writes OpenFace-style names (see :data:`OPENFACE_NAMES`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import AffectMAEError, InputFormatError
+from ..io import atomic_path
+from ..tasks import ACTION_UNITS, EXPRESSIONS
+
+EXPR_COLUMNS = [f"expr_{name}" for name in EXPRESSIONS]
+AU_PROB_COLUMNS = [f"{au}_prob" for au in ACTION_UNITS]
+BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
+LANDMARK_NAMES = ["eye_l", "eye_r", "nose", "mouth_l", "mouth_r"]  # the detector's 5-point order
+LANDMARK_COLUMNS = [f"{name}_{axis}" for name in LANDMARK_NAMES for axis in ("x", "y")]
+# float columns carried per detection and interpolated between analysed frames
+VALUE_COLUMNS = (BOX_COLUMNS + ["det_score"] + LANDMARK_COLUMNS + ["pose_roll", "valence", "arousal"]
+                 + EXPR_COLUMNS + AU_PROB_COLUMNS)
+TABLE_COLUMNS = (["input", "frame", "time_s", "face_id", "face_detected", "analyzed"] + BOX_COLUMNS + ["det_score"]
+                 + LANDMARK_COLUMNS + ["pose_roll", "valence", "arousal"] + EXPR_COLUMNS + ["expression"]
+                 + AU_PROB_COLUMNS + list(ACTION_UNITS))
+DTYPES = {
+    "input": object, "frame": np.int64, "time_s": np.float64, "face_id": np.int64, "face_detected": bool,
+    "analyzed": bool, "expression": object,
+    **{c: np.float32 for c in VALUE_COLUMNS}, **{au: "Int8" for au in ACTION_UNITS},
+}
+# our name -> OpenFace 2.x CSV name, for names="openface" (frame becomes 1-based there, success 0/1,
+# pose_Rz radians; AU probabilities keep their names: OpenFace's AU*_r are 0-5 intensities, not probabilities)
+OPENFACE_NAMES = {"frame": "frame", "time_s": "timestamp", "det_score": "confidence", "face_detected": "success",
+                  "pose_roll": "pose_Rz", **{au: f"{au}_c" for au in ACTION_UNITS}}
+
+
+def pose_roll(landmarks: np.ndarray) -> np.ndarray:
+    """In-plane head rotation in degrees from ``landmarks (N, 5, 2)`` -> ``(N,)``: the angle of the line from
+    the left-in-image eye to the right-in-image eye; positive when the face is turned clockwise on screen."""
+    d = landmarks[:, 1] - landmarks[:, 0]
+    return np.degrees(np.arctan2(d[:, 1], d[:, 0])).astype(np.float32)
+
+
+def expand_track(frames: np.ndarray, values: np.ndarray, stride: int, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Analysed frames ``frames (n,)`` with ``values (n, C)`` -> every covered frame.
+
+    Frame ``a + j`` (0 < j < stride) is interpolated between analysed frames ``a`` and ``a + stride`` when
+    the face was seen at both, else holds the value at ``a``. Returns (frame (M,), values (M, C), analysed (M,)).
+    """
+    if stride == 1:
+        return frames, values, np.ones(len(frames), dtype=bool)
+    out_frames, out_values, analysed = [], [], []
+    offsets = np.arange(stride)
+    next_seen = np.zeros(len(frames), dtype=bool)
+    next_seen[:-1] = frames[1:] == frames[:-1] + stride
+    for i, a in enumerate(frames):
+        span = offsets[a + offsets < n_frames]
+        w = (span / stride)[:, None]
+        nxt = values[i + 1] if next_seen[i] else values[i]
+        out_frames.append(a + span)
+        out_values.append(values[i][None, :] * (1 - w) + nxt[None, :] * w)
+        analysed.append(span == 0)
+    return np.concatenate(out_frames), np.concatenate(out_values), np.concatenate(analysed)
+
+
+def build_table(det_frames, det_ids, det_boxes, det_scores, det_landmarks, predictions, frame_times, stride,
+                au_thresholds, input_name: str = "") -> pd.DataFrame:
+    """Assemble the per-(frame, face) table; frames no track covers get one ``face_detected=False`` row.
+
+    det_*: one entry per detection on an analysed frame (``det_boxes (n, 4)``, ``det_landmarks (n, 5, 2)``);
+    predictions: ``{face_id: {"va": (k, 2), "expr": (k, 8), "au": (k, 12)}}`` in that face's detection order.
+    """
+    n_frames = len(frame_times)
+    parts = []
+    for fid, preds in predictions.items():
+        rows = np.flatnonzero(det_ids == fid)
+        n = len(rows)
+        lms = det_landmarks[rows]
+        cols = [det_boxes[rows], det_scores[rows, None], lms.reshape(n, 10), pose_roll(lms)[:, None]]
+        cols.append(preds["va"] if "va" in preds else np.full((n, 2), np.nan))
+        cols.append(preds["expr"] if "expr" in preds else np.full((n, len(EXPRESSIONS)), np.nan))
+        cols.append(preds["au"] if "au" in preds else np.full((n, len(ACTION_UNITS)), np.nan))
+        frames, values, analysed = expand_track(det_frames[rows], np.concatenate(cols, axis=1), stride, n_frames)
+        part = pd.DataFrame(values, columns=VALUE_COLUMNS)
+        part.insert(0, "frame", frames)
+        part.insert(1, "face_id", fid)
+        part.insert(2, "face_detected", True)
+        part.insert(3, "analyzed", analysed)
+        parts.append(part)
+    covered = np.zeros(n_frames, dtype=bool)
+    for part in parts:
+        covered[part["frame"].to_numpy()] = True
+    empty = np.flatnonzero(~covered)
+    if len(empty) or not parts:
+        part = pd.DataFrame(np.nan, index=range(len(empty)), columns=VALUE_COLUMNS)
+        part.insert(0, "frame", empty)
+        part.insert(1, "face_id", -1)
+        part.insert(2, "face_detected", False)
+        part.insert(3, "analyzed", empty % stride == 0)
+        parts.append(part)
+    df = pd.concat(parts, ignore_index=True).sort_values(["frame", "face_id"], kind="stable").reset_index(drop=True)
+    df.insert(0, "input", input_name)
+    df.insert(2, "time_s", np.asarray(frame_times, dtype=np.float64)[df["frame"].to_numpy()])
+    probs = df[EXPR_COLUMNS].to_numpy()
+    has = ~np.isnan(probs).any(axis=1)
+    label = np.full(len(df), "", dtype=object)
+    label[has] = np.array(EXPRESSIONS, dtype=object)[probs[has].argmax(axis=1)]
+    df["expression"] = label
+    au = df[AU_PROB_COLUMNS].to_numpy()
+    thresholds = np.asarray(au_thresholds if au_thresholds is not None else [0.5] * len(ACTION_UNITS), dtype=np.float64)
+    binary = pd.DataFrame((au >= thresholds[None, :]).astype(np.int8), columns=list(ACTION_UNITS)).astype("Int8")
+    binary = binary.mask(np.isnan(au))  # no face: <NA>, written as an empty CSV field
+    df = pd.concat([df, binary], axis=1)[TABLE_COLUMNS]
+    return df.astype(DTYPES)
+
+
+def write_table(df: pd.DataFrame, path: str | Path, names: str = "affectmae") -> Path:
+    """Write the table as CSV (atomically). ``names``: ``"affectmae"`` (default) or ``"openface"``.
+
+    Floats keep 5 significant digits, ``time_s`` microseconds (so an hour-long video keeps frame precision).
+    """
+    if names not in ("affectmae", "openface"):
+        raise AffectMAEError(f"column names must be 'affectmae' or 'openface', got {names!r}")
+    out = df.copy()
+    out["time_s"] = out["time_s"].map("{:.6f}".format)
+    if names == "openface":
+        out["frame"] = out["frame"] + 1
+        out["face_detected"] = out["face_detected"].astype(np.int8)
+        out["pose_roll"] = np.radians(out["pose_roll"])
+        out = out.rename(columns=OPENFACE_NAMES)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False, float_format="%.5g")
+    return path
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """Read a table written by ``analyze`` (CSV in either naming, or Parquet) with its original dtypes."""
+    path = Path(path)
+    if not path.is_file():
+        raise AffectMAEError(f"predictions file not found: {path}")
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+    else:
+        try:
+            df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"input": str, "expression": str})
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise InputFormatError(path, f"not a CSV table: {err}") from None
+    if "timestamp" in df.columns and "success" in df.columns:  # OpenFace-style names
+        df = df.rename(columns={v: k for k, v in OPENFACE_NAMES.items()})
+        df["frame"] = df["frame"] - 1
+        df["pose_roll"] = np.degrees(df["pose_roll"])
+        df["face_detected"] = df["face_detected"].astype(bool)
+    missing = [c for c in TABLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputFormatError(path, f"not an analyze table: missing columns {', '.join(missing[:5])}"
+                               + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    df["input"] = df["input"].fillna("")
+    df["expression"] = df["expression"].fillna("")
+    if df["face_detected"].dtype == object:
+        df["face_detected"] = df["face_detected"].map({"True": True, "False": False, True: True, False: False})
+        df["analyzed"] = df["analyzed"].map({"True": True, "False": False, True: True, False: False})
+    try:
+        return df[TABLE_COLUMNS].astype(DTYPES)
+    except (ValueError, TypeError) as err:
+        raise InputFormatError(path, f"a column has values of the wrong type: {err}") from None
