@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from affectmae.cli import main
 from affectmae.training.temporal_data import LabelledVideo, make_folds
@@ -43,50 +44,80 @@ def test_cv_cli_writes_table_1(tmp_path, capsys):
     rc = main(["cv", "--features", str(feats), "--data", str(ann), "--task", "multi", "-o", str(out), *TINY])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines()[0] == "| Fold | Valence CCC | Arousal CCC | EXPR F1 | AU F1 |"
-    assert [line.split("|")[1].strip() for line in printed.splitlines()[2:]] == [
-        "Fold 0", "Fold 1", "Fold 2", "Fold 3", "Fold 4", "Mean"]
+    lines = printed.splitlines()
+    assert lines[0] == ("| Fold | Valence CCC | Arousal CCC | EXPR F1 | AU F1 (0.5) | AU F1 (thresholds from train) |")
+    assert [line.split("|")[1].strip() for line in lines[2:10]] == [
+        "Fold 0", "Fold 1", "Fold 2", "Fold 3", "Fold 4", "Mean", "per-frame linear, same features (mean over folds)",
+        "chance: uniform random (mean over folds)"]
+    assert lines[10].startswith("| chance: majority class, mean VA, all-ones AU (mean over folds) | 0.0000 | 0.0000 |")
+    assert lines[12].startswith("Seed 0 (one run per row, no standard deviation). AU thresholds are tuned on each run's")
     result = json.loads((out / "cv_results.json").read_text())
     for k in range(5):
         run = json.loads((out / "multi" / f"fold{k}" / "metrics.json").read_text())
         assert not set(run["train_videos"]) & set(run["val_videos"])
         assert result["per_fold"][str(k)]["valence"] == pytest.approx(run["best"]["va"]["ccc_valence"])
+        assert result["per_fold"][str(k)]["au_f1"] == pytest.approx(run["best"]["au"]["score_at_0.5"])
+        assert result["per_fold"][str(k)]["au_f1_tuned"] == pytest.approx(run["best"]["au"]["score_tuned_thresholds"])
+        linear = json.loads((out / "baselines" / "linear" / "multi" / f"fold{k}" / "metrics.json").read_text())
+        assert result["baselines"]["linear"]["per_seed"]["0"][str(k)]["expr_f1"] == linear["best"]["expr"]["score"]
     expected_mean = np.mean([result["per_fold"][str(k)]["au_f1"] for k in range(5)])
     assert result["mean"]["au_f1"] == pytest.approx(expected_mean)
     rows = list(csv.reader((out / "cv_results.csv").open()))
-    assert rows[0] == ["fold", "valence", "arousal", "expr_f1", "au_f1"]
-    assert [r[0] for r in rows[1:]] == ["0", "1", "2", "3", "4", "mean"]
-    assert float(rows[-1][4]) == pytest.approx(expected_mean, abs=1e-6)
+    assert rows[0] == ["row", "seed", "valence", "arousal", "expr_f1", "au_f1", "au_f1_tuned"]
+    assert [r[:2] for r in rows[1:]] == [["0", "0"], ["1", "0"], ["2", "0"], ["3", "0"], ["4", "0"], ["mean", "0"],
+                                         ["linear", "0"], ["chance_uniform", "-"], ["chance_majority", "-"]]
+    assert float(rows[6][5]) == pytest.approx(expected_mean, abs=1e-6)
     assert (out / "cv_table.md").read_text() == printed
+
+
+def _copy_lengths(feats, other, dim: int, seed: int) -> None:
+    """Give ``other`` (a features folder) the videos and lengths of ``feats``, with random features."""
+    meta = json.loads((other / "features.json").read_text())
+    (other / "features.json").write_text(json.dumps({**meta, "dim": dim}))
+    for path in sorted(feats.glob("video*.mask.npy")):
+        video = path.name[: -len(".mask.npy")]
+        n = np.load(feats / f"{video}.npy").shape[0]
+        np.save(other / f"{video}.npy", np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float16))
+        np.save(other / f"{video}.mask.npy", np.ones(n, bool))
 
 
 def test_ablate_cli_writes_table_5(tmp_path, capsys):
     feats, ann = make_feature_dataset(tmp_path / "d", n_videos=4, lengths=(40, 60))
-    mae, _ = make_feature_dataset(tmp_path / "m", n_videos=4, lengths=(40, 60), noise=4.0)
-    # the "pretrained" features must cover the same videos and lengths: copy the lengths over
-    for video in ("video00", "video01", "video02", "video03"):
-        n = np.load(feats / f"{video}.npy").shape[0]
-        np.save(mae / f"{video}.npy", np.random.default_rng(0).normal(size=(n, 16)).astype(np.float16))
-        np.save(mae / f"{video}.mask.npy", np.ones(n, bool))
+    extra = {}
+    for name, dim in (("m", 16), ("p", 36), ("r", 16)):
+        extra[name], _ = make_feature_dataset(tmp_path / name, n_videos=4, lengths=(40, 60), noise=4.0)
+        _copy_lengths(feats, extra[name], dim, seed=len(extra))  # same videos and lengths as the main features
     out = tmp_path / "abl"
-    rc = main(["ablate", "--features", str(feats), "--mae-features", str(mae), "--data", str(ann), "--task", "va",
+    rc = main(["ablate", "--features", str(feats), "--mae-features", str(extra["m"]), "--pixel-features",
+               str(extra["p"]), "--random-features", str(extra["r"]), "--data", str(ann), "--task", "va",
                "-o", str(out), *TINY])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| Method | VA | EXPR | AU |"
-    assert [line.split("|")[1].strip() for line in lines[2:]] == [
-        "ours (TCN + Transformer)", "w/o fine-tuning", "w/o TCN", "w/o Transformer", "per-frame linear"]
+    assert lines[0] == "| Method | VA | EXPR | AU (0.5) | AU (thresholds from train) |"
+    assert [line.split("|")[1].strip() for line in lines[2:11]] == [
+        "ours (TCN + Transformer)", "w/o fine-tuning", "w/o TCN", "w/o Transformer", "per-frame linear",
+        "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)", "chance: uniform random",
+        "chance: majority class, mean VA, all-ones AU"]
+    assert lines[9] == "| chance: uniform random | 0.0000 | - | - | - |"
     result = json.loads((out / "ablation_results.json").read_text())
-    for variant in ("full", "no_finetune", "no_tcn", "no_transformer", "linear"):
+    for variant in ("full", "no_finetune", "no_tcn", "no_transformer", "linear", "pixels", "random_encoder"):
         run = json.loads((out / variant / "va" / "metrics.json").read_text())
         assert result["results"][variant]["va"] == pytest.approx(run["best"]["va"]["score"])
+        assert result["results"][variant]["per_seed"]["0"]["va"] == pytest.approx(run["best"]["va"]["score"])
     cfg = (out / "no_tcn" / "va" / "config.yaml").read_text()
     assert "use_tcn: false" in cfg and "use_transformer: true" in cfg
-    assert str(mae) in (out / "no_finetune" / "va" / "config.yaml").read_text()
-    # without --mae-features the row is reported as not run, not silently dropped
+    assert str(extra["m"]) in (out / "no_finetune" / "va" / "config.yaml").read_text()
+    pixels = yaml.safe_load((out / "pixels" / "va" / "config.yaml").read_text())
+    assert pixels["features"] == str(extra["p"]) and pixels["model"]["arch"] == "linear"
+    assert pixels["model"]["input_dim"] == 36
+    random_cfg = yaml.safe_load((out / "random_encoder" / "va" / "config.yaml").read_text())
+    assert random_cfg["features"] == str(extra["r"]) and random_cfg["model"]["arch"] != "linear"
+    # without the extra features the rows are reported as not run, not silently dropped
     rc = main(["ablate", "--features", str(feats), "--data", str(ann), "--task", "va", "-o", str(tmp_path / "a2"), *TINY])
     assert rc == 0
-    assert "| w/o fine-tuning | not run | not run | not run |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    for title in ("w/o fine-tuning", "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)"):
+        assert f"| {title} | not run | not run | not run | not run |" in printed
 
 
 def test_multitask_fold0_scores_only_official_validation_labels():

@@ -1,4 +1,5 @@
-"""`affectmae ablate`: Table 5 (full model, w/o fine-tuning, w/o TCN, w/o Transformer, per-frame linear)."""
+"""`affectmae ablate`: Table 5 (full model, w/o fine-tuning, w/o TCN, w/o Transformer, per-frame linear) with
+baselines (raw pixels, random-init encoder, chance), mean ± std over seeds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--features", required=True, help="features of the fine-tuned encoder")
     p.add_argument("--mae-features", default=None, help="features of the MAE-pretrained encoder (row 'w/o fine-tuning')")
+    p.add_argument("--pixel-features", default=None,
+                   help="features from `extract --encoder pixels:24` (row 'raw pixels (per-frame linear)')")
+    p.add_argument("--random-features", default=None,
+                   help="features from `extract --encoder random:ENCODER --seed K` (row 'random-init encoder')")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="train every row once per seed; the table shows mean ± sample std (default: config seeds / seed)")
     p.add_argument("--data", required=True, help="Aff-Wild2 annotation root")
     p.add_argument("--task", action="append", choices=("va", "expr", "au", "multi"), default=None,
                    help="repeatable; default: va, expr and au")
@@ -24,6 +31,8 @@ def _run(args) -> int:
     from ..training.ablate import ablate_from_args
 
     result = ablate_from_args(args.config, args.overrides, args.task or ["va", "expr", "au"], args.out,
-                              args.mae_features, features=args.features, data=args.data)
+                              args.mae_features, pixel_features=args.pixel_features,
+                              random_features=args.random_features, seeds=args.seeds,
+                              features=args.features, data=args.data)
     print(result["table"], end="")
     return 0

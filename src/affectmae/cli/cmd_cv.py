@@ -1,4 +1,5 @@
-"""`affectmae cv`: train every fold (fold 0 = official split, 1-4 = split by video) and print Table 1."""
+"""`affectmae cv`: train every fold (fold 0 = official split, 1-4 = split by video) and print Table 1 with its
+baselines (per-frame linear, chance)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ def register(subparsers) -> None:
     p.add_argument("--task", action="append", choices=("va", "expr", "au", "multi"), default=None,
                    help="repeatable; default: va, expr and au (one model each)")
     p.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="train every fold once per seed; cells show mean ± sample std (default: config seeds / seed)")
+    p.add_argument("--no-linear-baseline", action="store_true",
+                   help="skip the per-frame linear baseline row (it trains one more model per fold and seed)")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--config", default=None, help="YAML config (temporal_paper / temporal_tiny or a file)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -25,6 +30,7 @@ def _run(args) -> int:
     from ..training.cv import cv_from_args
 
     result = cv_from_args(args.config, args.overrides, args.task or ["va", "expr", "au"], args.out, args.folds,
+                          seeds=args.seeds, linear_baseline=not args.no_linear_baseline,
                           features=args.features, data=args.data)
     print(result["table"], end="")
     return 0

@@ -2,12 +2,22 @@
 
 Fold 0 is the official train/validation split; folds 1-4 split the merged train+validation videos by
 video (seeded; see :func:`affectmae.training.temporal_data.make_folds`). Each task (or the multi-task
-model) is trained once per fold into ``OUT/<task>/fold<k>/`` (an ordinary ``affectmae train`` run
-folder, so ``predict --run`` can ensemble them). Outputs::
+model) is trained once per fold and seed into ``OUT/<task>/fold<k>/`` (one seed) or
+``OUT/<task>/seed<s>/fold<k>/`` (several): ordinary ``affectmae train`` run folders, so ``predict --run``
+can ensemble them. Each run tunes its AU thresholds on its own fold's training videos
+(``au_threshold_source``, default ``train``), never on the fold it is scored on.
 
-    OUT/cv_results.json   every fold's best validation metrics + the table rows
-    OUT/cv_results.csv    fold,valence,arousal,expr_f1,au_f1
-    OUT/cv_table.md       the table: Valence CCC, Arousal CCC, EXPR F1, AU F1 per fold, plus the mean
+Rows of the table: every fold, the mean over folds, then the baselines: the per-frame linear model on
+the same features (``linear_baseline``, trained per fold and seed into ``OUT/baselines/linear/...``) and
+the two chance rows of :mod:`affectmae.training.baselines` (computed from each fold's validation labels,
+averaged over folds). With several seeds a cell is ``mean ± sample std (ddof=1)`` over the seeds; the
+"Mean" row takes, per seed, the mean over folds, then mean ± std of those over seeds.
+
+Outputs::
+
+    OUT/cv_results.json   per-seed, per-fold scores, the aggregates, the baselines and the table
+    OUT/cv_results.csv    row,seed,valence,arousal,expr_f1,au_f1,au_f1_tuned (seed: a seed, mean, std or -)
+    OUT/cv_table.md       the table and a note on seeds and thresholds
 """
 
 from __future__ import annotations
@@ -17,81 +27,132 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import AffectMAEError
 from ..io import atomic_write_text
+from .baselines import CHANCE_ROWS, chance_scores
+from .report import aggregate, cell, csv_value, markdown_table, mean_std, scores_from_metrics, seeds_note
 from .temporal import TrainConfig, train_temporal
+
+__all__ = ["COLUMNS", "run_cv", "cv_from_args", "markdown_table", "scores_from_metrics", "au_tuned_header"]
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (("valence", "Valence CCC"), ("arousal", "Arousal CCC"), ("expr_f1", "EXPR F1"), ("au_f1", "AU F1"))
+COLUMNS = (("valence", "Valence CCC"), ("arousal", "Arousal CCC"), ("expr_f1", "EXPR F1"), ("au_f1", "AU F1 (0.5)"),
+           ("au_f1_tuned", "AU F1 (tuned)"))
+KEYS = [c for c, _ in COLUMNS]
 
 
-def scores_from_metrics(best: dict) -> dict[str, float | None]:
-    """The table's figures from a run's best validation metrics (None for a task it did not train)."""
-    va, expr, au = best.get("va"), best.get("expr"), best.get("au")
-    return {
-        "valence": va["ccc_valence"] if va else None,
-        "arousal": va["ccc_arousal"] if va else None,
-        "va": va["score"] if va else None,
-        "expr_f1": expr["score"] if expr else None,
-        "au_f1": au["score"] if au else None,
-    }
+def au_tuned_header(source: str) -> str:
+    return {"train": "AU F1 (thresholds from train)", "val": "AU F1 (thresholds from val, optimistic)",
+            "none": "AU F1 (no tuning)"}.get(source, "AU F1 (tuned)")
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def thresholds_note(source: str) -> str:
+    return {"train": "AU thresholds are tuned on each run's training videos, never on the frames scored.",
+            "val": "AU thresholds are tuned on the scored validation frames themselves: that column is optimistic.",
+            "none": "AU thresholds are not tuned."}[source]
 
 
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
-    lines += ["| " + " | ".join(c if isinstance(c, str) else _fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def _train_grid(cfg: TrainConfig, tasks: list[str], folds: list[int], seeds: list[int], root: Path,
+                runs: dict) -> dict[int, dict[int, dict]]:
+    """Train every task x seed x fold; returns ``{seed: {fold: scores}}``."""
+    per_seed: dict[int, dict[int, dict]] = {s: {k: {} for k in folds} for s in seeds}
+    for task in tasks:
+        for s in seeds:
+            for k in folds:
+                run_dir = root / task / (f"fold{k}" if len(seeds) == 1 else f"seed{s}/fold{k}")
+                log.info("cv: task %s, seed %d, fold %d -> %s", task, s, k, run_dir)
+                result = train_temporal(dataclasses.replace(cfg, task=task, fold=k, seed=s, seeds=[], out=str(run_dir)))
+                runs.setdefault(task, {}).setdefault(str(s), {})[str(k)] = str(run_dir)
+                per_seed[s][k].update({c: v for c, v in scores_from_metrics(result["best"]).items() if v is not None})
+    return per_seed
 
 
-def run_cv(cfg: TrainConfig, tasks: list[str], out: str | Path, folds: list[int] | None = None) -> dict:
-    """Train every task in ``tasks`` ("va", "expr", "au" or "multi") on every fold; write and return the table."""
+def _fold_means(per_seed: dict[int, dict[int, dict]], folds: list[int]) -> dict[int, dict]:
+    """Per seed, the mean over folds of each column."""
+    return {s: {c: mean_std(per_seed[s][k].get(c) for k in folds)[0] for c in KEYS} for s in per_seed}
+
+
+def _csv_lines(row: str, per_seed: dict[int, dict], seeds: list[int]) -> list[str]:
+    lines = [",".join([row, str(s), *(csv_value(per_seed[s].get(c)) for c in KEYS)]) for s in seeds]
+    if len(seeds) > 1:
+        mean, std = aggregate(per_seed, KEYS)
+        lines.append(",".join([row, "mean", *(csv_value(mean[c]) for c in KEYS)]))
+        lines.append(",".join([row, "std", *(csv_value(std[c]) for c in KEYS)]))
+    return lines
+
+
+def run_cv(cfg: TrainConfig, tasks: list[str], out: str | Path, folds: list[int] | None = None,
+           seeds: list[int] | None = None, linear_baseline: bool = True, chance: bool = True) -> dict:
+    """Train every task in ``tasks`` ("va", "expr", "au" or "multi") on every fold for every seed (default:
+    ``cfg.seeds``, else ``[cfg.seed]``), plus the per-frame linear baseline (``linear_baseline``) and the chance rows (``chance``);
+    write and return the table (``result["table"]``) and every figure behind it."""
     if not tasks:
         raise AffectMAEError("cv needs at least one task")
-    folds = list(range(cfg.n_folds)) if not folds else folds
+    folds = list(range(cfg.n_folds)) if not folds else list(folds)
+    seeds = [int(s) for s in (seeds or cfg.seeds or [cfg.seed])]
+    if len(set(seeds)) != len(seeds):
+        raise AffectMAEError(f"cv: seeds repeat: {seeds}")
     out = Path(out)
-    per_fold: dict[int, dict] = {k: {} for k in folds}
-    runs: dict[str, dict[int, str]] = {}
-    for task in tasks:
-        for k in folds:
-            run_dir = out / task / f"fold{k}"
-            log.info("cv: task %s, fold %d -> %s", task, k, run_dir)
-            result = train_temporal(dataclasses.replace(cfg, task=task, fold=k, out=str(run_dir)))
-            runs.setdefault(task, {})[k] = str(run_dir)
-            for key, value in scores_from_metrics(result["best"]).items():
-                if value is not None:
-                    per_fold[k][key] = value
+    runs: dict[str, dict] = {}
+    per_seed = _train_grid(cfg, tasks, folds, seeds, out, runs)
     rows = []
+    per_fold, per_fold_std = {}, {}
     for k in folds:
-        rows.append([f"Fold {k}", *[per_fold[k].get(c) for c, _ in COLUMNS]])
-    means = []
-    for c, _ in COLUMNS:
-        vals = [per_fold[k][c] for k in folds if c in per_fold[k]]
-        means.append(float(np.mean(vals)) if vals else None)
-    rows.append(["Mean", *means])
-    table = markdown_table(["Fold", *[h for _, h in COLUMNS]], rows)
-    result = {"tasks": tasks, "folds": folds, "per_fold": {str(k): v for k, v in per_fold.items()},
-              "mean": dict(zip([c for c, _ in COLUMNS], means)), "runs": runs, "table": table}
+        per_fold[k], per_fold_std[k] = aggregate({s: per_seed[s][k] for s in seeds}, KEYS)
+        rows.append([f"Fold {k}", *[cell(per_fold[k][c], per_fold_std[k][c]) for c in KEYS]])
+    fold_means = _fold_means(per_seed, folds)
+    mean, mean_sd = aggregate(fold_means, KEYS)
+    rows.append(["Mean", *[cell(mean[c], mean_sd[c]) for c in KEYS]])
+    baselines: dict[str, dict] = {}
+    if linear_baseline:
+        linear_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch="linear"))
+        lin_runs: dict[str, dict] = {}
+        lin_seed = _train_grid(linear_cfg, tasks, folds, seeds, out / "baselines" / "linear", lin_runs)
+        lin_means = _fold_means(lin_seed, folds)
+        lmean, lstd = aggregate(lin_means, KEYS)
+        baselines["linear"] = {"per_seed": {str(s): {str(k): v for k, v in f.items()} for s, f in lin_seed.items()},
+                               "per_seed_mean": {str(s): v for s, v in lin_means.items()},
+                               "mean": lmean, "std": lstd, "runs": lin_runs}
+        rows.append(["per-frame linear, same features (mean over folds)", *[cell(lmean[c], lstd[c]) for c in KEYS]])
+    if chance:
+        by_fold = {k: chance_scores(dataclasses.replace(cfg, fold=k), tasks) for k in folds}
+        for name, title in CHANCE_ROWS:
+            fold_scores = {k: by_fold[k][name] for k in folds}
+            cmean = {c: mean_std(fold_scores[k].get(c) for k in folds)[0] for c in KEYS}
+            baselines[name] = {"per_fold": {str(k): v for k, v in fold_scores.items()}, "mean": cmean}
+            rows.append([f"{title} (mean over folds)", *[cell(cmean[c]) for c in KEYS]])
+    headers = ["Fold", *[h for _, h in COLUMNS[:-1]], au_tuned_header(cfg.au_threshold_source)]
+    table = (markdown_table(headers, rows) + "\n" + seeds_note(seeds) + " " + thresholds_note(cfg.au_threshold_source)
+             + (" Chance rows are computed from each fold's validation labels (training/baselines.py)." if chance else "")
+             + "\n")
+    result = {"tasks": tasks, "folds": folds, "seeds": seeds, "std": "sample (ddof=1) over seeds",
+              "au_threshold_source": cfg.au_threshold_source,
+              "per_fold": {str(k): {c: v for c, v in per_fold[k].items() if v is not None} for k in folds},
+              "per_fold_std": {str(k): per_fold_std[k] for k in folds},
+              "per_seed": {str(s): {str(k): v for k, v in f.items()} for s, f in per_seed.items()},
+              "per_seed_mean": {str(s): v for s, v in fold_means.items()},
+              "mean": mean, "mean_std": mean_sd, "baselines": baselines, "runs": runs, "table": table}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "cv_results.json", json.dumps(result, indent=2))
-    csv = ["fold," + ",".join(c for c, _ in COLUMNS)]
-    csv += [",".join([str(r[0]).replace("Fold ", "").lower(), *("" if v is None else f"{v:.6f}" for v in r[1:])]) for r in rows]
+    csv = ["row,seed," + ",".join(KEYS)]
+    for k in folds:
+        csv += _csv_lines(str(k), {s: per_seed[s][k] for s in seeds}, seeds)
+    csv += _csv_lines("mean", fold_means, seeds)
+    if "linear" in baselines:
+        csv += _csv_lines("linear", _fold_means(lin_seed, folds), seeds)
+    for name, _ in CHANCE_ROWS if chance else ():
+        csv.append(",".join([name, "-", *(csv_value(baselines[name]["mean"][c]) for c in KEYS)]))
     atomic_write_text(out / "cv_results.csv", "\n".join(csv) + "\n")
     atomic_write_text(out / "cv_table.md", table)
     return result
 
 
 def cv_from_args(config: str | None, overrides: list[str], tasks: list[str], out: str, folds: list[int] | None,
-                 **settings) -> dict:
+                 seeds: list[int] | None = None, linear_baseline: bool = True, **settings) -> dict:
     """CLI entry: config + overrides -> :func:`run_cv`."""
     from ..config import load_config, parse_overrides
     from .temporal import resolve_config
 
     cfg = load_config(TrainConfig, resolve_config(config), {**parse_overrides(overrides), **settings})
-    return run_cv(cfg, tasks, out, folds)
+    return run_cv(cfg, tasks, out, folds, seeds=seeds, linear_baseline=linear_baseline)

@@ -62,6 +62,7 @@ class TrainConfig:
     n_folds: int = 5
     fold_seed: int = 0
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)  # cv / ablate: one run per seed (empty: [seed]); train uses seed
     window: int = 300
     stride: int = 200
     epochs: int = 20
