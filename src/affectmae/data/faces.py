@@ -6,10 +6,12 @@
         det.score      # float in [0, 1]
         det.landmarks  # (5, 2) float32: eye left-in-image, eye right-in-image, nose tip, mouth left, mouth right
 
-Backends:
+Backends, in the order ``"auto"`` tries them:
 - ``yuface`` (PyPI ``yuface``, BSD-3, libfacedetection compiled in; wheels for Python 3.10/3.11). Its
   OpenMP pool is pinned to one thread when the detector is built: with the default spinning pool it
   competes with PyTorch's threads and runs many times slower.
+- ``mtcnn`` (:mod:`affectmae.data.mtcnn`: the networks in PyTorch, weights from PyPI ``mtcnn``, MIT, pure
+  Python, so every Python 3.10-3.13): the installed default where yuface has no wheel.
 
 ``get_detector("auto")`` picks the first available backend and otherwise raises an
 :class:`~affectmae.errors.AffectMAEError` that says what to install.
@@ -127,18 +129,31 @@ class YuFaceDetector:
         return out
 
 
-DETECTORS = {"yuface": YuFaceDetector}
+def _mtcnn(**kwargs) -> FaceDetector:
+    from .mtcnn import MTCNNDetector
+
+    return MTCNNDetector(**kwargs)
+
+
+DETECTORS = {"yuface": YuFaceDetector, "mtcnn": _mtcnn}
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken or blocked package counts as missing
+        return False
 
 
 def available_detectors() -> list[str]:
-    """Backends whose package can be imported here, in order of preference."""
-    return [name for name in DETECTORS if importlib.util.find_spec(name) is not None]
+    """Backends whose package is installed here, in order of preference."""
+    return [name for name in DETECTORS if _installed(name)]
 
 
 def _install_hint(reason: str) -> str:
     return (
-        f"no face detector available: {reason}. Install one with `pip install yuface` "
-        "(wheels for Python 3.10 and 3.11; on other Pythons use a 3.11 environment)"
+        f"no face detector available: {reason}. Install one with `pip install mtcnn` (any Python 3.10-3.13; "
+        "affectmae depends on it) or `pip install yuface` (Python 3.10 and 3.11 only)"
     )
 
 
