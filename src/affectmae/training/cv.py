@@ -85,8 +85,8 @@ def _csv_lines(row: str, per_seed: dict[int, dict], seeds: list[int]) -> list[st
 def run_cv(cfg: TrainConfig, tasks: list[str], out: str | Path, folds: list[int] | None = None,
            seeds: list[int] | None = None, linear_baseline: bool = True, chance: bool = True) -> dict:
     """Train every task in ``tasks`` ("va", "expr", "au" or "multi") on every fold for every seed (default:
-    ``cfg.seeds``, else ``[cfg.seed]``), plus the per-frame linear baseline (``linear_baseline``) and the chance rows (``chance``);
-    write and return the table (``result["table"]``) and every figure behind it."""
+    ``cfg.seeds``, else ``[cfg.seed]``), plus the per-frame linear baseline (``linear_baseline``) and the
+    chance rows (``chance``); write and return the table (``result["table"]``) and every figure behind it."""
     if not tasks:
         raise AffectMAEError("cv needs at least one task")
     folds = list(range(cfg.n_folds)) if not folds else list(folds)
