@@ -42,11 +42,11 @@ def make_model_dir(root: Path, size: str, img_size: int = 112, **arch) -> Path:
     return root
 
 
-def run_speed(video: Path, model_dir: Path, stride: int, batch_size: int) -> dict:
+def run_speed(video: Path, model_dir: Path, stride: int, batch_size: int, **settings) -> dict:
     from affectmae.inference.pipeline import analyze_video
 
     start = time.perf_counter()
-    df = analyze_video(video, model_dir, stride=stride, batch_size=batch_size, plots=False, device="cpu")
+    df = analyze_video(video, model_dir, stride=stride, batch_size=batch_size, plots=False, device="cpu", **settings)
     total = time.perf_counter() - start
     s = df.attrs["summary"]
     return {"frames": s["frames_decoded"], "analysed": s["frames_analyzed"], "seconds": total,
@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--long-frames", type=int, default=None, help="frames of the long video (default 90000)")
     parser.add_argument("--memory-only", action="store_true", help="skip the speed table")
+    parser.add_argument("--speed-only", action="store_true", help="skip the memory runs")
+    parser.add_argument("--detect-max-side", type=int, nargs="*", default=[],
+                        help="also run stride 1 detecting on frames downscaled to these sizes, side by side")
     args = parser.parse_args()
     import torch
 
@@ -153,6 +156,9 @@ def main() -> None:
             run_speed(video, model_dir, 1, args.batch_size)  # warm-up (first-call allocations)
             r1 = run_speed(video, model_dir, 1, args.batch_size)
             print(f"| ViT-{size[0].upper()} | 1 | {r1['fps']:.1f} | {fmt_stages(r1)} |")
+            for side in args.detect_max_side:  # same video, same process, right after today's default
+                rs = run_speed(video, model_dir, 1, args.batch_size, detect_max_side=side)
+                print(f"| ViT-{size[0].upper()}, detect_max_side={side} | 1 | {rs['fps']:.1f} | {fmt_stages(rs)} |")
             per_frame = r1["seconds"] / r1["frames"]
             decode = r1["stages"]["decode"] / r1["frames"]
             budget = 1 / 25 - decode
@@ -161,6 +167,8 @@ def main() -> None:
                 rk = run_speed(video, model_dir, need, args.batch_size)
                 print(f"| ViT-{size[0].upper()} | {need} | {rk['fps']:.1f} | {fmt_stages(rk)} |")
             print(f"stride for >= 25 fps with ViT-{size[0].upper()} (from the stride-1 split): {need}")
+        if args.speed_only:
+            return
         print(f"\n## memory: peak RSS of a child process, 320x180 video, tiny encoder, stride 25")
         model_dir = make_model_dir(tmp / "model_tiny", "tiny", depth=2)
         for frames in (750, long_frames):
