@@ -7,6 +7,9 @@ One model class serves VA, EXPR, AU and the multi-task setting; the heads are bu
 - the Transformer gets a sinusoidal positional encoding (theirs has none);
 - weight norm uses ``torch.nn.utils.parametrizations.weight_norm`` (or none);
 - padded frames are excluded from attention and zeroed before the convolutions;
+- attention runs through ``F.scaled_dot_product_attention`` and every linear layer through
+  :class:`~affectmae.models.fast_linear.FastLinear` (oneDNN on CPUs where it beats MKL), with the
+  parameter names of ``nn.TransformerEncoder``, so older checkpoints load unchanged;
 - frames without a face can be replaced by a learned "missing" embedding (``missing_embedding=True``).
 
 ``arch="linear"`` gives the per-frame linear baseline on the same features (no temporal context).
@@ -17,12 +20,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import copy
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from ..tasks import get_task
+from .fast_linear import fast_linear, use_fast_linear
 
 
 @dataclass
@@ -106,6 +113,104 @@ def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
     return table
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    Parameters and state-dict keys are ``nn.MultiheadAttention``'s (``in_proj_weight`` (3C, C),
+    ``in_proj_bias`` (3C,), ``out_proj``), and so is the initialisation, in the same order of random draws,
+    so checkpoints written with the ``nn.TransformerEncoder`` this replaces load unchanged.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"transformer width {dim} is not divisible by transformer_heads={heads}")
+        self.heads, self.dropout = heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """x: (B, T, C); mask: bool, broadcastable to (B, nh, T, T), True where a query may attend to a key.
+        ``is_causal`` (only without ``mask``): each frame attends to itself and the frames before it."""
+        B, T, C = x.shape
+        q, k, v = fast_linear(x, self.in_proj_weight, self.in_proj_bias).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=is_causal)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.out_proj(y)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm Transformer encoder layer (``nn.TransformerEncoderLayer(norm_first=True)``, ReLU, with the same
+    submodule names). x: (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.self_attn = SelfAttention(dim, heads, dropout)
+        self.linear1 = nn.Linear(dim, ff)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(ff, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        x = x + self.dropout1(self.self_attn(self.norm1(x), mask, is_causal))
+        return x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(self.norm2(x))))))
+
+
+def attention_mask(valid: torch.Tensor | None, causal: bool, length: int) -> torch.Tensor | None:
+    """The bool attention mask for :class:`SelfAttention`: (B, 1, 1, T) keys that are real frames,
+    (T, T) frames at or before the query when ``causal``, (B, 1, T, T) both; ``None`` when neither
+    (``causal`` alone is then passed as ``is_causal``). valid: (B, T), False on padding."""
+    if valid is None:
+        return None
+    keys = valid[:, None, None, :]  # (B, 1, 1, T)
+    if not causal:
+        return keys
+    past = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()  # (T, T)
+    return keys & past  # (B, 1, T, T)
+
+
+class TransformerEncoder(nn.Module):
+    """``layers`` copies of one :class:`EncoderLayer` (like ``nn.TransformerEncoder``: every layer starts
+    from the same initial weights; state-dict keys ``layers.<i>.*`` are the same). x: (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float, layers: int):
+        super().__init__()
+        layer = EncoderLayer(dim, heads, ff, dropout)
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """valid: (B, T) False on padding (excluded as keys); ``causal``: attend only to the past."""
+        mask = attention_mask(valid, causal, x.shape[1])
+        for layer in self.layers:
+            x = layer(x, mask, is_causal=causal and mask is None)
+        return x
+
+
+class TorchTransformerEncoder(nn.TransformerEncoder):
+    """The ``nn.TransformerEncoder`` this model used before :class:`TransformerEncoder`; same state-dict
+    keys and call. Kept as the reference the tests compare against and ``bench_temporal.py --attention
+    torch`` times; the model never builds it."""
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float, layers: int):
+        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout, batch_first=True, norm_first=True)
+        super().__init__(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        causal_mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device) if causal else None
+        return super().forward(x, mask=causal_mask, src_key_padding_mask=None if valid is None else ~valid)
+
+
 class TemporalModel(nn.Module):
     """Per-frame predictions for every task in ``cfg.tasks`` from a segment of frame features."""
 
@@ -120,6 +225,7 @@ class TemporalModel(nn.Module):
         if cfg.arch == "linear":
             self.trunk_dim = d
             self.heads = nn.ModuleDict({s.name: nn.Linear(d, s.num_outputs) for s in self.specs})
+            use_fast_linear(self)
             return
         if cfg.arch != "temporal":
             raise ValueError(f"unknown temporal arch {cfg.arch!r}; use 'temporal' or 'linear'")
@@ -130,15 +236,15 @@ class TemporalModel(nn.Module):
             self.tcn = nn.Sequential(nn.Linear(d, width), nn.ReLU())
         self.transformer = None
         if cfg.use_transformer:
-            layer = nn.TransformerEncoderLayer(width, cfg.transformer_heads, cfg.transformer_ff, cfg.dropout,
-                                               batch_first=True, norm_first=True)
-            self.transformer = nn.TransformerEncoder(layer, cfg.transformer_layers, enable_nested_tensor=False)
+            self.transformer = TransformerEncoder(width, cfg.transformer_heads, cfg.transformer_ff, cfg.dropout,
+                                                  cfg.transformer_layers)
         self.trunk_dim = width
         self.heads = nn.ModuleDict({
             s.name: nn.Sequential(nn.Linear(width, cfg.head_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(cfg.head_hidden, s.num_outputs))
             for s in self.specs
         })
+        use_fast_linear(self)  # oneDNN fp32 products on CPUs where they beat MKL (models/fast_linear.py)
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
                 valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -155,11 +261,7 @@ class TemporalModel(nn.Module):
             x = self.tcn(x, valid) if self.cfg.use_tcn else self.tcn(x)  # (B, T, W)
             if self.transformer is not None:
                 x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device)
-                causal_mask = None
-                if self.cfg.causal:
-                    causal_mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
-                pad_mask = None if valid is None else ~valid
-                x = self.transformer(x, mask=causal_mask, src_key_padding_mask=pad_mask)
+                x = self.transformer(x, valid, self.cfg.causal)  # (B, T, W)
         out = {}
         for spec in self.specs:
             y = self.heads[spec.name](x)
