@@ -134,3 +134,59 @@ def make_synthetic_video(
             writer.write(np.ascontiguousarray(np.rot90(frame, k=-(rotation // 90))) if rotation else frame)
         used_codec = writer.codec
     return SyntheticVideo(Path(path), float(fps), (width, height), boxes, latent, cut_at, used_codec)
+
+
+@dataclass
+class PhotoSceneVideo:
+    path: Path
+    fps: float
+    size: tuple[int, int]  # (width, height)
+    boxes: np.ndarray  # (T, P, 4) float32 per person, NaN where that person is not in the frame
+    cuts: list[int]  # first frame of every shot after the first
+
+    def face_visible(self) -> np.ndarray:
+        """(T, P) bool."""
+        return ~np.isnan(self.boxes[..., 0])
+
+
+def make_photo_scene_video(path: str | Path, people: list, shots: list[tuple[int, tuple[int, ...]]],
+                           size: tuple[int, int] = (640, 360), fps: float = 25.0, seed: int = 0,
+                           face_size: tuple[int, int] = (120, 160), codec: str | None = None) -> PhotoSceneVideo:
+    """A multi-shot video of real people: faces of :func:`affectmae.data.photo_faces.render_photo_face`
+    (``people``: ``PhotoPerson`` list) with changing expressions, pose and light, pasted over a new
+    background in every shot.
+
+    shots: ``[(n_frames, (person index, ...)), ...]``; the people of a shot stand left to right in the order
+    given (so listing them in another order makes them swap sides at the cut). Returns the ground truth:
+    ``boxes (T, P, 4)`` per person of ``people``.
+    """
+    from .photo_faces import render_photo_face
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    n_total = sum(n for n, _ in shots)
+    trajectories = [sample_trajectory(n_total, rng, occlusion_rate=0.0, blur_rate=0.0) for _ in people]
+    boxes = np.full((n_total, len(people), 4), np.nan, dtype=np.float32)
+    cuts, k = [], 0
+    with VideoWriter(path, size, fps=fps, codec=codec) as writer:
+        for s, (n, who) in enumerate(shots):
+            if s:
+                cuts.append(k)
+            background = _background(width, height, rng)
+            centres, sizes = _paths(n, max(len(who), 1), width, height, face_size, rng)
+            for t in range(n):
+                frame = background.copy()
+                for slot, p in enumerate(who):
+                    side = int(round(sizes[t, slot])) // 2 * 2
+                    x1 = int(np.clip(round(centres[t, slot, 0]) - side // 2, 0, width - side))
+                    y1 = int(np.clip(round(centres[t, slot, 1]) - side // 2, 0, height - side))
+                    tr = trajectories[p]
+                    roll, dx, dy, scale = (float(v) for v in tr.pose[k])
+                    frame[y1:y1 + side, x1:x1 + side] = render_photo_face(
+                        people[p], tr.observed[k], rng, side, pose=(roll, dx, dy, scale), light=tuple(tr.light[k]))
+                    boxes[k, p] = (x1, y1, x1 + side, y1 + side)
+                writer.write(frame)
+                k += 1
+        used = writer.codec
+    log.debug("wrote %s (%s, %d frames, %d shots)", path, used, n_total, len(shots))
+    return PhotoSceneVideo(Path(path), float(fps), (width, height), boxes, cuts)

@@ -39,6 +39,7 @@ from ..data.video import VideoReader
 from ..errors import AffectMAEError, InputFormatError
 from ..io import atomic_path, atomic_write_text
 from .align import CROP_SIZE, align_face
+from .reid import DESCRIPTOR_DIM, co_occurring_pairs, face_descriptor, link_tracks
 from .table import (AU_PROB_COLUMNS, BOX_COLUMNS, EXPR_COLUMNS, LANDMARK_COLUMNS, TABLE_COLUMNS,  # noqa: F401 (re-exported)
                     build_table, write_table)
 from .tracking import FaceTracker, ShotCutDetector
@@ -60,6 +61,9 @@ class AnalyzeConfig:
     max_faces: int = 0  # keep the N most confident faces per frame (0: all)
     max_age: int = 25  # frames a face may be missed and keep its id
     cut_threshold: float = 0.5  # histogram distance that counts as a shot cut
+    reid: bool = True  # link tracks of one person (across cuts and long gaps) into one face_id by appearance
+    reid_threshold: float = 0.85  # cosine similarity of mean track descriptors needed to link (inference/reid.py)
+    reid_min_appearance: float = 0.6  # with reid: a detection less similar than this to a track never continues it
     align_margin: float | None = None  # > 1 zooms the crop out; None: MODEL_DIR's "align_margin", else 1.0
     plots: bool = True
     detector_worker: bool = True  # detect in a child process, replaced every detector_recycle_frames (yuface leaks)
@@ -242,12 +246,13 @@ def analyze_video(video: str | Path, model_dir: str | Path, out_dir: str | Path 
 def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> pd.DataFrame:
     """The frame loop and outputs of :meth:`Analyzer.analyze`."""
     cfg, model, detector = analyzer.config, analyzer.model, analyzer.detector
-    tracker = FaceTracker(max_age=cfg.max_age)
+    tracker = FaceTracker(max_age=cfg.max_age, min_appearance=cfg.reid_min_appearance)
     cuts = ShotCutDetector(cfg.cut_threshold)
     timings = dict.fromkeys(STAGES, 0.0)
     encoder = analyzer._encoder
     encoder.reset(timings)
     det_frames, det_ids, det_boxes, det_scores, det_landmarks, frame_times = [], [], [], [], [], []
+    desc_sums: dict[int, np.ndarray] = {}  # track id -> sum of its crops' appearance descriptors (re-id)
     started = time.perf_counter()
     with VideoReader(video) as reader:
         stream = reader.frames(cfg.stride)
@@ -268,13 +273,17 @@ def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> p
             if cfg.max_faces:
                 dets = dets[: cfg.max_faces]
             t2 = time.perf_counter()
-            ids = tracker.update(frame.index, dets, cut=cuts.is_cut(frame.rgb))
-            t3 = time.perf_counter()
             crops = [align_face(frame.rgb, d.landmarks, CROP_SIZE, cfg.align_margin) for d in dets]
+            descs = np.stack([face_descriptor(c) for c in crops]) if cfg.reid and crops else None  # (N, D)
+            t3 = time.perf_counter()
+            ids = tracker.update(frame.index, dets, cut=cuts.is_cut(frame.rgb), descriptors=descs)
+            for fid, desc in zip(ids, descs if descs is not None else ()):  # appearance of each track, for re-id
+                desc_sums.setdefault(fid, np.zeros(DESCRIPTOR_DIM))
+                desc_sums[fid] += desc
             t4 = time.perf_counter()
             timings["detect"] += t2 - t1
-            timings["track"] += t3 - t2
-            timings["align"] += t4 - t3
+            timings["align"] += t3 - t2
+            timings["track"] += t4 - t3
             for det, fid, crop in zip(dets, ids, crops):
                 det_frames.append(frame.index)
                 det_ids.append(fid)
@@ -298,12 +307,19 @@ def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> p
     with torch.inference_mode():
         predictions = _predict_tracks(model, det_ids_a, det_frames_a, feats, cfg.stride) if len(det_ids_a) else {}
     timings["temporal"] += time.perf_counter() - t5
+    t_link = time.perf_counter()
+    if cfg.reid:  # tracks -> people: one face_id per person across cuts and long occlusions
+        person = link_tracks(desc_sums, co_occurring_pairs(det_ids_a, det_frames_a), cfg.reid_threshold)
+    else:
+        person = {int(t): int(t) for t in np.unique(det_ids_a)}
+    timings["track"] += time.perf_counter() - t_link
     df = build_table(det_frames_a, det_ids_a, boxes_a, scores_a, landmarks_a, predictions, frame_times, cfg.stride,
-                     getattr(model, "au_thresholds", None), input_name=str(video))
+                     getattr(model, "au_thresholds", None), input_name=str(video), face_ids=person)
     summary.update({
         "frames_analyzed": int(sum(1 for i in range(len(frame_times)) if i % cfg.stride == 0)),
         "frames_without_face": int((~df.groupby("frame")["face_detected"].any()).sum()),
-        "faces": int(len(predictions)),
+        "faces": int(len(set(person.values()))),
+        "tracks": int(len(predictions)),
         "detections": int(len(det_ids_a)),
         "shot_cuts": tracker.n_cuts,
         "stride": cfg.stride,

