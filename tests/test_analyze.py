@@ -119,7 +119,7 @@ def test_predictions_match_an_independent_recomputation(work):
     from affectmae.models.vit import preprocess_frames
 
     root, model_dir, truth = work
-    df = analyze_video(truth.path, model_dir, batch_size=5)
+    df = analyze_video(truth.path, model_dir, batch_size=5, detect_every=1)  # a full detection on every frame
     face0 = df[(df["face_id"] == 0) & (df["frame"] < 24)]
     model = load_model_dir(model_dir)
     detector = get_detector("yuface")
@@ -242,6 +242,6 @@ def test_bad_inputs_give_one_clear_message(work, tmp_path, capsys):
     assert main(["analyze", str(truth.path), "--model", str(other), "-o", out]) == 2
     assert "format version 7" in capsys.readouterr().err
     assert main(["analyze", str(truth.path), "--model", str(model_dir), "-o", out, "--stride", "0"]) == 2
-    assert "stride and batch_size must be >= 1" in capsys.readouterr().err
+    assert "stride, batch_size and detect_every must be >= 1, got 0, 32 and 5" in capsys.readouterr().err
     assert main(["analyze", str(truth.path), "nonsense=1", "--model", str(model_dir), "-o", out]) == 2
     assert "unknown setting 'nonsense'" in capsys.readouterr().err

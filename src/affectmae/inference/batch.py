@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
                   ".mts", ".m2ts", ".ogv"}
 # settings that do not change the table: a rerun with a different value still skips finished videos
-_NOT_IN_RESULT = {"plots", "device", "batch_size", "detector_worker", "detector_recycle_frames"}
+_NOT_IN_RESULT = {"plots", "device", "batch_size", "detector_worker", "detector_recycle_frames", "overlap"}
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ from ..data.video import VideoReader
 from ..errors import AffectMAEError, InputFormatError
 from ..io import atomic_path, atomic_write_text
 from .align import CROP_SIZE, align_face
+from .keyframes import KeyframeDetector
 from .reid import DESCRIPTOR_DIM, co_occurring_pairs, face_descriptor, link_tracks
 from .table import (AU_PROB_COLUMNS, BOX_COLUMNS, EXPR_COLUMNS, LANDMARK_COLUMNS, TABLE_COLUMNS,  # noqa: F401 (re-exported)
                     build_table, write_table)
@@ -46,6 +49,7 @@ from .tracking import FaceTracker, ShotCutDetector
 
 log = logging.getLogger(__name__)
 
+HANDOFF = 8  # crops per hand-over to the encoder thread (CPU throughput per crop is the same at 8 and 32)
 STAGES = ("decode", "detect", "track", "align", "encode", "temporal", "write")
 
 
@@ -58,6 +62,7 @@ class AnalyzeConfig:
     min_face: int = 32  # pixels, shorter box side
     min_score: float = 0.5
     detect_max_side: int = 960  # frames are downscaled to this longer side for detection (speed vs small faces)
+    detect_every: int = 5  # full-frame detection every k-th analysed frame; patches around known faces between
     max_faces: int = 0  # keep the N most confident faces per frame (0: all)
     max_age: int = 25  # frames a face may be missed and keep its id
     cut_threshold: float = 0.5  # histogram distance that counts as a shot cut
@@ -66,6 +71,7 @@ class AnalyzeConfig:
     reid_min_appearance: float = 0.6  # with reid: a detection less similar than this to a track never continues it
     align_margin: float | None = None  # > 1 zooms the crop out; None: MODEL_DIR's "align_margin", else 1.0
     plots: bool = True
+    overlap: bool = True  # encode in a background thread while the next frames are decoded and detected
     detector_worker: bool = True  # detect in a child process, replaced every detector_recycle_frames (yuface leaks)
     detector_recycle_frames: int = 2000
     column_names: str = "affectmae"  # CSV column names: affectmae | openface (AU12_c, confidence, success, ...)
@@ -89,9 +95,17 @@ def _as_numpy(x) -> np.ndarray:
 
 
 class _Encoder:
-    """Bounded crop buffer + batched encoder; features go to one growing list of (B, D) float16 blocks."""
+    """Bounded crop buffer + batched encoder; features go to one growing list of (B, D) float16 blocks.
 
-    def __init__(self, encoder: torch.nn.Module, device: torch.device, batch_size: int, timings: dict):
+    With ``overlap`` a background thread runs the forward passes, so the frame loop decodes, detects and
+    aligns the next frames meanwhile (PyTorch releases the GIL in its ops, and the detector works in its own
+    process). The loop hands over every ``HANDOFF`` crops; the thread encodes whatever is queued, up to
+    ``batch_size`` crops per forward pass (at most 2 batches wait, so memory stays bounded).
+    ``timings["encode"]`` is then the thread's busy time, overlapping the other stages.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, device: torch.device, batch_size: int, timings: dict,
+                 overlap: bool = False):
         from ..models.vit import preprocess_frames
 
         self.encoder = encoder.to(device).eval()
@@ -99,33 +113,79 @@ class _Encoder:
         self.img_size = int(getattr(encoder, "arch", {}).get("img_size", CROP_SIZE))
         self.preprocess = preprocess_frames
         self.batch_size = batch_size
+        self.overlap = overlap
         self.crops: list[np.ndarray] = []
         self.blocks: list[np.ndarray] = []
         self.timings = timings
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def reset(self, timings: dict) -> None:
         """Start a new video: no crops or features pending, times go to ``timings``."""
-        self.crops, self.blocks, self.timings = [], [], timings
+        self._stop()
+        self.crops, self.blocks, self.timings, self._error = [], [], timings, None
 
     def add(self, crop: np.ndarray) -> None:
         self.crops.append(crop)
-        if len(self.crops) >= self.batch_size:
+        if len(self.crops) >= (min(self.batch_size, HANDOFF) if self.overlap else self.batch_size):
             self.flush()
 
-    @torch.inference_mode()
     def flush(self) -> None:
         if not self.crops:
             return
+        batch, self.crops = np.stack(self.crops), []  # (B, S, S, 3) uint8
+        if not self.overlap:
+            self._encode(batch)
+            return
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=max(2, 2 * self.batch_size // HANDOFF))
+            self._thread = threading.Thread(target=self._work, name="affectmae-encoder", daemon=True)
+            self._thread.start()
+        self._raise()
+        self._queue.put(batch)
+
+    @torch.inference_mode()
+    def _encode(self, batch: np.ndarray) -> None:
         start = time.perf_counter()
-        x = self.preprocess(np.stack(self.crops), self.img_size).to(self.device)  # (B, 3, S, S)
+        x = self.preprocess(batch, self.img_size).to(self.device)  # (B, 3, S, S)
         pooled = self.encoder.forward_features(x)["pooled"]  # (B, D)
         self.blocks.append(pooled.to(torch.float16).cpu().numpy())
-        self.crops = []
         self.timings["encode"] += time.perf_counter() - start
+
+    def _work(self) -> None:
+        done = False
+        while not done:
+            blocks = [self._queue.get()]  # wait for work, then take what is queued, up to batch_size crops
+            while blocks[-1] is not None and sum(len(b) for b in blocks) < self.batch_size:
+                try:
+                    blocks.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = blocks[-1] is None
+            blocks = [b for b in blocks if b is not None]
+            if blocks and self._error is None:  # after an error, keep draining so the frame loop never blocks
+                try:
+                    self._encode(np.concatenate(blocks))
+                except BaseException as err:  # re-raised in the frame loop's thread
+                    self._error = err
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread, self._queue = None, None
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
     def features(self) -> np.ndarray:
         """(N_crops, D) float16 in the order crops were added."""
         self.flush()
+        self._stop()
+        self._raise()
         if not self.blocks:
             return np.zeros((0, 0), dtype=np.float16)
         return np.concatenate(self.blocks)
@@ -189,8 +249,9 @@ class Analyzer:
         if unknown:
             raise AffectMAEError(f"unknown analyze settings: {', '.join(sorted(unknown))}")
         cfg = dataclasses.replace(cfg, **settings)
-        if cfg.stride < 1 or cfg.batch_size < 1:
-            raise AffectMAEError(f"stride and batch_size must be >= 1, got {cfg.stride} and {cfg.batch_size}")
+        if cfg.stride < 1 or cfg.batch_size < 1 or cfg.detect_every < 1:
+            raise AffectMAEError(f"stride, batch_size and detect_every must be >= 1, got {cfg.stride}, "
+                                 f"{cfg.batch_size} and {cfg.detect_every}")
         if cfg.column_names not in ("affectmae", "openface"):
             raise AffectMAEError(f"column_names must be 'affectmae' or 'openface', got {cfg.column_names!r}")
         self.device = resolve_device(cfg.device)
@@ -204,7 +265,9 @@ class Analyzer:
             self.detector = WorkerDetector(cfg.detector, recycle_every=cfg.detector_recycle_frames, **det_args)
         else:
             self.detector = get_detector(cfg.detector, **det_args)
-        self._encoder = _Encoder(self.model.encoder, self.device, cfg.batch_size, dict.fromkeys(STAGES, 0.0))
+        self._keyframes = KeyframeDetector(self.detector, every=cfg.detect_every, min_face=cfg.min_face)
+        self._encoder = _Encoder(self.model.encoder, self.device, cfg.batch_size, dict.fromkeys(STAGES, 0.0),
+                                 overlap=cfg.overlap)
 
     def analyze(self, video: str | Path, out_dir: str | Path | None = None, video_out: str | Path | None = None,
                 stem: str | None = None, progress=None) -> pd.DataFrame:
@@ -218,6 +281,7 @@ class Analyzer:
         return _analyze(video, self, out_dir, video_out, stem, progress)
 
     def close(self) -> None:
+        self._encoder.reset(self._encoder.timings)  # stops the encoder thread
         if isinstance(self.detector, WorkerDetector):
             self.detector.close()
 
@@ -254,43 +318,57 @@ def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> p
     det_frames, det_ids, det_boxes, det_scores, det_landmarks, frame_times = [], [], [], [], [], []
     desc_sums: dict[int, np.ndarray] = {}  # track id -> sum of its crops' appearance descriptors (re-id)
     started = time.perf_counter()
+    keyframes = analyzer._keyframes
+    keyframes.reset()
     with VideoReader(video) as reader:
         stream = reader.frames(cfg.stride)
         bar = progress if progress is not None else tqdm(total=reader.info.n_frames or None, unit="frame",
                                                           desc=Path(video).name, disable=None)
+        chunk, chunk_cuts = [], []  # analysed frames waiting for their key frame (at most detect_every)
         while True:
             t0 = time.perf_counter()
             frame = next(stream, None)
-            t1 = time.perf_counter()
-            timings["decode"] += t1 - t0
-            if frame is None:
+            ended = frame is None
+            timings["decode"] += time.perf_counter() - t0
+            if not ended:
+                bar.update(1)
+                frame_times.append(frame.time_s)
+                if frame.rgb is None:
+                    continue
+                t1 = time.perf_counter()
+                chunk.append(frame)
+                chunk_cuts.append(cuts.is_cut(frame.rgb))
+                timings["track"] += time.perf_counter() - t1
+                if len(chunk) < keyframes.every:
+                    continue
+            if not chunk:
                 break
-            bar.update(1)
-            frame_times.append(frame.time_s)
-            if frame.rgb is None:
-                continue
-            dets = detector.detect(frame.rgb)
-            if cfg.max_faces:
-                dets = dets[: cfg.max_faces]
-            t2 = time.perf_counter()
-            crops = [align_face(frame.rgb, d.landmarks, CROP_SIZE, cfg.align_margin) for d in dets]
-            descs = np.stack([face_descriptor(c) for c in crops]) if cfg.reid and crops else None  # (N, D)
-            t3 = time.perf_counter()
-            ids = tracker.update(frame.index, dets, cut=cuts.is_cut(frame.rgb), descriptors=descs)
-            for fid, desc in zip(ids, descs if descs is not None else ()):  # appearance of each track, for re-id
-                desc_sums.setdefault(fid, np.zeros(DESCRIPTOR_DIM))
-                desc_sums[fid] += desc
-            t4 = time.perf_counter()
-            timings["detect"] += t2 - t1
-            timings["align"] += t3 - t2
-            timings["track"] += t4 - t3
-            for det, fid, crop in zip(dets, ids, crops):
-                det_frames.append(frame.index)
-                det_ids.append(fid)
-                det_boxes.append(det.box)
-                det_scores.append(det.score)
-                det_landmarks.append(det.landmarks)
-                encoder.add(crop)
+            t1 = time.perf_counter()
+            per_frame = keyframes.detect_chunk([f.rgb for f in chunk], chunk_cuts)
+            timings["detect"] += time.perf_counter() - t1
+            for frame, dets, cut in zip(chunk, per_frame, chunk_cuts):
+                if cfg.max_faces:
+                    dets = dets[: cfg.max_faces]
+                t2 = time.perf_counter()
+                crops = [align_face(frame.rgb, d.landmarks, CROP_SIZE, cfg.align_margin) for d in dets]
+                descs = np.stack([face_descriptor(c) for c in crops]) if cfg.reid and crops else None  # (N, D)
+                t3 = time.perf_counter()
+                ids = tracker.update(frame.index, dets, cut=cut, descriptors=descs)
+                for fid, desc in zip(ids, descs if descs is not None else ()):  # appearance of each track (re-id)
+                    desc_sums.setdefault(fid, np.zeros(DESCRIPTOR_DIM))
+                    desc_sums[fid] += desc
+                timings["align"] += t3 - t2
+                timings["track"] += time.perf_counter() - t3
+                for det, fid, crop in zip(dets, ids, crops):
+                    det_frames.append(frame.index)
+                    det_ids.append(fid)
+                    det_boxes.append(det.box)
+                    det_scores.append(det.score)
+                    det_landmarks.append(det.landmarks)
+                    encoder.add(crop)
+            chunk, chunk_cuts = [], []
+            if ended:
+                break
         if progress is None:
             bar.close()
         feats = encoder.features()
@@ -327,6 +405,8 @@ def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> p
         "device": str(analyzer.device),
         "detector": detector.name,
         "detector_restarts": getattr(detector, "restarts", 0),
+        "detect_every": cfg.detect_every,
+        "detector_calls": dict(keyframes.calls),  # full frames and patches around known faces
     })
     if out_dir is not None:
         t6 = time.perf_counter()
