@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from affectmae.checkpoint import load_weights, read_metadata
 from affectmae.cli import main
 from affectmae.data.synthetic import generate_affwild2
-from affectmae.errors import CheckpointError
+from affectmae.errors import AffectMAEError, CheckpointError
 from affectmae.metrics import ccc
 from affectmae.models.vit import build_encoder, load_encoder, save_encoder
 from affectmae.tasks import TASKS
@@ -107,3 +107,34 @@ def test_linear_probe_on_au_leaves_encoder_unchanged(synth, tmp_path):
     head, _ = load_weights(run / "head_au.safetensors")
     assert head["weight"].shape == (12, 192)
     assert 0.0 <= read_metrics(run, "epoch")[0]["val_score"] <= 1.0
+
+
+def test_max_steps_sets_the_training_length_in_optimizer_steps(synth, tmp_path):
+    data, mae = synth
+    run = tmp_path / "steps"
+    assert main(["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config", "finetune_tiny",
+                 "batch_size=16", "tensorboard=false", "max_steps=7", "warmup_steps=2", "log_every_steps=1"]) == 0
+    steps = read_metrics(run, "train")
+    assert [s["global_step"] for s in steps] == list(range(1, 8))
+    # warm-up over 2 steps, then a half cosine from lr 1e-3 to min_lr 1e-5 over the remaining 5
+    assert steps[0]["lr"] == pytest.approx(5e-4) and steps[1]["lr"] == pytest.approx(1e-3)
+    assert steps[-1]["lr"] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + np.cos(np.pi * 4 / 5)))
+    per_epoch = sum(s["epoch"] == 0 for s in steps)  # steps of a full epoch
+    assert [e["epoch"] for e in read_metrics(run, "epoch")] == list(range(1, -(-7 // per_epoch) + 1))
+
+
+def test_sanity_mode_fits_a_fixed_batch(synth, tmp_path, caplog):
+    data, mae = synth
+    run = tmp_path / "sanity"
+    with caplog.at_level("INFO", logger="affectmae.training.finetune"):
+        assert main(["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config",
+                     "finetune_tiny", "batch_size=8", "tensorboard=false", "overfit_batches=1", "epochs=60",
+                     "lr=2e-3", "min_lr=2e-3", "warmup_epochs=0", "log_every_steps=1"]) == 0
+    assert "sanity mode: fitting 8 fixed training frames (1 batches)" in caplog.text
+    epochs = read_metrics(run, "epoch")
+    assert len(epochs) == 60
+    assert epochs[0]["train_loss"] > 1.0 and epochs[-1]["train_loss"] < 0.05  # a fixed batch is memorised
+    with pytest.raises(AffectMAEError, match="finetune: max_steps must be >= 0, got -1"):
+        from affectmae.training.finetune import run_finetune
+
+        run_finetune("finetune_tiny", ["max_steps=-1"], data=str(data), encoder=str(mae), out_dir=str(tmp_path / "x"))

@@ -56,7 +56,9 @@ class FinetuneConfig:
     img_size: int | None = None  # default: the encoder's
     freeze_encoder: bool = False  # true: linear probe (head only)
     epochs: int = 10  # not stated in the paper
+    max_steps: int = 0  # > 0: train for exactly this many optimizer steps instead (the last epoch may be partial)
     warmup_epochs: int = 1
+    warmup_steps: int = 0  # > 0: replaces warmup_epochs (use with max_steps)
     batch_size: int = 256  # global batch per optimizer step
     lr: float = 1e-4  # absolute (paper), no batch scaling
     min_lr: float = 1e-6
@@ -76,10 +78,12 @@ class FinetuneConfig:
     num_workers: int = 4
     log_every_steps: int = 10
     tensorboard: bool = True
+    overfit_batches: int = 0  # sanity mode: > 0 trains on that many fixed batches (no augmentation), scored on them
     resume: bool = False
 
 
-RESUME_KEYS = ("data", "encoder", "task", "img_size", "freeze_encoder", "batch_size", "seed", "frame_stride")
+RESUME_KEYS = ("data", "encoder", "task", "img_size", "freeze_encoder", "batch_size", "seed", "frame_stride",
+               "max_steps", "overfit_batches")
 
 
 class FinetuneModel(nn.Module):
@@ -193,6 +197,9 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
     for name in ("data", "encoder", "out_dir"):
         if not getattr(cfg, name):
             raise AffectMAEError(f"finetune needs {name} (--{name.replace('out_dir', 'out')})")
+    for name in ("max_steps", "warmup_steps", "overfit_batches"):
+        if getattr(cfg, name) < 0:
+            raise AffectMAEError(f"finetune: {name} must be >= 0, got {getattr(cfg, name)}")
     spec = get_task(cfg.task)
     run_dir = Path(cfg.out_dir)
     state_path = run_dir / "last_state.safetensors"
@@ -227,6 +234,13 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
     aug += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)), v2.Compose(aug), cfg.seed)
     val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
+    if cfg.overfit_batches:  # the same few training frames, unaugmented, for training and scoring
+        keep = _spread(len(train_frames), cfg.overfit_batches * cfg.batch_size)
+        train_frames.transform = plain_transform(img_size)
+        train_set = AugmentedFrames(Subset(train_frames, keep), _unchanged, cfg.seed)
+        val_set = Subset(train_frames, keep)
+        log.info("sanity mode: fitting %d fixed training frames (%d batches); the loss should fall towards 0",
+                 len(keep), cfg.overfit_batches)
     weights = None
     if cfg.class_weights:
         labels = np.stack([np.atleast_1d(train_frames.label(i).numpy()) for i in train_set.frames.indices])
@@ -236,10 +250,13 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
     sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, info.rank, info.world_size, 1, seed=cfg.seed,
                                  shuffle=True, drop_last=False)
     steps_per_epoch = sampler.steps_per_epoch
-    total_steps, warmup_steps = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    epochs = -(-total_steps // steps_per_epoch)
+    warmup_steps = cfg.warmup_steps or cfg.warmup_epochs * steps_per_epoch
     optimizer = make_adamw(layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay), cfg.lr, cfg.betas)
-    log.info("%s %s: %d train frames (stride %d), %d val frames, %d steps/epoch", "linear probe" if cfg.freeze_encoder
-             else "fine-tuning", spec.name, len(train_set), cfg.frame_stride, len(val_set), steps_per_epoch)
+    log.info("%s %s: %d train frames (stride %d), %d val frames, %d steps/epoch, %d steps", "linear probe"
+             if cfg.freeze_encoder else "fine-tuning", spec.name, len(train_set), cfg.frame_stride, len(val_set),
+             steps_per_epoch, total_steps)
 
     logger = ScalarLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard)
     ckpt = CheckpointManager(run_dir, enabled=info.is_main)
@@ -254,7 +271,7 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
-    while epoch < cfg.epochs:
+    while epoch < epochs:
         model.train()
         if cfg.freeze_encoder:
             encoder.eval()
@@ -263,8 +280,11 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
         loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_skip_corrupt,
                             pin_memory=device.type == "cuda")
         t0, losses, skipped = time.perf_counter(), [], 0
-        bar = progress(loader, total=len(sampler), desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", enabled=info.is_main)
+        bar = progress(loader, total=min(len(sampler), total_steps - global_step),
+                       desc=f"finetune epoch {epoch + 1}/{epochs}", enabled=info.is_main)
         for step, (batch, n_bad) in enumerate(bar):
+            if global_step >= total_steps:
+                break
             skipped += n_bad
             if batch is None:
                 continue
@@ -293,8 +313,8 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
                       "val_score": metrics["score"], "skipped_frames": skipped,
                       "seconds": time.perf_counter() - t0}
             logger.log(record, global_step, prefix="epoch")
-            log.info("epoch %d/%d: train loss %.4f, val %s %.4f", epoch, cfg.epochs, record["train_loss"], spec.name,
-                     metrics["score"])
+            log.info("epoch %d/%d: train loss %.4f, %s %s %.4f", epoch, epochs, record["train_loss"],
+                     "score on the fitted frames" if cfg.overfit_batches else "val", spec.name, metrics["score"])
             if metrics["score"] > best["score"]:
                 best = {"epoch": epoch, "score": float(metrics["score"]), "metrics": _jsonable(metrics)}
                 meta = {"stage": "finetune", "task": spec.name, "epoch": epoch, "val_score": best["score"],
@@ -308,6 +328,17 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
         barrier(info)
     logger.close()
     return run_dir
+
+
+def _unchanged(image: Any) -> Any:
+    return image
+
+
+def _spread(n: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(n)`` (all of them when ``count >= n``)."""
+    if count >= n:
+        return list(range(n))
+    return np.linspace(0, n - 1, count).round().astype(int).tolist()
 
 
 def _jsonable(obj: Any) -> Any:
