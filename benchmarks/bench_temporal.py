@@ -9,9 +9,11 @@ Side by side, in alternating rounds, on the same weights and data:
 - ``sdpa, no attention dropout`` (``--no-attn-dropout``): the same model with dropout off on the attention
   probabilities only, which lets SDPA take its fused kernel on CPU (informational: it changes training).
 
-For each: the whole model's inference (eval, no gradients), the whole training step (forward, backward, AdamW) and the Transformer alone (its linear layers
-and attention, forward + backward on the TCN's (B, T, 256) output), each as a fraction of the best GEMM
-rate measured before and after in the same run.
+For each: the whole model's inference (eval, no gradients), the whole training step (forward, backward,
+AdamW) and the Transformer alone (its linear layers and attention, forward + backward on the TCN's
+(B, T, 256) output). Each round measures the GEMM rate for 1 s, then times one call of every variant; a
+fraction of GEMM is the median over rounds of (nominal FLOPs / seconds) / that round's GEMM rate, and the
+speed ratio the median over rounds of the back-to-back time ratio (the machine is shared and its load moves).
 
     python benchmarks/bench_temporal.py [--quick] [--attention both|sdpa|torch] [--no-attn-dropout]
 """
@@ -134,6 +136,7 @@ def main() -> None:
     batch, window = (8 if args.quick else 32), 300
     rounds = args.rounds or (3 if args.quick else 5)
     names = ["sdpa", "torch"] if args.attention == "both" else [args.attention]
+    load_start = [round(v, 2) for v in os.getloadavg()]
     models = build_variants(names, args.no_attn_dropout)
     steps_fn = {n: make_step(m.train(), batch, window) for n, m in models.items()}
     parts_fn = {n: make_transformer_pass(m, batch, window) for n, m in models.items()}
@@ -145,28 +148,31 @@ def main() -> None:
 
     for fn in [*steps_fn.values(), *parts_fn.values(), *infer_fn.values()]:
         fn()  # warm-up (allocations, oneDNN primitive cache)
-    gemm_before = gemm_gflops(2.0 if args.quick else 3.0)
-    # one call of each variant in turn, `rounds` times: a change in the machine's load hits all variants alike
+    # one call of each variant in turn, `rounds` times, each round after its own short GEMM measurement: a
+    # change in the machine's load (it is shared) hits the variants and their GEMM reference alike
     times = {kind: {n: [] for n in models} for kind in ("step", "transformer", "inference")}
+    gemm_rounds = []
     for _ in range(rounds):
+        gemm_rounds.append(gemm_gflops(1.0))
         for kind, fns in (("step", steps_fn), ("transformer", parts_fn), ("inference", infer_fn)):
             for name, fn in fns.items():
                 times[kind][name].append(seconds_per_call(fn))
-    gemm_after = gemm_gflops(2.0 if args.quick else 3.0)
-    gemm = max(gemm_before, gemm_after)
-    step_s, part_s, infer_s = times["step"], times["transformer"], times["inference"]
+    flops = {"step": step_flops, "transformer": part_flops, "inference": infer_flops}
+
+    def fraction(kind: str, name: str) -> float:
+        """Median over rounds of (FLOPs / seconds) / that round's GEMM rate."""
+        return round(statistics.median(flops[kind] / t / 1e9 / g for t, g in zip(times[kind][name], gemm_rounds)), 3)
 
     results = {}
     for name in models:
-        best_step, best_part = min(step_s[name]), min(part_s[name])
         results[name] = {
-            "train_segments_per_s": round(batch / best_step, 2),  # best round
-            "step_s_per_round": [round(t, 3) for t in step_s[name]],
-            "step_fraction_of_gemm": round(step_flops / best_step / 1e9 / gemm, 3),
-            "transformer_ms": round(best_part * 1e3, 1),
-            "transformer_fraction_of_gemm": round(part_flops / best_part / 1e9 / gemm, 3),
-            "infer_segments_per_s": round(batch / min(infer_s[name]), 2),
-            "infer_fraction_of_gemm": round(infer_flops / min(infer_s[name]) / 1e9 / gemm, 3),
+            "train_segments_per_s_median": round(batch / statistics.median(times["step"][name]), 2),
+            "step_s_per_round": [round(t, 3) for t in times["step"][name]],
+            "step_fraction_of_gemm": fraction("step", name),
+            "transformer_ms_median": round(statistics.median(times["transformer"][name]) * 1e3, 1),
+            "transformer_fraction_of_gemm": fraction("transformer", name),
+            "infer_segments_per_s_median": round(batch / statistics.median(times["inference"][name]), 2),
+            "infer_fraction_of_gemm": fraction("inference", name),
         }
     if "sdpa" in results and "torch" in results:  # the median over rounds of the back-to-back ratio, and best / best
         results["sdpa / torch speed"] = {
@@ -177,13 +183,13 @@ def main() -> None:
     print(json.dumps({
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads, FastLinear backend {cpu_gemm_backend()}",
-        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "load_average_start_end": [load_start, [round(v, 2) for v in os.getloadavg()]],
         "model": "TCN [512, 256] k3 + Transformer 2x256 (4 heads, ff 512) + 3 heads, input 768, w=300, dropout 0.3",
         "batch": batch, "rounds": rounds,
         "gflop_per_step": round(step_flops / 1e9, 2),
         "transformer_gflop_per_pass": round(part_flops / 1e9, 2),
         "flops_counted_on": counted,
-        "gemm_gflops_before_after": [round(gemm_before, 1), round(gemm_after, 1)],
+        "gemm_gflops_per_round": [round(g, 1) for g in gemm_rounds],
         "results": results,
         "params_m": round(sum(p.numel() for p in next(iter(models.values())).parameters()) / 1e6, 2),
     }, indent=2))
