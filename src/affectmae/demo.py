@@ -1,8 +1,9 @@
 """`affectmae demo`: every stage of the pipeline at toy scale, on data the package generates itself.
 
-synth -> pretrain (MAE) -> finetune (EXPR) -> extract (fine-tuned and MAE-only features) -> train VA, EXPR
-and AU -> 5-fold cv table -> ablation table -> export a MODEL_DIR -> predict + score the validation set ->
-analyze a generated MP4 in which the face detector finds the rendered faces.
+synth (real face photographs animated by affect latents; validation people unseen in training) -> pretrain
+(MAE) -> finetune (EXPR) -> extract (fine-tuned, MAE-only, random-init and raw-pixel features) -> train VA,
+EXPR and AU -> 5-fold cv table -> ablation table with baselines over several seeds -> export a MODEL_DIR ->
+predict + score the validation set -> analyze a generated MP4 in which the face detector finds the faces.
 
 Each stage calls the same library function as its subcommand and reads what the previous stage wrote, so
 the output folder is a worked example of a full project. No network access; about 6-7 minutes on 2 CPU
@@ -11,7 +12,7 @@ cores. Layout of ``OUT`` (default ``demo_output/``)::
     data/        synthetic Aff-Wild2 (cropped_aligned/, annotations/, faces/)
     pretrain/    MAE run: encoder.safetensors, reconstruction PNGs, TensorBoard logs
     finetune/    EXPR fine-tuning run
-    features/ features_mae/     one float16 array per video
+    features/ features_mae/ features_random/ features_pixels/     one float16 array per video
     train/<task>/               temporal runs
     cv/ ablate/                 tables (markdown, CSV, JSON)
     model/                      MODEL_DIR for `affectmae analyze`
@@ -53,10 +54,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class DemoConfig:
     out: str = "demo_output"
-    videos: int = 10  # synthetic Aff-Wild2 videos (annotation files)
+    videos: int = 16  # synthetic Aff-Wild2 videos (annotation files)
     frames: int = 300  # mean frames per video
     faces: int = 300  # single face images for MAE pretraining
     seed: int = 0
+    source: str = "photos"  # "photos": real faces animated (needs the photo wheels, see docs/synthetic.md); "cartoon"
+    ablation_seeds: tuple[int, ...] = (0, 1, 2)  # Table 5: mean ± std over these seeds
     temporal_epochs: int | None = None  # None: the packaged temporal_tiny value
     cv_folds: int = 5
     analyze_frames: int = 150
@@ -88,7 +91,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     annotations = data / "annotations"
 
     with _stage(timings, "synth"):
-        generate_affwild2(data, videos=cfg.videos, frames=cfg.frames, seed=cfg.seed, faces=cfg.faces, overwrite=True)
+        generate_affwild2(data, videos=cfg.videos, frames=cfg.frames, seed=cfg.seed, faces=cfg.faces, overwrite=True,
+                          source=cfg.source)
     with _stage(timings, "pretrain"):
         pretrain_dir = run_pretrain("pretrain_tiny", [f"seed={cfg.seed}"], data=[str(data / "faces")],
                                     out=str(out / "pretrain"))
@@ -97,8 +101,10 @@ def run_demo(cfg: DemoConfig) -> dict:
                                     out_dir=str(out / "finetune"))
     encoder = Path(finetune_dir) / "encoder.safetensors"
     with _stage(timings, "extract"):
-        for folder, enc in (("features", encoder), ("features_mae", Path(pretrain_dir) / "encoder.safetensors")):
-            extract_features(ExtractConfig(encoder=str(enc), frames=str(data / "cropped_aligned"),
+        # the fine-tuned encoder, then the baselines: MAE only, the same architecture with random weights, pixels
+        for folder, enc in (("features", encoder), ("features_mae", Path(pretrain_dir) / "encoder.safetensors"),
+                            ("features_random", f"random:{encoder}"), ("features_pixels", "pixels:24")):
+            extract_features(ExtractConfig(encoder=str(enc), frames=str(data / "cropped_aligned"), seed=cfg.seed,
                                            out=str(out / folder), annotations=str(annotations)))
 
     overrides = {"features": str(out / "features"), "data": str(annotations), "seed": str(cfg.seed),
@@ -115,7 +121,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     with _stage(timings, "cv"):
         cv = run_cv(train_cfg, ["multi"], out / "cv")
     with _stage(timings, "ablate"):
-        ablation = run_ablation(train_cfg, ["multi"], out / "ablate", mae_features=str(out / "features_mae"))
+        ablation = run_ablation(train_cfg, ["multi"], out / "ablate", mae_features=str(out / "features_mae"),
+                                random_features=str(out / "features_random"),
+                                pixel_features=str(out / "features_pixels"),
+                                seeds=[cfg.seed + s for s in cfg.ablation_seeds])
     with _stage(timings, "export"):
         model_dir = out / "model"
         export_model_dir(encoder, list(runs.values()), model_dir, align_margin=ALIGN_MARGIN)
