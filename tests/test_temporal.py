@@ -12,8 +12,8 @@ from torch.nn.utils import parametrize
 
 from affectmae.losses import ccc_loss, masked_bce, masked_cross_entropy, multitask_loss
 from affectmae.metrics import ccc
-from affectmae.models.temporal import (TemporalConfig, TemporalModel, load_temporal, predict_sequence, save_temporal,
-                                       sinusoidal_positions)
+from affectmae.models.temporal import (TemporalConfig, TemporalModel, load_temporal, person_reference, predict_sequence,
+                                       save_temporal, sinusoidal_positions)
 
 
 def _cfg(**kw) -> TemporalConfig:
@@ -142,3 +142,51 @@ def test_predict_sequence_merges_windows_to_every_frame(tmp_path):
     loaded, meta = load_temporal(tmp_path / "m.safetensors")
     assert meta["window"] == 64 and loaded.cfg.arch == "linear"
     np.testing.assert_allclose(predict_sequence(loaded, feats, None, 64, 48)["au"], out["au"], atol=1e-6)
+
+
+def test_person_reference_is_the_mean_over_frames_with_a_face():
+    feats = np.array([[1.0, 2.0], [3.0, 4.0], [100.0, -100.0], [5.0, 0.0]], np.float16)
+    present = np.array([True, True, False, True])
+    np.testing.assert_allclose(person_reference(feats, present), [3.0, 2.0])
+    np.testing.assert_allclose(person_reference(feats, present, chunk=1), [3.0, 2.0])  # streamed row by row
+    np.testing.assert_allclose(person_reference(feats, None), [27.25, -23.5])
+    np.testing.assert_allclose(person_reference(feats, np.zeros(4, bool)), [27.25, -23.5])  # no face: all frames
+
+
+def test_person_norm_feeds_the_feature_and_its_offset_from_the_video_mean(tmp_path):
+    torch.manual_seed(0)
+    model = TemporalModel(_cfg(arch="linear", person_norm=True)).eval()
+    assert model.heads["va"].in_features == 12  # [x, x - reference]
+    feats = np.random.default_rng(1).normal(2.0, 1.0, size=(90, 6)).astype(np.float32)
+    present = np.ones(90, bool)
+    present[10:20] = False
+    ref = feats[present].mean(0)
+    out = predict_sequence(model, feats, present, window=32, stride=16)
+    with torch.no_grad():
+        x = torch.from_numpy(feats)
+        direct = model.heads["au"](torch.cat([x, x - torch.from_numpy(ref)], dim=1)).sigmoid()
+    np.testing.assert_allclose(out["au"], direct.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="trained with person_norm: pass each video's person_reference"):
+        model(x[None])
+    # the flag travels with the checkpoint, so inference applies the same normalisation
+    save_temporal(tmp_path / "m.safetensors", model, {"tasks": ["va", "expr", "au"], "window": 32})
+    loaded, _ = load_temporal(tmp_path / "m.safetensors")
+    assert loaded.cfg.person_norm
+    np.testing.assert_allclose(predict_sequence(loaded, feats, present, 32, 16)["au"], out["au"], atol=1e-6)
+
+
+def test_training_batches_carry_each_segments_video_reference(tmp_path):
+    from affectmae.features import FeatureStore
+    from affectmae.training.temporal_data import SegmentBatches, load_labelled_videos
+    from temporal_helpers import make_feature_dataset
+
+    feats_dir, ann_dir = make_feature_dataset(tmp_path, n_videos=3, lengths=(40, 60))
+    store = FeatureStore(feats_dir)
+    videos = load_labelled_videos(store, str(ann_dir), ["va"])
+    batches = SegmentBatches(store, videos, ["va"], window=16, stride=16, batch_size=64)
+    batch = batches.collate(batches.segments)
+    assert batch.reference.shape == (len(batches.segments), 16)
+    for j, seg in enumerate(batches.segments):
+        rows, present = store.rows(videos[seg.video].video)
+        expected = np.asarray(rows, np.float64)[present].mean(0)
+        np.testing.assert_allclose(batch.reference[j].numpy(), expected, rtol=1e-5, atol=1e-5)

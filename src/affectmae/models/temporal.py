@@ -50,6 +50,11 @@ class TemporalConfig:
     head_hidden: int = 128
     dropout: float = 0.3
     missing_embedding: bool = False
+    # Person-specific normalisation (as OpenFace's AU models do): every frame also carries its feature minus
+    # the mean feature of its video (face track) over frames with a face, so what changes within a person
+    # is separated from who the person is. The input width doubles; the reference comes from
+    # `person_reference` over the whole sequence, in training, validation, predict and analyze alike.
+    person_norm: bool = False
 
 
 def _conv(cin: int, cout: int, kernel: int, dilation: int, use_wn: bool) -> nn.Module:
@@ -220,8 +225,8 @@ class TemporalModel(nn.Module):
         self.specs = [get_task(t) for t in cfg.tasks]
         if not self.specs:
             raise ValueError("TemporalConfig.tasks is empty")
-        d = cfg.input_dim
-        self.missing = nn.Parameter(torch.zeros(d)) if cfg.missing_embedding else None
+        self.missing = nn.Parameter(torch.zeros(cfg.input_dim)) if cfg.missing_embedding else None
+        d = cfg.input_dim * (2 if cfg.person_norm else 1)
         if cfg.arch == "linear":
             self.trunk_dim = d
             self.heads = nn.ModuleDict({s.name: nn.Linear(d, s.num_outputs) for s in self.specs})
@@ -247,14 +252,19 @@ class TemporalModel(nn.Module):
         use_fast_linear(self)  # oneDNN fp32 products on CPUs where they beat MKL (models/fast_linear.py)
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
-                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                valid: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """x: (B, T, D) features; present: (B, T) True where the frame had a face (else the learned
-        missing embedding is used, when enabled); valid: (B, T) False on segment padding.
+        missing embedding is used, when enabled); valid: (B, T) False on segment padding; reference: (B, D)
+        the mean feature of each segment's video (:func:`person_reference`), needed with ``person_norm``.
 
         Returns ``{task: (B, T, num_outputs)}``: VA after tanh (in [-1, 1]), logits for EXPR and AU.
         """
         if self.missing is not None and present is not None:
             x = torch.where(present[..., None], x, self.missing.to(x.dtype))
+        if self.cfg.person_norm:
+            if reference is None:
+                raise ValueError("this model was trained with person_norm: pass each video's person_reference")
+            x = torch.cat([x, x - reference[:, None, :].to(x.dtype)], dim=-1)  # (B, T, 2D)
         if valid is not None:
             x = x * valid[..., None].to(x.dtype)
         if self.cfg.arch == "temporal":
@@ -267,6 +277,22 @@ class TemporalModel(nn.Module):
             y = self.heads[spec.name](x)
             out[spec.name] = torch.tanh(y) if spec.kind == "regression" else y
         return out
+
+
+def person_reference(features: np.ndarray | torch.Tensor, present: np.ndarray | None = None,
+                     chunk: int = 4096) -> np.ndarray:
+    """The mean feature of one video (face track) over its frames with a face (all frames when none has
+    one): (N, D) -> (D,) float32. Read ``chunk`` rows at a time, so a memory-mapped array stays on disk."""
+    n, d = int(features.shape[0]), int(features.shape[1])
+    total, count = np.zeros(d, np.float64), 0
+    use_all = present is None or not np.any(present)
+    for start in range(0, n, chunk):
+        rows = np.asarray(features[start : start + chunk], dtype=np.float64)
+        if not use_all:
+            rows = rows[np.asarray(present[start : start + chunk], dtype=bool)]
+        total += rows.sum(axis=0)
+        count += len(rows)
+    return (total / max(count, 1)).astype(np.float32)
 
 
 def postprocess(task: str, outputs: torch.Tensor) -> torch.Tensor:
@@ -298,6 +324,7 @@ def predict_sequence(
     starts = segment_starts(n, window, stride)
     merged = {s.name: OverlapMerger(n, s.num_outputs) for s in model.specs}
     device = next(model.parameters()).device
+    reference = torch.from_numpy(person_reference(features, present))[None] if model.cfg.person_norm else None
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
         lengths = [min(window, n - s) for s in chunk]
@@ -309,7 +336,8 @@ def predict_sequence(
             val[j, :ln] = True
             if present is not None:
                 pres[j, :ln] = torch.as_tensor(np.asarray(present[s : s + ln], dtype=bool))
-        out = model(x.to(device), pres.to(device), val.to(device))
+        ref = None if reference is None else reference.expand(len(chunk), -1).to(device)
+        out = model(x.to(device), pres.to(device), val.to(device), ref)
         for name, y in out.items():
             y = postprocess(name, y).float().cpu().numpy()
             for j, (s, ln) in enumerate(zip(chunk, lengths)):

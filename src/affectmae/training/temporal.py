@@ -229,7 +229,8 @@ def train_temporal(cfg: TrainConfig) -> dict:
         for batch in bar:
             lr = warmup_cosine_lr(counters["step"], total_steps, warmup_steps, cfg.lr, cfg.min_lr)
             set_lr(optimizer, lr)
-            outputs = model(batch.x.to(device), batch.present.to(device), batch.real.to(device))
+            outputs = model(batch.x.to(device), batch.present.to(device), batch.real.to(device),
+                            batch.reference.to(device))
             loss, parts = multitask_loss(outputs, {t: v.to(device) for t, v in batch.targets.items()},
                                          {t: v.to(device) for t, v in batch.masks.items()})
             if not torch.isfinite(loss) and writer is not None:

@@ -133,13 +133,15 @@ def select_fold(videos: list[LabelledVideo], fold: int, n_folds: int, seed: int)
 @dataclass
 class Batch:
     """x: (B, W, D) float32; present: (B, W) face found; real: (B, W) not padding;
-    targets[t]: (B, W, label_width); masks[t]: (B, W) real frame with a valid label for task t."""
+    targets[t]: (B, W, label_width); masks[t]: (B, W) real frame with a valid label for task t;
+    reference: (B, D) the mean feature of each segment's video (``TemporalConfig.person_norm``)."""
 
     x: torch.Tensor
     present: torch.Tensor
     real: torch.Tensor
     targets: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]
+    reference: torch.Tensor
 
 
 class SegmentBatches:
@@ -155,6 +157,7 @@ class SegmentBatches:
         self.window, self.batch_size = window, batch_size
         self.segments = make_segments([v.n_frames for v in videos], window, stride)
         self._cache: dict[int, np.ndarray] = {}
+        self._references: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return -(-len(self.segments) // self.batch_size)
@@ -164,6 +167,16 @@ class SegmentBatches:
         if i not in self._cache:
             self._cache[i] = self.store.rows(self.videos[i].video)[1]
         return NpyRows(self.store.root / f"{self.videos[i].video}.npy"), self._cache[i]
+
+    def _reference(self, i: int) -> np.ndarray:
+        """The video's mean feature over frames with a face (person normalisation), computed once."""
+        if i not in self._references:
+            from ..models.temporal import person_reference
+
+            feats, pres = self._features(i)
+            self._references[i] = person_reference(feats, pres)
+            feats.close()
+        return self._references[i]
 
     def epoch(self, epoch: int, seed: int) -> Iterator[Batch]:
         order = np.random.default_rng(seed + epoch).permutation(len(self.segments))
@@ -177,6 +190,7 @@ class SegmentBatches:
         real = np.zeros((len(segs), w), bool)
         targets = {t: np.full((len(segs), w, get_task(t).label_width), get_task(t).invalid, np.float32) for t in self.tasks}
         masks = {t: np.zeros((len(segs), w), bool) for t in self.tasks}
+        reference = np.stack([self._reference(seg.video) for seg in segs])
         for j, seg in enumerate(segs):
             feats, pres = self._features(seg.video)
             lv = self.videos[seg.video]
@@ -191,4 +205,4 @@ class SegmentBatches:
                     masks[t][j, : seg.length] = lv.valid[t][sl]
         as_t = torch.from_numpy
         return Batch(as_t(x), as_t(present), as_t(real), {t: as_t(v) for t, v in targets.items()},
-                     {t: as_t(v) for t, v in masks.items()})
+                     {t: as_t(v) for t, v in masks.items()}, as_t(reference))
