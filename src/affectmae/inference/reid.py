@@ -68,8 +68,9 @@ def lbp_histograms(gray: np.ndarray, grid: int = LBP_GRID) -> np.ndarray:
     return np.bincount(flat, minlength=grid * grid * 59).astype(np.float64)
 
 
-def face_descriptor(crop: np.ndarray) -> np.ndarray:
-    """``crop (112, 112, 3) uint8`` aligned face -> ``(DESCRIPTOR_DIM,)`` float32, unit length."""
+def descriptor_parts(crop: np.ndarray) -> dict[str, np.ndarray]:
+    """``crop (112, 112, 3) uint8`` aligned face -> the three unit-length parts of :func:`face_descriptor`:
+    ``lbp`` (944,), ``colour`` (288,), ``layout`` (256,)."""
     gray = cv2.cvtColor(cv2.resize(crop, (LBP_SIDE + 2, LBP_SIDE + 2), interpolation=cv2.INTER_AREA),
                         cv2.COLOR_RGB2GRAY)
     lbp = _unit(np.sqrt(lbp_histograms(gray)))
@@ -80,8 +81,13 @@ def face_descriptor(crop: np.ndarray) -> np.ndarray:
     colour = _unit(np.sqrt(hsv / max(hsv.sum(), 1.0)))
     thumb = cv2.cvtColor(cv2.resize(crop, (THUMB, THUMB), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
     thumb = thumb.astype(np.float64).ravel()
-    layout = _unit(thumb - thumb.mean())
-    return _unit(np.concatenate([lbp, colour, layout])).astype(np.float32)
+    return {"lbp": lbp, "colour": colour, "layout": _unit(thumb - thumb.mean())}
+
+
+def face_descriptor(crop: np.ndarray) -> np.ndarray:
+    """``crop (112, 112, 3) uint8`` aligned face -> ``(DESCRIPTOR_DIM,)`` float32, unit length."""
+    parts = descriptor_parts(crop)
+    return _unit(np.concatenate([parts["lbp"], parts["colour"], parts["layout"]])).astype(np.float32)
 
 
 def co_occurring_pairs(track_ids: np.ndarray, frames: np.ndarray) -> set[tuple[int, int]]:
