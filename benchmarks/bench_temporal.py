@@ -176,7 +176,8 @@ def main() -> None:
         }
     if "sdpa" in results and "torch" in results:  # the median over rounds of the back-to-back ratio, and best / best
         results["sdpa / torch speed"] = {
-            kind: {"median_paired": round(statistics.median(t / s for t, s in zip(times[kind]["torch"], times[kind]["sdpa"])), 3),
+            kind: {"median_paired": round(statistics.median(t / s for t, s in zip(times[kind]["torch"],
+                                                                                 times[kind]["sdpa"])), 3),
                    "best_vs_best": round(min(times[kind]["torch"]) / min(times[kind]["sdpa"]), 3)}
             for kind in times
         }

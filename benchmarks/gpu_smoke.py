@@ -130,7 +130,8 @@ def stage_synth(args, out: Path) -> tuple[str, str]:
                                 overwrite=True)
     frames = sum(1 for _ in (out / "data" / "cropped_aligned").rglob("*.jpg"))
     seconds = time.perf_counter() - t0
-    return f"{frames / seconds:.1f} frames/s written", f"{frames} frame JPEGs, {args.faces} face images ({summary.seconds:.1f} s)"
+    return (f"{frames / seconds:.1f} frames/s written",
+            f"{frames} frame JPEGs, {args.faces} face images ({summary.seconds:.1f} s)")
 
 
 def _common(args) -> list[str]:
@@ -154,8 +155,8 @@ def stage_pretrain(args, out: Path, smoke: Smoke) -> tuple[str, str]:
 def stage_finetune(args, out: Path, smoke: Smoke) -> tuple[str, str]:
     from affectmae.training.finetune import run_finetune
 
-    run = Path(run_finetune("finetune_tiny", _common(args), data=str(out / "data"), encoder=str(smoke.outputs["pretrain"]),
-                            out_dir=str(out / "finetune")))
+    run = Path(run_finetune("finetune_tiny", _common(args), data=str(out / "data"),
+                            encoder=str(smoke.outputs["pretrain"]), out_dir=str(out / "finetune")))
     epochs = _metrics(run, "epoch")
     steps = _metrics(run, "train")
     if len(epochs) != args.epochs or not steps:
@@ -247,9 +248,9 @@ def ddp_worker(args) -> None:
 def stage_extract(args, out: Path, smoke: Smoke) -> tuple[str, str]:
     from affectmae.features import ExtractConfig, extract_features
 
-    summary = extract_features(ExtractConfig(encoder=str(smoke.outputs["encoder"]), frames=str(out / "data" / "cropped_aligned"),
-                                             out=str(out / "features"), annotations=str(out / "data" / "annotations"),
-                                             device=args.device, batch_size=args.batch))
+    summary = extract_features(ExtractConfig(
+        encoder=str(smoke.outputs["encoder"]), frames=str(out / "data" / "cropped_aligned"), out=str(out / "features"),
+        annotations=str(out / "data" / "annotations"), device=args.device, batch_size=args.batch))
     smoke.outputs["features"] = out / "features"
     return f"{summary['frames_per_s']:.1f} frames/s", f"{summary['frames']} frames, {summary.get('videos', '?')} videos"
 
@@ -309,7 +310,8 @@ def stage_temporal_bf16(args) -> tuple[str, str]:
     seconds = time.perf_counter() - t0
     if not (first == first and last == last):
         raise RuntimeError(f"non-finite loss: {first} -> {last}")
-    return f"{batch * args.ddp_steps / seconds:.1f} segments/s (w=300, batch 32, train step)", f"loss {first:.4f} -> {last:.4f}"
+    return (f"{batch * args.ddp_steps / seconds:.1f} segments/s (w=300, batch 32, train step)",
+            f"loss {first:.4f} -> {last:.4f}")
 
 
 def stage_export_analyze(args, out: Path, smoke: Smoke) -> tuple[str, str]:
@@ -344,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faces", type=int, default=None, help="face images for pretraining (cuda 256, cpu 48)")
     parser.add_argument("--batch", type=int, default=None, help="batch size of every stage (cuda 64, cpu 16)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of pretrain, finetune and train")
-    parser.add_argument("--ddp-steps", type=int, default=None, help="timed steps of ddp and temporal_bf16 (cuda 20, cpu 2)")
+    parser.add_argument("--ddp-steps", type=int, default=None,
+                        help="timed steps of ddp and temporal_bf16 (cuda 20, cpu 2)")
     parser.add_argument("--video-frames", type=int, default=None, help="frames of the analyzed MP4 (cuda 100, cpu 30)")
     parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
