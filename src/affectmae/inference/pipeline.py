@@ -67,7 +67,7 @@ class AnalyzeConfig:
     max_age: int = 25  # frames a face may be missed and keep its id
     cut_threshold: float = 0.5  # histogram distance that counts as a shot cut
     reid: bool = True  # link tracks of one person (across cuts and long gaps) into one face_id by appearance
-    reid_threshold: float = 0.85  # cosine similarity of mean track descriptors needed to link (inference/reid.py)
+    reid_threshold: float = 0.82  # cosine similarity of mean track descriptors needed to link (inference/reid.py)
     reid_min_appearance: float = 0.6  # with reid: a detection less similar than this to a track never continues it
     align_margin: float | None = None  # > 1 zooms the crop out; None: MODEL_DIR's "align_margin", else 1.0
     plots: bool = True
