@@ -279,7 +279,9 @@ def test_cli_synth_end_to_end(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "wrote 3 videos" in stdout and "4 face images" in stdout
     info = json.loads((out / "synth_info.json").read_text())
-    assert info["parameters"] == {"videos": 3, "frames": 40, "seed": 5, "faces": 4, "size": 112}
+    assert info["parameters"] == {"videos": 3, "frames": 40, "seed": 5, "faces": 4, "size": 112, "source": "cartoon",
+                                  "photos": []}
+    assert info["people"] == {"source": "cartoon"}
     assert info["complete"] is True
     assert [v["name"] for v in info["videos"]] == ["synth001", "synth002_left", "synth002_right"]
     assert info["splits"] == {"train": ["synth002_left", "synth002_right"], "val": ["synth001"]}
