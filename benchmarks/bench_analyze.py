@@ -2,8 +2,11 @@
 
     python benchmarks/bench_analyze.py            # ViT-S and ViT-B, 150-frame 640x360 video; 1 min vs 1 h memory
     python benchmarks/bench_analyze.py --quick    # 40 frames; 750 vs 9000 frames for memory
-    OMP_NUM_THREADS=1 python benchmarks/bench_analyze.py --sizes small --speed-only --real-faces   # the speed table
-                                                  # of docs/analyze.md: today's path vs the default, same run
+    OMP_NUM_THREADS=1 python benchmarks/bench_analyze.py --sizes small --speed-only --repeats 2   # the speed table
+                                                  # of docs/analyze.md: the previous path vs the default, same run
+    OMP_NUM_THREADS=1 python benchmarks/bench_analyze.py --sizes --speed-only --real-faces   # faces found, both paths
+    python benchmarks/bench_analyze.py --memory-only --memory-compare --long-frames 20000 90000
+                                                  # memory: default, overlap=false, previous default
 
 "Previous default" is the path before key-frame detection and the encoder thread (a full detection on every
 frame, encoding in the frame loop, no re-identification): ``PREVIOUS`` below. ``--real-faces`` also counts
@@ -110,7 +113,8 @@ MEMORY_CHILD = """
 import json, sys, time
 from affectmae.inference.pipeline import analyze_video
 t = time.perf_counter()
-df = analyze_video(sys.argv[1], sys.argv[2], stride=int(sys.argv[3]), plots=False, device="cpu")
+df = analyze_video(sys.argv[1], sys.argv[2], stride=int(sys.argv[3]), plots=False, device="cpu",
+                   **json.loads(sys.argv[4]))
 # VmHWM: this process's own peak resident set. ru_maxrss is not usable in a child: Linux carries the
 # parent's resident set at fork/exec into it, so short and long videos would read the same.
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
@@ -119,9 +123,10 @@ print(json.dumps({"frames": len(df), "seconds": time.perf_counter() - t,
 """
 
 
-def run_memory(video: Path, model_dir: Path, stride: int) -> dict:
+def run_memory(video: Path, model_dir: Path, stride: int, settings: dict | None = None) -> dict:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(video), str(model_dir), str(stride)],
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(video), str(model_dir), str(stride),
+                          json.dumps(settings or {})],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -163,8 +168,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", nargs="*", default=["small", "base"])
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--long-frames", type=int, default=None, help="frames of the long video (default 90000)")
+    parser.add_argument("--long-frames", type=int, nargs="+", default=None,
+                        help="frames of the long video(s) (default 90000; quick 9000)")
     parser.add_argument("--memory-only", action="store_true", help="skip the speed table")
+    parser.add_argument("--memory-compare", action="store_true",
+                        help="memory also with overlap=false and with the previous default, same videos")
     parser.add_argument("--speed-only", action="store_true", help="skip the memory runs")
     parser.add_argument("--detect-max-side", type=int, nargs="*", default=[],
                         help="also run stride 1 detecting on frames downscaled to these sizes, side by side")
@@ -177,7 +185,7 @@ def main() -> None:
     from affectmae.data.synthetic_video import make_synthetic_video
 
     n_frames = 40 if args.quick else 150
-    long_frames = args.long_frames or (9000 if args.quick else 90000)
+    args.long_frames = args.long_frames or [9000 if args.quick else 90000]
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,14 +227,20 @@ def main() -> None:
             return
         print(f"\n## memory: peak RSS of a child process, 320x180 video, tiny encoder, stride 25")
         model_dir = make_model_dir(tmp / "model_tiny", "tiny", depth=2)
-        for frames in (750, long_frames):
+        memory_rows = [("default", {})]
+        if args.memory_compare:
+            memory_rows += [("overlap=false", {"overlap": False}), ("previous default", PREVIOUS)]
+        for frames in (750, *args.long_frames):
             path = tmp / f"long_{frames}.mp4"
             t = time.perf_counter()
             write_long_video(path, frames)
             made = time.perf_counter() - t
-            m = run_memory(path, model_dir, 25)
-            print(f"{frames} frames ({frames / 25 / 60:.1f} min at 25 fps): peak RSS {m['peak_rss_mb']:.0f} MB, "
-                  f"analyse {m['seconds']:.0f} s (video written in {made:.0f} s)")
+            for label, settings in memory_rows:
+                m = run_memory(path, model_dir, 25, settings)
+                print(f"{frames} frames ({frames / 25 / 60:.1f} min at 25 fps), {label}: peak RSS "
+                      f"{m['peak_rss_mb']:.0f} MB, analyse {m['seconds']:.0f} s (video written in {made:.0f} s)",
+                      flush=True)
+            path.unlink()
 
 
 if __name__ == "__main__":
