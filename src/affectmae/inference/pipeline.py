@@ -8,11 +8,14 @@
 Stages, all streaming (frames are never accumulated, so memory stays flat for hour-long videos):
 
 1. decode (:class:`affectmae.data.video.VideoReader`; rotation applied; every ``stride``-th frame analysed)
-2. detect faces (:func:`affectmae.data.faces.get_detector`), 3. cut detection + tracking into ``face_id``s,
-4. align each face to a 112x112 crop, 5. encode crops in batches of ``batch_size`` with the ViT encoder;
+2. detect faces (:func:`affectmae.data.faces.get_detector`): the whole frame every ``detect_every``-th
+   analysed frame, patches around known faces in between (:mod:`.keyframes`; holds <= detect_every frames),
+3. align each face to a 112x112 crop and describe its appearance (:mod:`.reid`), 4. cut detection +
+   tracking into tracks, 5. encode crops with the ViT encoder, in a background thread with ``overlap``;
    only the (D,) float16 feature of each face is kept,
 6. after the stream ends, run the temporal model over each track (``AffectModel.predict_sequence``, which
-   merges overlapping windows), then expand to every frame (linear interpolation between analysed frames).
+   merges overlapping windows), link tracks into people (one ``face_id`` per person across cuts, with
+   ``reid``), then expand to every frame (linear interpolation between analysed frames).
 
 The table has one row per (frame, face); a frame without any face gets one row with ``face_detected=False``,
 ``face_id=-1`` and NaN predictions. Its columns are described in :mod:`affectmae.inference.table`.
