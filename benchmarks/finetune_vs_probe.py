@@ -68,7 +68,8 @@ def main() -> None:
     epoch_losses = [round(r["loss"], 4) for r in losses if r["kind"] == "epoch"]
     print(json.dumps({"result": "pretrain", "epoch_losses": epoch_losses, "seconds": round(time.perf_counter() - t0, 1)}))
 
-    common = [f"epochs={args.finetune_epochs}", f"frame_stride={args.frame_stride}", "tensorboard=false", *args.overrides]
+    common = [f"epochs={args.finetune_epochs}", "max_steps=0", "head_only_steps=0", f"frame_stride={args.frame_stride}",
+              "tensorboard=false", *args.overrides]
     results = {}
     for name, extra in [("finetuned", [])] + [(f"probe_lr{lr}", ["freeze_encoder=true", f"lr={lr}"])
                                              for lr in args.probe_lrs.split(",")]:

