@@ -66,6 +66,16 @@ def test_a_face_entering_mid_chunk_is_found_from_its_first_frame():
     assert out[2][1].box.tolist() == [200, 120, 250, 170] or out[2][0].box.tolist() == [200, 120, 250, 170]
 
 
+def test_a_face_that_jumps_off_its_patch_is_found_by_a_full_detection():
+    kd = KeyframeDetector(SquareDetector(), every=5)
+    frames = [scene([(20 + 60 * t, 50, 40)]) for t in range(5)]  # moves 1.5 face sizes per frame (a big stride)
+    out = kd.detect_chunk(frames, [False] * 5)
+    assert [[d.box[0] for d in f] for f in out] == [[20], [80], [140], [200], [260]]
+    # every patch missed, so every frame was searched in full; the key frame's face does not overlap frame 3's,
+    # so it is followed backward once more (a patch at 3, missed, then a full detection that adds nothing)
+    assert kd.calls == {"full": 5 + 1, "patch": 3 + 1}
+
+
 def test_a_cut_stops_following_and_frames_without_faces_get_full_detections():
     kd = KeyframeDetector(SquareDetector(), every=4)
     kd.detect_chunk([scene([(20, 50, 40)])], [False])
@@ -134,11 +144,12 @@ def test_analyze_with_key_frames_finds_the_faces_of_full_detection(tmp_path):
     s = fast.attrs["summary"]
     assert s["detections"] == full.attrs["summary"]["detections"] == 2 * (30 - 3)
     assert s["faces"] == 2 and s["detect_every"] == 5
-    # chunks 0-4 | 5-9 | 10-14 | 15-19 | 20-24 | 25-29. Full detections: 0 (start), the key frames 4, 9, 14, 19,
-    # 24, 29, the face-free 7 and 8 (nothing to follow) and 18 (the cut ends the followed faces). Patches: 2 faces
-    # on 1-3, 5, 6 (both lost there), 10-13, 15-17, 20-23, 25-28 = 20 frames, and 2 at frame 8 when the key
-    # frame 9's faces are followed backward and are not there
-    assert s["detector_calls"] == {"full": 10, "patch": 2 * 20 + 2}
+    # chunks 0-4 | 5-9 | 10-14 | 15-19 | 20-24 | 25-29. Full detections (12): 0 (start), the key frames 4, 9,
+    # 14, 19, 24, 29, 6 (the first face is not on its patch: the faces vanish at 6), 7 and 8 (nothing to
+    # follow), 8 again (key frame 9's faces followed backward are not on their patch at 8) and 18 (the cut
+    # ends the followed faces). Patches (40): 2 faces on 1-3, 5, 10-13, 15-17, 20-23, 25-28 = 19 frames,
+    # 1 at frame 6 and 1 at frame 8 (backward)
+    assert s["detector_calls"] == {"full": 12, "patch": 2 * 19 + 2}
     a, b = full[full["face_detected"]], fast[fast["face_detected"]]
     assert (a["frame"].to_numpy() == b["frame"].to_numpy()).all()
     assert np.abs(a[["x1", "y1", "x2", "y2"]].to_numpy() - b[["x1", "y1", "x2", "y2"]].to_numpy()).max() < 6

@@ -23,7 +23,8 @@ def test_link_tracks_merges_similar_tracks_that_never_share_a_frame():
     sums = {0: 10 * a, 1: 8 * b, 2: 5 * _unit([0.1, 1, 0]), 3: 7 * _unit([1, 0.1, 0]), 4: 3 * c,
             5: 2 * _unit([1, 0, 0.35])}
     conflicts = {(0, 1), (2, 3), (3, 5)}  # 0/1 together before the cut, 2/3 after; 5 is seen next to 3
-    # best first: 0-3 (cos 0.995), 1-2 (0.995); 5 (cos 0.94 with 0) shares a frame with 3, so not with 0 either
+    # 0 and 1 start together: two people; 2 and 3 start together after the cut: jointly 2 -> 1 (cos 0.995),
+    # 3 -> 0 (0.995); 4 is new; 5 (cos 0.94 with 0) shares a frame with 3, so it cannot join that person
     assert link_tracks(sums, conflicts, threshold=0.9) == {0: 0, 1: 1, 2: 1, 3: 0, 4: 2, 5: 3}
     assert link_tracks(sums, set(), threshold=0.9) == {0: 0, 1: 1, 2: 1, 3: 0, 4: 2, 5: 0}
     assert link_tracks(sums, conflicts, threshold=1.01) == {t: t for t in range(6)}
@@ -31,7 +32,7 @@ def test_link_tracks_merges_similar_tracks_that_never_share_a_frame():
 
 
 def test_link_tracks_uses_the_group_mean_after_a_merge():
-    # 2 is similar to 1 (0.879) but less to 0 (0.763): once 0 and 1 are one person (cos 0.969), the group's
+    # 2 is similar to 1 (0.879) but less to 0 (0.763): once 0 and 1 are one person (cos 0.969), the person's
     # mean is compared with 2: cos 0.827, below 0.85, so 2 stays apart although it is within 0.85 of track 1
     v0, v1, v2 = _unit([1, 0.3, 0]), _unit([1, 0.6, 0]), _unit([0.9, 1.2, 0.5])
     sums = {0: v0, 1: v1, 2: v2}

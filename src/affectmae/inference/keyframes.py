@@ -8,7 +8,9 @@ face that the key frame finds but the forward pass did not (it entered during th
 That needs the chunk's frames: at most ``every`` decoded frames are held. A frame with no face to follow
 (the start, after a cut, after every face left) gets a full detection, so a video without faces costs what
 detecting every frame costs, and a face is missed only when it enters after the chunk's first frames and
-leaves before its key frame while another face is being followed.
+leaves before its key frame while another face is being followed. A face not found on its patch (it
+left, or moved more than the patch between analysed frames, as at large strides) makes that frame a full
+detection too.
 
     detector = KeyframeDetector(get_detector("auto"), every=5)
     per_frame = detector.detect_chunk(rgbs, cuts)   # rgbs: [(H, W, 3) uint8] x n <= every; cuts: [bool] x n
@@ -28,6 +30,10 @@ from .tracking import box_iou
 PATCH_SIDE = 160  # patches are downscaled to at most this many pixels per side
 CONTEXT = 2.0  # patch side / face box side
 MATCH_IOU = 0.3  # a patch detection continues a face when its box overlaps the face's previous box this much
+
+
+def _overlaps(det: Detection, others: list[Detection]) -> bool:
+    return bool(others) and box_iou(det.box[None], np.stack([d.box for d in others])).max() >= MATCH_IOU
 
 
 class KeyframeDetector:
@@ -79,14 +85,16 @@ class KeyframeDetector:
         return dets[best]
 
     def _follow(self, rgb: np.ndarray, faces: list[Detection], taken: list[Detection]) -> list[Detection]:
-        """Patch detections of ``faces`` in ``rgb``, skipping any that overlap ``taken`` or each other."""
+        """Patch detections of ``faces`` in ``rgb``, skipping any that overlap ``taken`` or each other. When a
+        face is not on its patch (it left, or moved further than the patch: large strides), the whole frame
+        is searched instead, so no face is lost that a full detection would find."""
         out: list[Detection] = []
         for face in faces:
             det = self.redetect(rgb, face.box)
             if det is None:
-                continue
-            others = taken + out
-            if others and box_iou(det.box[None], np.stack([d.box for d in others])).max() >= MATCH_IOU:
+                self.calls["full"] += 1
+                return [d for d in self.detector.detect(rgb) if not _overlaps(d, taken)]
+            if _overlaps(det, taken + out):
                 continue
             out.append(det)
         return out
@@ -109,8 +117,7 @@ class KeyframeDetector:
         self.calls["full"] += 1
         out[key] = self.detector.detect(rgbs[key])
         if key > 0 and not cuts[key]:  # backward: faces the key frame found that were not followed into it
-            new = [d for d in out[key]
-                   if not out[key - 1] or box_iou(d.box[None], np.stack([p.box for p in out[key - 1]])).max() < MATCH_IOU]
+            new = [d for d in out[key] if not _overlaps(d, out[key - 1])]
             for i in range(key - 1, -1, -1):
                 if not new:
                     break

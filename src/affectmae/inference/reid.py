@@ -2,10 +2,10 @@
 
 The tracker (:mod:`.tracking`) ends every track at a shot cut and after ``max_age`` missed frames. Each
 track keeps the running sum of an appearance descriptor of its aligned 112x112 crops
-(:func:`face_descriptor`); after the stream, :func:`link_tracks` merges tracks into people, best match
-first (greedy average-linkage clustering): two groups of tracks are merged when the cosine similarity of
-their mean descriptors is at least ``threshold`` and no frame shows a face of both (two faces in one frame
-are two people). The temporal model still runs per track; only the ``face_id`` written is the person's.
+(:func:`face_descriptor`); after the stream, :func:`link_tracks` assigns tracks, in the order they start,
+to the people seen so far: to the most similar person (cosine of mean descriptors) when that is at least
+``threshold`` and no frame shows a face of both (two faces in one frame are two people), else to a new
+person; tracks that start together are assigned jointly. The temporal model still runs per track; only the ``face_id`` written is the person's.
 
 Why this descriptor (measured, see docs/analyze.md): the aligned crop's
 - uniform-LBP histograms on a 4x4 grid (texture: the classic LBPH face-recognition descriptor),
@@ -107,44 +107,55 @@ def co_occurring_pairs(track_ids: np.ndarray, frames: np.ndarray) -> set[tuple[i
 
 def link_tracks(descriptor_sums: dict[int, np.ndarray], conflicts: set[tuple[int, int]],
                 threshold: float) -> dict[int, int]:
-    """Track id -> person id (0, 1, ... in order of the smallest track id of each person).
+    """Track id -> person id (0, 1, ... in order of each person's first track).
 
-    ``descriptor_sums[t] (D,)``: sum of the descriptors of track ``t``'s crops (a group's mean direction is
-    that of its summed sums, so long tracks weigh more);
-    ``conflicts``: track pairs that share a frame (never merged). Greedy: the most similar pair of groups
-    (cosine of mean descriptors) is merged while that similarity is >= ``threshold``.
+    ``descriptor_sums[t] (D,)``: sum of the descriptors of track ``t``'s crops (track ids increase with
+    the frame a track starts on, as the tracker numbers them); ``conflicts``: track pairs that share a frame.
+    Tracks are taken in order; the tracks that start together are assigned jointly (Hungarian algorithm on
+    cosine similarity) to the people seen so far, each to a person whose mean descriptor (the direction of
+    the sum of its tracks' sums, so long tracks weigh more) is at least ``threshold`` similar and none of
+    whose tracks shares a frame with it; the others become new people. Memory is O(people x D), so hours of
+    video with thousands of tracks stay cheap.
     """
+    from scipy.optimize import linear_sum_assignment
+
     tracks = sorted(descriptor_sums)
-    if not tracks:
-        return {}
-    index = {t: i for i, t in enumerate(tracks)}
-    sums = np.stack([np.asarray(descriptor_sums[t], dtype=np.float64) for t in tracks])  # (N, D)
-    means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    n = len(tracks)
-    blocked = np.eye(n, dtype=bool)
+    against: dict[int, set[int]] = {t: set() for t in tracks}
     for a, b in conflicts:
-        if a in index and b in index:
-            blocked[index[a], index[b]] = blocked[index[b], index[a]] = True
-    sim = np.where(blocked, -np.inf, means @ means.T)
-    members = {i: [i] for i in range(n)}
-    alive = np.ones(n, dtype=bool)
-    while n > 1:
-        i, j = np.unravel_index(np.argmax(sim), sim.shape)
-        if not sim[i, j] >= threshold:
-            break
-        i, j = min(i, j), max(i, j)  # keep the group of the earlier track
-        members[i] += members.pop(j)
-        sums[i] += sums[j]
-        means[i] = sums[i] / max(np.linalg.norm(sums[i]), 1e-12)
-        alive[j] = False
-        blocked[i] |= blocked[j]
-        blocked[:, i] = blocked[i]
-        row = np.where(blocked[i] | ~alive, -np.inf, means @ means[i])
-        sim[i], sim[:, i] = row, row
-        sim[j], sim[:, j] = -np.inf, -np.inf
-        n -= 1
-    person = {}
-    for pid, root in enumerate(sorted(members)):
-        for m in members[root]:
-            person[tracks[m]] = pid
+        if a in against and b in against:
+            against[a].add(b)
+            against[b].add(a)
+    person: dict[int, int] = {}
+    members: list[set[int]] = []
+    sums = np.zeros((0, len(descriptor_sums[tracks[0]]) if tracks else 0))  # (P, D)
+    i = 0
+    while i < len(tracks):
+        group = [tracks[i]]  # tracks that share a frame with the first one and start before any other does
+        while i + len(group) < len(tracks) and all(tracks[i + len(group)] in against[g] for g in group):
+            group.append(tracks[i + len(group)])
+        i += len(group)
+        x = np.stack([np.asarray(descriptor_sums[t], dtype=np.float64) for t in group])  # (G, D)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        chosen: dict[int, int] = {}
+        if len(members):
+            means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            sim = x @ means.T  # (G, P)
+            for g, t in enumerate(group):
+                for p, m in enumerate(members):
+                    if against[t] & m:
+                        sim[g, p] = -np.inf
+            cost = np.where(sim >= threshold, -sim, 1e6)
+            for g, p in zip(*linear_sum_assignment(cost)):
+                if cost[g, p] < 1e6:
+                    chosen[g] = int(p)
+        for g, t in enumerate(group):
+            if g in chosen:
+                p = chosen[g]
+                members[p].add(t)
+                sums[p] += descriptor_sums[t]
+            else:
+                p = len(members)
+                members.append({t})
+                sums = np.vstack([sums, np.asarray(descriptor_sums[t], dtype=np.float64)[None]])
+            person[t] = p
     return person
