@@ -99,9 +99,12 @@ class FinetuneModel(nn.Module):
         self.head = nn.Linear(encoder.embed_dim, spec.num_outputs)
         nn.init.trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
+        self.encoder_grad = True  # False: the encoder runs without autograd (the head-only steps of LP-FT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.encoder.forward_features(x)["pooled"])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.encoder_grad):
+            pooled = self.encoder.forward_features(x)["pooled"]
+        out = self.head(pooled)
         return torch.tanh(out) if self.spec.kind == "regression" else out
 
 
@@ -273,7 +276,8 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
         logger.truncate_after(global_step)
     net = model
     if info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                        find_unused_parameters=cfg.head_only_steps > 0)
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
     while epoch < epochs:
@@ -294,6 +298,7 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
             if batch is None:
                 continue
             lr = _set_step_lr(optimizer, cfg, global_step, total_steps, warmup_steps)
+            model.encoder_grad = global_step >= cfg.head_only_steps and not cfg.freeze_encoder
             with autocast(device, use_bf16):
                 outputs = net(batch[0].to(device, non_blocking=True))
             loss = frame_loss(spec, outputs.float(), batch[1].to(device), weights, cfg.label_smoothing)
