@@ -358,7 +358,8 @@ def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> p
                 t3 = time.perf_counter()
                 ids = tracker.update(frame.index, dets, cut=cut, descriptors=descs)
                 for fid, desc in zip(ids, descs if descs is not None else ()):  # appearance of each track (re-id)
-                    desc_sums.setdefault(fid, np.zeros(DESCRIPTOR_DIM))
+                    if fid not in desc_sums:
+                        desc_sums[fid] = np.zeros(DESCRIPTOR_DIM, dtype=np.float32)  # 6 KB per track
                     desc_sums[fid] += desc
                 timings["align"] += t3 - t2
                 timings["track"] += time.perf_counter() - t3
