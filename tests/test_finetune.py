@@ -17,7 +17,8 @@ from affectmae.metrics import ccc
 from affectmae.models.vit import build_encoder, load_encoder, save_encoder
 from affectmae.tasks import TASKS
 from affectmae.training.engine import read_metrics
-from affectmae.training.finetune import FinetuneModel, _class_weight_tensors, frame_loss, layer_decay_groups
+from affectmae.losses import class_weights
+from affectmae.training.finetune import FinetuneModel, frame_loss, layer_decay_groups
 from affectmae.training.optim import set_lr
 
 
@@ -38,14 +39,14 @@ def test_layer_decay_scales_and_no_decay_groups():
 
 
 def test_class_weights_by_hand():
-    w = _class_weight_tensors(np.array([[0], [0], [0], [1]]), TASKS["expr"])
+    w = class_weights(TASKS["expr"], np.array([[0], [0], [0], [1]]))
     torch.testing.assert_close(w, torch.tensor([4 / 24, 4 / 8, 0, 0, 0, 0, 0, 0], dtype=torch.float32))
     au = np.zeros((5, 12))
     au[:1, 0] = 1  # AU1: 1 positive, 4 negatives -> 4; AU2: no positive -> 5 / max(0, 1) = 5
-    torch.testing.assert_close(_class_weight_tensors(au, TASKS["au"])[:2], torch.tensor([4.0, 5.0]))
+    torch.testing.assert_close(class_weights(TASKS["au"], au)[:2], torch.tensor([4.0, 5.0]))
     many = np.zeros((30, 12))
     many[:, 1] = 1  # AU2 always on -> 0 / 30, clamped up to 0.1; AU1 never on -> 30, clamped down to 10
-    torch.testing.assert_close(_class_weight_tensors(many, TASKS["au"])[:2], torch.tensor([10.0, 0.1]))
+    torch.testing.assert_close(class_weights(TASKS["au"], many)[:2], torch.tensor([10.0, 0.1]))
 
 
 def test_frame_losses_match_independent_definitions():

@@ -190,3 +190,25 @@ def test_training_batches_carry_each_segments_video_reference(tmp_path):
         rows, present = store.rows(videos[seg.video].video)
         expected = np.asarray(rows, np.float64)[present].mean(0)
         np.testing.assert_allclose(batch.reference[j].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_class_weighted_losses_match_torch_with_weights():
+    from affectmae.losses import class_weights, masked_bce, masked_cross_entropy, multitask_loss
+    from affectmae.tasks import TASKS
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 5, 8), torch.randint(0, 8, (2, 5, 1)).float()
+    mask = torch.tensor([[True, True, False, True, True], [True, False, True, True, True]])
+    w = class_weights(TASKS["expr"], target[mask].numpy())
+    expected = F.cross_entropy(logits[mask], target[mask][:, 0].long(), weight=w)
+    torch.testing.assert_close(masked_cross_entropy(logits, target, mask, w), expected)
+    au_logits, au = torch.randn(2, 5, 12), (torch.rand(2, 5, 12) > 0.7).float()
+    au[0, 1, 3] = -1  # an invalid unit is left out
+    pw = class_weights(TASKS["au"], au[mask].numpy())
+    valid = mask[..., None] & (au >= 0)
+    per = F.binary_cross_entropy_with_logits(au_logits, au.clamp(min=0), pos_weight=pw, reduction="none")
+    torch.testing.assert_close(masked_bce(au_logits, au, mask, pw), per[valid].mean())
+    total, parts = multitask_loss({"expr": logits, "au": au_logits}, {"expr": target, "au": au},
+                                  {"expr": mask, "au": mask}, label_weights={"expr": w, "au": pw})
+    torch.testing.assert_close(total, expected + per[valid].mean())
+    assert parts["expr"] == pytest.approx(float(expected))

@@ -11,6 +11,7 @@ the official ABAW metric, so the loss ``1 - CCC`` is exactly one minus the score
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,33 +43,60 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> to
     return 1.0 - masked_ccc(pred, target, mask).mean()
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over valid frames. logits: (B, T, K); target: (B, T) or (B, T, 1) class indices."""
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                         weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over valid frames. logits: (B, T, K); target: (B, T) or (B, T, 1) class indices;
+    weight: (K,) per-class weights (:func:`class_weights`) or None."""
     if target.dim() == logits.dim():
         target = target[..., 0]
     if not bool(mask.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[mask], target[mask].long())
+    return F.cross_entropy(logits[mask], target[mask].long(), weight=weight)
 
 
-def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BCEWithLogits over valid frames and valid units. logits, target: (B, T, K); mask: (B, T).
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BCEWithLogits over valid frames and valid units. logits, target: (B, T, K); mask: (B, T);
+    weight: (K,) positive weights per unit (:func:`class_weights`) or None.
 
     Individual unit labels outside {0, 1} (e.g. -1) are excluded as well.
     """
     elem = mask[..., None] & (target >= 0) & (target <= 1)
     if not bool(elem.any()):
         return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[elem], target[elem].to(logits.dtype))
+    pos_weight = None if weight is None else weight.to(logits.dtype).expand_as(logits)[elem]
+    return F.binary_cross_entropy_with_logits(logits[elem], target[elem].to(logits.dtype), pos_weight=pos_weight)
+
+
+def class_weights(spec: TaskSpec, labels: np.ndarray) -> torch.Tensor | None:
+    """Loss weights from the training labels, for metrics that average over classes (macro F1, mean AU F1).
+
+    EXPR: n / (K * count_k) per class (absent classes 0); AU: negatives / positives per unit, clamped to
+    [0.1, 10] (BCE ``pos_weight``); VA: None. labels: (N,) or (N, 1) class ids, or (N, 12) 0/1 (only valid
+    labels)."""
+    labels = np.asarray(labels)
+    if spec.kind == "multiclass":
+        counts = np.bincount(labels.reshape(-1).astype(int), minlength=spec.num_outputs).astype(np.float64)
+        w = np.where(counts > 0, counts.sum() / (spec.num_outputs * np.maximum(counts, 1)), 0.0)
+        return torch.tensor(w, dtype=torch.float32)
+    if spec.kind == "multilabel":
+        pos = (labels == 1).sum(0).astype(np.float64)
+        neg = (labels == 0).sum(0).astype(np.float64)
+        return torch.tensor(np.clip(neg / np.maximum(pos, 1), 0.1, 10.0), dtype=torch.float32)
+    return None
 
 
 _LOSS_BY_KIND = {"regression": ccc_loss, "multiclass": masked_cross_entropy, "multilabel": masked_bce}
 
 
-def task_loss(task: str | TaskSpec, outputs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The task's loss (picked from the task table). outputs: (B, T, num_outputs); target: (B, T, label_width)."""
+def task_loss(task: str | TaskSpec, outputs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The task's loss (picked from the task table). outputs: (B, T, num_outputs); target: (B, T, label_width);
+    weight: the task's :func:`class_weights` (EXPR, AU) or None."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
-    return _LOSS_BY_KIND[spec.kind](outputs, target, mask)
+    if weight is None:
+        return _LOSS_BY_KIND[spec.kind](outputs, target, mask)
+    return _LOSS_BY_KIND[spec.kind](outputs, target, mask, weight)
 
 
 def multitask_loss(
@@ -76,8 +104,10 @@ def multitask_loss(
     targets: dict[str, torch.Tensor],
     masks: dict[str, torch.Tensor],
     weights: dict[str, float] | None = None,
+    label_weights: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the per-task losses of the tasks present in ``targets``; returns (total, parts).
+    ``label_weights``: per-task :func:`class_weights` inside each loss.
 
     A task with no valid frame in the batch adds zero (its labels are masked), so batches that carry
     labels for only some tasks train only those heads.
@@ -87,7 +117,7 @@ def multitask_loss(
     for name in TASKS:
         if name not in targets or name not in outputs:
             continue
-        loss = task_loss(name, outputs[name], targets[name], masks[name])
+        loss = task_loss(name, outputs[name], targets[name], masks[name], (label_weights or {}).get(name))
         parts[name] = float(loss.detach())
         loss = loss * (weights or {}).get(name, 1.0)
         total = loss if total is None else total + loss

@@ -32,7 +32,7 @@ from ..config import config_to_dict, load_config, save_config
 from ..data.images import collate_skip_corrupt
 from ..errors import AffectMAEError
 from ..io import atomic_write_text
-from ..losses import task_loss
+from ..losses import class_weights, task_loss
 from ..metrics import evaluate
 from ..models.vit import ViTEncoder, load_encoder, save_encoder
 from ..tasks import TaskSpec, get_task
@@ -144,19 +144,6 @@ def layer_decay_groups(model: FinetuneModel, weight_decay: float, layer_decay: f
     return [groups[k] for k in sorted(groups)]
 
 
-def _class_weight_tensors(labels: np.ndarray, spec: TaskSpec) -> torch.Tensor | None:
-    """EXPR: n / (K * count_k) (absent classes 0); AU: negatives / positives per unit (clamped to [0.1, 10])."""
-    if spec.kind == "multiclass":
-        counts = np.bincount(labels.reshape(-1).astype(int), minlength=spec.num_outputs).astype(np.float64)
-        w = np.where(counts > 0, counts.sum() / (spec.num_outputs * np.maximum(counts, 1)), 0.0)
-        return torch.tensor(w, dtype=torch.float32)
-    if spec.kind == "multilabel":
-        pos = (labels == 1).sum(0).astype(np.float64)
-        neg = (labels == 0).sum(0).astype(np.float64)
-        return torch.tensor(np.clip(neg / np.maximum(pos, 1), 0.1, 10.0), dtype=torch.float32)
-    return None
-
-
 def frame_loss(spec: TaskSpec, outputs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
                label_smoothing: float = 0.0) -> torch.Tensor:
     """outputs: (B, K); target: (B,) class ids (EXPR) or (B, K) -> scalar loss of the task's kind."""
@@ -252,7 +239,7 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
     weights = None
     if cfg.class_weights:
         labels = np.stack([np.atleast_1d(train_frames.label(i).numpy()) for i in train_set.frames.indices])
-        weights = _class_weight_tensors(labels, spec).to(device)
+        weights = class_weights(spec, labels).to(device)
         log.info("class weights: %s", [round(w, 3) for w in weights.tolist()])
 
     sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, info.rank, info.world_size, 1, seed=cfg.seed,

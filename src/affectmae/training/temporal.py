@@ -37,9 +37,9 @@ from ..config import config_to_dict, save_config
 from ..errors import AffectMAEError
 from ..features import FeatureStore
 from ..io import atomic_write_text
-from ..losses import multitask_loss
+from ..losses import class_weights, multitask_loss
 from ..models.temporal import TemporalConfig, TemporalModel, predict_sequence, save_temporal
-from ..tasks import TASKS
+from ..tasks import TASKS, get_task
 from .engine import check_finite, resolve_config, select_device
 from .optim import param_groups_weight_decay, set_lr, warmup_cosine_lr
 from .state import load_training_state, save_training_state
@@ -72,12 +72,26 @@ class TrainConfig:
     weight_decay: float = 1e-5
     warmup_epochs: float = 1.0
     grad_clip: float = 0.0  # 0 = off
+    class_weights: bool = False  # EXPR: inverse class frequency; AU: positive weights (negatives / positives)
     au_threshold_source: str = "train"  # train | val | none: where per-AU thresholds are tuned (see module doc)
     threads: int = 0  # torch threads, 0 = default
     device: str = "auto"  # auto = cuda when available, else cpu
     tensorboard: bool = True
     resume: bool = False
     model: TemporalConfig = field(default_factory=TemporalConfig)
+
+
+def _label_weights(videos: list[LabelledVideo], tasks: list[str], device) -> dict[str, torch.Tensor]:
+    """Per-task :func:`~affectmae.losses.class_weights` from the valid labels of the training videos."""
+    out = {}
+    for task in tasks:
+        spec = get_task(task)
+        labels = [v.labels[task][v.valid[task]] for v in videos if task in v.labels]
+        weight = class_weights(spec, np.concatenate(labels)) if labels else None
+        if weight is not None:
+            out[task] = weight.to(device)
+            log.info("%s class weights: %s", task, [round(w, 3) for w in weight.tolist()])
+    return out
 
 
 def task_list(task: str) -> list[str]:
@@ -198,6 +212,7 @@ def train_temporal(cfg: TrainConfig) -> dict:
     model = TemporalModel(mcfg).to(device)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
     batches = SegmentBatches(store, train_videos, tasks, cfg.window, cfg.stride, cfg.batch_size)
+    label_weights = _label_weights(train_videos, tasks, device) if cfg.class_weights else None
     steps_per_epoch = len(batches)
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     cfg_dict = config_to_dict(cfg)
@@ -232,7 +247,7 @@ def train_temporal(cfg: TrainConfig) -> dict:
             outputs = model(batch.x.to(device), batch.present.to(device), batch.real.to(device),
                             batch.reference.to(device))
             loss, parts = multitask_loss(outputs, {t: v.to(device) for t, v in batch.targets.items()},
-                                         {t: v.to(device) for t, v in batch.masks.items()})
+                                         {t: v.to(device) for t, v in batch.masks.items()}, label_weights=label_weights)
             if not torch.isfinite(loss) and writer is not None:
                 writer.close()
             check_finite(loss.detach(), epoch + 1, counters["step"], out)  # raises TrainingDivergedError; checkpoints untouched
