@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (install + run the end-to-end demo) and `make test` (install + run the tests).
+# Two entry points: `make demo` (install + run the end-to-end demo) and `make test` (install + lint + run the tests).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,6 +20,7 @@ demo: install
 	$(BIN)/affectmae demo
 
 test: install
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean:

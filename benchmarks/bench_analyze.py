@@ -209,7 +209,7 @@ def main() -> None:
             rows += [(f"default, detect_every={k}", {"detect_every": k}) for k in args.detect_every]
             rows += [("default, overlap=false", {"overlap": False}), ("default, detect_every=1", {"detect_every": 1})]
             rows += [(f"default, detect_max_side={side}", {"detect_max_side": side}) for side in args.detect_max_side]
-            for repeat in range(args.repeats):  # interleaved, so load from other jobs hits every row alike
+            for _ in range(args.repeats):  # interleaved, so load from other jobs hits every row alike
                 for label, settings in rows:
                     r = run_speed(video, model_dir, 1, args.batch_size, **settings)
                     print(f"| {name}, {label} | 1 | {r['fps']:.1f} | {r['cpu_ms']:.1f} | {fmt_stages(r)} |", flush=True)
@@ -225,7 +225,7 @@ def main() -> None:
                       f"{b['detections']}, {b['face_frames']} |", flush=True)
         if args.speed_only:
             return
-        print(f"\n## memory: peak RSS of a child process, 320x180 video, tiny encoder, stride 25")
+        print("\n## memory: peak RSS of a child process, 320x180 video, tiny encoder, stride 25")
         model_dir = make_model_dir(tmp / "model_tiny", "tiny", depth=2)
         memory_rows = [("default", {})]
         if args.memory_compare:

@@ -161,7 +161,8 @@ def main() -> None:
 
     def fraction(kind: str, name: str) -> float:
         """Median over rounds of (FLOPs / seconds) / that round's GEMM rate."""
-        return round(statistics.median(flops[kind] / t / 1e9 / g for t, g in zip(times[kind][name], gemm_rounds)), 3)
+        rates = (flops[kind] / t / 1e9 / g for t, g in zip(times[kind][name], gemm_rounds, strict=True))
+        return round(statistics.median(rates), 3)
 
     results = {}
     for name in models:
@@ -177,7 +178,7 @@ def main() -> None:
     if "sdpa" in results and "torch" in results:  # the median over rounds of the back-to-back ratio, and best / best
         results["sdpa / torch speed"] = {
             kind: {"median_paired": round(statistics.median(t / s for t, s in zip(times[kind]["torch"],
-                                                                                 times[kind]["sdpa"])), 3),
+                                                                                 times[kind]["sdpa"], strict=True)), 3),
                    "best_vs_best": round(min(times[kind]["torch"]) / min(times[kind]["sdpa"]), 3)}
             for kind in times
         }

@@ -50,9 +50,11 @@ def make_feature_dataset(root: Path, n_videos: int = 6, lengths=(70, 130), dim: 
         invalid = rng.random(n) < 0.05
         split = "Validation_Set" if i >= n_videos - n_val else "Train_Set"
         rows = {
-            "va": [f"{a:.4f},{b:.4f}" if not bad else "-5,-5" for (a, b), bad in zip(z, invalid)],
-            "expr": [str(e) if not bad else "-1" for e, bad in zip(expr, invalid)],
-            "au": [",".join(map(str, r)) if not bad else ",".join(["-1"] * 12) for r, bad in zip(au, invalid)],
+            "va": [f"{a:.4f},{b:.4f}" if not bad else "-5,-5" for (a, b), bad in zip(z, invalid, strict=True)],
+            "expr": [str(e) if not bad else "-1" for e, bad in zip(expr, invalid, strict=True)],
+            "au": [
+                ",".join(map(str, r)) if not bad else ",".join(["-1"] * 12) for r, bad in zip(au, invalid, strict=True)
+            ],
         }
         for task in tasks:
             spec = TASKS[task]

@@ -13,9 +13,9 @@ from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
 from affectmae.data.face_images import (
+    FER2013,
     RAFDB,
     AffectNet,
-    FER2013,
     FERPlus,
     ImageFolderFaces,
     build_face_dataset,

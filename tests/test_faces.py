@@ -150,7 +150,7 @@ def test_worker_detector_matches_in_process_and_recycles(scene, detector):
             got, want = worker.detect(rgb), detector.detect(rgb)
             pids.append(worker._proc.pid)
             assert len(got) == len(want) == 2
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=True):
                 np.testing.assert_array_equal(g.box, w.box)
                 np.testing.assert_array_equal(g.landmarks, w.landmarks)
                 assert g.score == pytest.approx(w.score, abs=1e-6)

@@ -8,7 +8,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from affectmae.errors import AffectMAEError
 from affectmae.models import fast_linear as fl
-from affectmae.models.fast_linear import FastLinear, cpu_gemm_backend, fast_linear, set_cpu_gemm_backend, use_fast_linear
+from affectmae.models.fast_linear import (
+    FastLinear,
+    cpu_gemm_backend,
+    fast_linear,
+    set_cpu_gemm_backend,
+    use_fast_linear,
+)
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.vit import build_encoder
 from affectmae.training import engine

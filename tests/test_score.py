@@ -122,9 +122,9 @@ def test_score_va_perfect_and_imperfect(va_dir, tmp_path, capsys):
     assert (result["frames_scored"], result["videos"], result["rows"], result["rows_ignored"]) == (5, 2, 8, 3)
     # Valence true [0.1,0.3,0.5,-0.2,0.4]; predicting 0 everywhere gives CCC 0; arousal predicted = true / 2
     true_a = np.array([0.2, 0.4, 0.0, 0.6, -0.1])
+    locs = ["vidA/00001.jpg", "vidA/00002.jpg", "vidA/00004.jpg", "vidB_left/00001.jpg", "vidB_left/00002.jpg"]
     imperfect = _write(tmp_path / "i.csv", VA_HEADER, [
-        f"{loc},0,{a / 2:.6f}" for loc, a in zip(
-            ["vidA/00001.jpg", "vidA/00002.jpg", "vidA/00004.jpg", "vidB_left/00001.jpg", "vidB_left/00002.jpg"], true_a)
+        f"{loc},0,{a / 2:.6f}" for loc, a in zip(locs, true_a, strict=True)
     ])
     code, out, err = _score(capsys, "--task", "va", imperfect, va_dir)
     assert code == 0, err

@@ -136,7 +136,7 @@ def test_merge_windows_matches_streaming_merger(weighting, n):
     starts = segment_starts(n, window, stride)
     preds = rng.normal(size=(len(starts), window, 3)).astype(np.float32)
     merger = OverlapMerger(n, 3, weighting)
-    for s, p in zip(starts, preds):
+    for s, p in zip(starts, preds, strict=True):
         merger.add(s, p)
     np.testing.assert_allclose(merge_windows(n, starts, preds, weighting), merger.result(), rtol=1e-6)
 

@@ -12,8 +12,15 @@ from torch.nn.utils import parametrize
 
 from affectmae.losses import ccc_loss, masked_bce, masked_cross_entropy, multitask_loss
 from affectmae.metrics import ccc
-from affectmae.models.temporal import (TemporalConfig, TemporalModel, load_temporal, person_reference, predict_sequence,
-                                       save_temporal, sinusoidal_positions)
+from affectmae.models.temporal import (
+    TemporalConfig,
+    TemporalModel,
+    load_temporal,
+    person_reference,
+    predict_sequence,
+    save_temporal,
+    sinusoidal_positions,
+)
 
 
 def _cfg(**kw) -> TemporalConfig:

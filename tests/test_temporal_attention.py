@@ -14,8 +14,15 @@ from torch import nn
 from affectmae.models import fast_linear as fl
 from affectmae.models import temporal
 from affectmae.models.fast_linear import FastLinear
-from affectmae.models.temporal import (SelfAttention, TemporalConfig, TemporalModel, TorchTransformerEncoder,
-                                       attention_mask, load_temporal, save_temporal)
+from affectmae.models.temporal import (
+    SelfAttention,
+    TemporalConfig,
+    TemporalModel,
+    TorchTransformerEncoder,
+    attention_mask,
+    load_temporal,
+    save_temporal,
+)
 
 BACKENDS = ["aten", pytest.param("onednn", marks=pytest.mark.skipif(not fl.onednn_available(), reason="no oneDNN"))]
 LENGTHS = [12, 7, 1]  # real frames per batch row of T=12; the rest is end padding, as in the last window

@@ -104,7 +104,7 @@ def test_resume_continues_to_the_same_result(dataset, tmp_path, monkeypatch):
     assert read_metadata(tmp_path / "cut" / "last_state.safetensors")["counters"]["epoch"] == 1
     resumed = train_from_args("temporal_tiny", FAST, out=str(tmp_path / "cut"), resume=True, **args)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    for a, b in zip(full["history"], resumed["history"]):
+    for a, b in zip(full["history"], resumed["history"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["val"]["score"] == pytest.approx(a["val"]["score"], abs=1e-6)
     with pytest.raises(AffectMAEError, match="cannot resume with an incompatible config"):

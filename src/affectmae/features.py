@@ -172,7 +172,7 @@ def _runs(missing: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) of every run of True in ``missing`` (N,)."""
     padded = np.concatenate([[False], missing, [False]]).astype(np.int8)
     edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 def fill_missing(features: np.ndarray, present: np.ndarray, method: str = "linear", chunk: int = 4096) -> np.ndarray:
@@ -327,7 +327,8 @@ def write_video_features(root: Path, video: str, n: int, dim: int, batches, enco
                     feats = encode(images).astype(np.float16)
                     ks_arr = np.asarray(ks)
                     breaks = np.flatnonzero(np.diff(ks_arr) != 1) + 1
-                    for run_idx, run in zip(np.split(np.arange(len(ks)), breaks), np.split(ks_arr, breaks)):
+                    runs = zip(np.split(np.arange(len(ks)), breaks), np.split(ks_arr, breaks), strict=True)
+                    for run_idx, run in runs:
                         arr[int(run[0]) : int(run[-1]) + 1] = feats[run_idx]
                     present[ks_arr] = True
             fill_missing(arr, present, missing)

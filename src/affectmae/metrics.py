@@ -117,7 +117,7 @@ def _multiclass_metrics(spec: TaskSpec, pred: Any, true: Any, valid: Any = None)
     f1 = _f1_from_counts(tp, confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp)
     return {
         "score": float(f1.mean()),
-        "f1_per_class": {name: float(v) for name, v in zip(spec.columns, f1)},
+        "f1_per_class": {name: float(v) for name, v in zip(spec.columns, f1, strict=True)},
         "frames_scored": int(keep.sum()),
     }
 
@@ -146,7 +146,7 @@ def _multilabel_metrics(
     f1 = _f1_from_counts(tp, fp, fn)
     return {
         "score": float(f1.mean()),
-        "f1_per_au": {name: float(v) for name, v in zip(spec.columns, f1)},
+        "f1_per_au": {name: float(v) for name, v in zip(spec.columns, f1, strict=True)},
         "frames_scored": int(keep.any(axis=1).sum()),
     }
 

@@ -101,7 +101,7 @@ class SubmissionWriter:
             raise AffectMAEError(f"video {video!r}: frame indices must be unique and >= 0")
         row_format = ",".join([VA_FORMAT if self.spec.kind == "regression" else "%d"] * values.shape[1])
         cells = [row_format % tuple(row) for row in values.tolist()]
-        self._fh.writelines(f"{video}/{k + 1:05d}.jpg,{c}\n" for k, c in zip(frames.tolist(), cells))
+        self._fh.writelines(f"{video}/{k + 1:05d}.jpg,{c}\n" for k, c in zip(frames.tolist(), cells, strict=True))
         self._videos.add(video)
         self.rows += len(cells)
 

@@ -31,7 +31,7 @@ from torch.utils.data import ConcatDataset
 
 from ..errors import AffectMAEError, InputFormatError
 from .face_base import FaceImages
-from .fer2013 import FER2013, FERPlus, open_csv_with_header, csv_rows
+from .fer2013 import FER2013, FERPlus, csv_rows, open_csv_with_header
 from .images import IMAGE_EXTENSIONS, open_rgb
 
 log = logging.getLogger(__name__)
@@ -328,7 +328,7 @@ class FaceImageCollection(ConcatDataset):
     def summary(self) -> list[dict[str, Any]]:
         return [
             {"spec": spec, **src.summary, "skipped_corrupt": src.skipped.count}
-            for spec, src in zip(self.specs, self.sources)
+            for spec, src in zip(self.specs, self.sources, strict=True)
         ]
 
 

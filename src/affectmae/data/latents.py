@@ -163,7 +163,7 @@ def sample_trajectory(
     drive = _episodes(n, rng)
     strength = np.empty(n)  # per episode, so weak episodes fall below the AU threshold
     boundaries = np.flatnonzero(np.diff(drive)) + 1
-    for start, stop in zip(np.r_[0, boundaries], np.r_[boundaries, n]):
+    for start, stop in zip(np.r_[0, boundaries], np.r_[boundaries, n], strict=True):
         strength[start:stop] = rng.uniform(0.7, 1.2)
     neutral = PROTOTYPES[0]
     target = neutral + strength[:, None] * (PROTOTYPES[drive] - neutral)

@@ -88,7 +88,7 @@ def _load_keras(net: nn.Module, arrays: list[np.ndarray]) -> nn.Module:
     if len(params) != len(arrays):
         raise AffectMAEError(f"MTCNN weights: expected {len(params)} arrays for {type(net).__name__}, got {len(arrays)}")
     with torch.no_grad():
-        for p, a in zip(params, arrays):
+        for p, a in zip(params, arrays, strict=True):
             a = np.asarray(a, dtype=np.float32)
             if a.ndim == 4:
                 a = a.transpose(3, 2, 0, 1)  # HWIO -> OIHW
@@ -163,7 +163,7 @@ class MTCNNDetector:
             return []
         boxes, landmarks, scores = self._output(image, boxes)
         out = []
-        for box, lm, score in zip(boxes / scale, landmarks / scale, scores):
+        for box, lm, score in zip(boxes / scale, landmarks / scale, scores, strict=True):
             if score < self.min_score or min(box[2] - box[0], box[3] - box[1]) < self.min_face:
                 continue
             out.append(Detection(box.astype(np.float32), float(score), lm.astype(np.float32)))

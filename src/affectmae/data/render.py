@@ -251,7 +251,7 @@ def render_face(
     p = np.asarray(params, dtype=np.float64)
     if p.shape != (N_LATENT,):
         raise ValueError(f"params must have shape ({N_LATENT},), got {p.shape}")
-    a = dict(zip(LATENT_NAMES, np.concatenate([np.clip(p[:2], -1, 1), np.clip(p[2:], 0, 1)]).tolist()))
+    a = dict(zip(LATENT_NAMES, np.concatenate([np.clip(p[:2], -1, 1), np.clip(p[2:], 0, 1)]).tolist(), strict=True))
     ident = identity or DEFAULT_IDENTITY
     S = size * _SS
     c = _Canvas(S, _background(ident, S), pose)

@@ -167,7 +167,7 @@ def format_annotation(task: str, rows: np.ndarray, invalid: np.ndarray) -> str:
     else:
         body = [",".join(str(int(v)) for v in row) for row in rows]
         marker = ",".join(["-1"] * spec.label_width)
-    lines += [marker if bad else text for text, bad in zip(body, invalid)]
+    lines += [marker if bad else text for text, bad in zip(body, invalid, strict=True)]
     return "\n".join(lines) + "\n"
 
 
@@ -359,7 +359,7 @@ def generate_affwild2(
     summary = SynthSummary(
         root=str(out), seed=seed, videos=[v["name"] for v in info_videos], splits=splits, tasks=task_splits,
         frames=n_frames_total, missing_frames=n_missing_total, invalid_rows=invalid_total,
-        expr_counts={c: int(k) for c, k in zip(EXPRESSIONS, expr_counts)}, faces=faces,
+        expr_counts={c: int(k) for c, k in zip(EXPRESSIONS, expr_counts, strict=True)}, faces=faces,
         people=people.info.get("people"),
     )
     info.update(

@@ -181,7 +181,7 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     heads = _heads_from_runs(runs)
     enc = load_encoder(encoder)
     names: dict[Path, str] = {}
-    for task, files in heads.items():
+    for files in heads.values():
         for f in files:
             if f not in names:
                 tasks = "_".join(_tasks_of(f))

@@ -46,8 +46,7 @@ from ..io import atomic_path, atomic_write_text
 from .align import CROP_SIZE, align_face
 from .keyframes import KeyframeDetector
 from .reid import DESCRIPTOR_DIM, co_occurring_pairs, face_descriptor, link_tracks
-from .table import (AU_PROB_COLUMNS, BOX_COLUMNS, EXPR_COLUMNS, LANDMARK_COLUMNS, TABLE_COLUMNS,  # noqa: F401 (re-exported)
-                    build_table, write_table)
+from .table import AU_PROB_COLUMNS, BOX_COLUMNS, EXPR_COLUMNS, LANDMARK_COLUMNS, TABLE_COLUMNS, build_table, write_table  # noqa: F401 (re-exported)
 from .tracking import FaceTracker, ShotCutDetector
 
 log = logging.getLogger(__name__)
@@ -349,7 +348,7 @@ def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> p
             t1 = time.perf_counter()
             per_frame = keyframes.detect_chunk([f.rgb for f in chunk], chunk_cuts)
             timings["detect"] += time.perf_counter() - t1
-            for frame, dets, cut in zip(chunk, per_frame, chunk_cuts):
+            for frame, dets, cut in zip(chunk, per_frame, chunk_cuts, strict=True):
                 if cfg.max_faces:
                     dets = dets[: cfg.max_faces]
                 t2 = time.perf_counter()
@@ -357,13 +356,14 @@ def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> p
                 descs = np.stack([face_descriptor(c) for c in crops]) if cfg.reid and crops else None  # (N, D)
                 t3 = time.perf_counter()
                 ids = tracker.update(frame.index, dets, cut=cut, descriptors=descs)
-                for fid, desc in zip(ids, descs if descs is not None else ()):  # appearance of each track (re-id)
-                    if fid not in desc_sums:
-                        desc_sums[fid] = np.zeros(DESCRIPTOR_DIM, dtype=np.float32)  # 6 KB per track
-                    desc_sums[fid] += desc
+                if descs is not None:  # appearance of each track (re-id)
+                    for fid, desc in zip(ids, descs, strict=True):
+                        if fid not in desc_sums:
+                            desc_sums[fid] = np.zeros(DESCRIPTOR_DIM, dtype=np.float32)  # 6 KB per track
+                        desc_sums[fid] += desc
                 timings["align"] += t3 - t2
                 timings["track"] += time.perf_counter() - t3
-                for det, fid, crop in zip(dets, ids, crops):
+                for det, fid, crop in zip(dets, ids, crops, strict=True):
                     det_frames.append(frame.index)
                     det_ids.append(fid)
                     det_boxes.append(det.box)

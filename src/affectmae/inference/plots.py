@@ -54,7 +54,7 @@ def plot_valence_arousal(df: pd.DataFrame, path: str | Path) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
     faces = _faces(df)
-    for ax, column in zip(axes, ("valence", "arousal")):
+    for ax, column in zip(axes, ("valence", "arousal"), strict=True):
         for fid in faces:
             sub = df[df["face_id"] == fid]
             # gaps in a track stay gaps: reindex on frames so matplotlib breaks the line
@@ -106,7 +106,8 @@ def plot_action_units(df: pd.DataFrame, path: str | Path) -> Path:
     t_end = float(df["time_s"].max()) if len(df) else 1.0
     columns = [f"{au}_prob" for au in ACTION_UNITS]
     image = None
-    for ax, fid in zip(axes[:, 0], faces):
+    # strict=False: with no faces there is still one (empty) row of axes
+    for ax, fid in zip(axes[:, 0], faces, strict=False):
         sub = df[df["face_id"] == fid]
         grid = np.full((len(ACTION_UNITS), n_frames), np.nan)
         grid[:, sub["frame"].to_numpy()] = sub[columns].to_numpy(dtype=float).T

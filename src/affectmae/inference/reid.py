@@ -99,7 +99,7 @@ def co_occurring_pairs(track_ids: np.ndarray, frames: np.ndarray) -> set[tuple[i
     starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
     ends = np.r_[starts[1:], len(f)]
     pairs: set[tuple[int, int]] = set()
-    for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+    for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
         ids = sorted(set(t[s:e].tolist()))
         pairs.update((a, b) for i, a in enumerate(ids) for b in ids[i + 1:])
     return pairs
@@ -145,7 +145,7 @@ def link_tracks(descriptor_sums: dict[int, np.ndarray], conflicts: set[tuple[int
                     if against[t] & m:
                         sim[g, p] = -np.inf
             cost = np.where(sim >= threshold, -sim, 1e6)
-            for g, p in zip(*linear_sum_assignment(cost)):
+            for g, p in zip(*linear_sum_assignment(cost), strict=True):
                 if cost[g, p] < 1e6:
                     chosen[g] = int(p)
         for g, t in enumerate(group):

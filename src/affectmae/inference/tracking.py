@@ -112,7 +112,7 @@ class FaceTracker:
         if self.tracks and detections:
             cost = self._cost(self.tracks, detections, frame_index, descriptors)
             rows, cols = linear_sum_assignment(cost)
-            for r, c in zip(rows, cols):
+            for r, c in zip(rows, cols, strict=True):
                 if cost[r, c] >= _FORBIDDEN:
                     continue
                 track, det = self.tracks[r], detections[c]

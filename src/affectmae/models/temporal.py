@@ -17,10 +17,9 @@ One model class serves VA, EXPR, AU and the multi-task setting; the heads are bu
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
-
-import copy
 
 import numpy as np
 import torch
@@ -331,7 +330,7 @@ def predict_sequence(
         x = torch.zeros(len(chunk), window, features.shape[1], dtype=torch.float32)
         pres = torch.ones(len(chunk), window, dtype=torch.bool)
         val = torch.zeros(len(chunk), window, dtype=torch.bool)
-        for j, (s, ln) in enumerate(zip(chunk, lengths)):
+        for j, (s, ln) in enumerate(zip(chunk, lengths, strict=True)):
             x[j, :ln] = torch.as_tensor(np.asarray(features[s : s + ln], dtype=np.float32))
             val[j, :ln] = True
             if present is not None:
@@ -340,7 +339,7 @@ def predict_sequence(
         out = model(x.to(device), pres.to(device), val.to(device), ref)
         for name, y in out.items():
             y = postprocess(name, y).float().cpu().numpy()
-            for j, (s, ln) in enumerate(zip(chunk, lengths)):
+            for j, (s, ln) in enumerate(zip(chunk, lengths, strict=True)):
                 merged[name].add(s, y[j, :ln])
     model.train(was_training)
     return {name: m.result().astype(np.float32) for name, m in merged.items()}

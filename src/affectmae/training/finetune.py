@@ -37,8 +37,17 @@ from ..metrics import evaluate
 from ..models.vit import ViTEncoder, load_encoder, save_encoder
 from ..tasks import TaskSpec, get_task
 from .distributed import GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
-from .engine import (CheckpointManager, ScalarLogger, autocast, check_finite, keep_freed_memory, make_adamw, progress,
-                     resolve_config, step_seed)
+from .engine import (
+    CheckpointManager,
+    ScalarLogger,
+    autocast,
+    check_finite,
+    keep_freed_memory,
+    make_adamw,
+    progress,
+    resolve_config,
+    step_seed,
+)
 from .optim import set_lr, warmup_cosine_lr
 from .pretrain_data import plain_transform
 from .state import load_training_state

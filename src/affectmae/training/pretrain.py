@@ -28,8 +28,16 @@ from ..errors import AffectMAEError
 from ..models.mae import MaskedAutoencoder
 from ..models.vit import build_encoder, load_encoder, save_encoder
 from .distributed import GlobalBatchSampler, all_reduce_mean, all_reduce_sum, barrier, distributed_session
-from .engine import (CheckpointManager, ScalarLogger, autocast, check_finite, keep_freed_memory, make_adamw, progress,
-                     resolve_config)
+from .engine import (
+    CheckpointManager,
+    ScalarLogger,
+    autocast,
+    check_finite,
+    keep_freed_memory,
+    make_adamw,
+    progress,
+    resolve_config,
+)
 from .optim import param_groups_weight_decay, set_lr, warmup_cosine_lr
 from .pretrain_data import MAEAugmented, fixed_batch, mae_transform, save_reconstruction_figure
 from .state import load_training_state
