@@ -27,7 +27,7 @@ def test_demo_runs_every_stage_and_reports_where_outputs_are(tmp_path, capsys):
     # the realistic set: real photographs, validation people unseen in training
     info = json.loads((out / "data" / "synth_info.json").read_text())
     assert info["parameters"]["source"] == "photos"
-    assert not set(info["people"]["people"]["train"]) & set(info["people"]["people"]["val"])
+    assert not set(info["people"]["split"]["train"]) & set(info["people"]["split"]["val"])
     # Table 5: the paper's rows and every baseline, each a mean ± std over the two seeds
     ablation_rows = {line.split("|")[1].strip(): line for line in summary["ablation_table"].splitlines()[2:]
                      if line.startswith("|")}

@@ -143,7 +143,7 @@ def test_packaged_photos_give_people_and_the_cli_keeps_validation_people_unseen(
     assert code == 0
     printed = capsys.readouterr().out
     info = json.loads((out / "synth_info.json").read_text())
-    train, val = set(info["people"]["people"]["train"]), set(info["people"]["people"]["val"])
+    train, val = set(info["people"]["split"]["train"]), set(info["people"]["split"]["val"])
     assert f"{len(train)} training and {len(val)} validation people" in printed
     assert not train & val and len(train) + len(val) == len(people) and len(val) == round(0.25 * len(people))
     for video in info["videos"]:

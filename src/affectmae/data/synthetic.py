@@ -200,8 +200,8 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 class _Faces:
     """Who is drawn and how: cartoon people (a new random identity per video) or animated real photographs.
 
-    With photographs the people are split once: ``val_people`` of them appear only in validation videos;
-    training videos and the pretraining ``faces/`` images use the others. Rendering goes through
+    With photographs the people are split once: ``val_fraction`` of them (at least 2) appear only in validation
+    videos; training videos and the pretraining ``faces/`` images use the others. Rendering goes through
     :func:`render_face` or :func:`~affectmae.data.photo_faces.render_photo_face` with the same arguments.
     """
 
@@ -227,7 +227,7 @@ class _Faces:
         self.people = {"val": [people[i] for i in order[:n_val]], "train": [people[i] for i in order[n_val:]]}
         self.info.update(
             photos=len(paths), fingerprint=photo_faces.people_fingerprint(people),
-            people={split: [p.key for p in group] for split, group in self.people.items()},
+            split={split: [p.key for p in group] for split, group in self.people.items()},
             sources=sorted({p.source for p in people}),
         )
 
@@ -360,7 +360,7 @@ def generate_affwild2(
         root=str(out), seed=seed, videos=[v["name"] for v in info_videos], splits=splits, tasks=task_splits,
         frames=n_frames_total, missing_frames=n_missing_total, invalid_rows=invalid_total,
         expr_counts={c: int(k) for c, k in zip(EXPRESSIONS, expr_counts, strict=True)}, faces=faces,
-        people=people.info.get("people"),
+        people=people.info.get("split"),
     )
     info.update(
         complete=True, latent_names=list(LATENT_NAMES), videos=info_videos, splits=splits, tasks=task_splits,
