@@ -93,7 +93,8 @@ def test_cli_finetune_expr_then_resume(synth, tmp_path, capsys):
     with pytest.raises(CheckpointError, match=r"incompatible config \(task: saved 'expr', now 'au'\)"):
         from affectmae.training.finetune import run_finetune
 
-        run_finetune("finetune_tiny", ["epochs=4", "batch_size=16", "max_steps=0"], data=str(data), encoder=str(mae),
+        run_finetune("finetune_tiny", ["epochs=4", "batch_size=16", "max_steps=0", "head_only_steps=0"], data=str(data),
+                     encoder=str(mae),
                      out_dir=str(run), task="au",
                      resume=True)
 
@@ -155,8 +156,8 @@ def test_head_only_steps_train_the_head_alone_first(synth, tmp_path):
     assert {g["lr"] for g in opt.param_groups if not g["head"]} == {0.0}
     # then warm-up (2 steps) and cosine over the remaining 10 steps, with layer decay
     assert _set_step_lr(opt, cfg, 4, total_steps=14, warmup_steps=2) == pytest.approx(5e-4)
-    top = max(g["lr"] for g in opt.param_groups if not g["head"])
-    assert top == pytest.approx(5e-4)  # blocks.1 norm/head-level params: scale 1
+    assert [g["lr"] for g in opt.param_groups if g["head"]] == pytest.approx([5e-4, 5e-4])  # head level: scale 1
+    assert max(g["lr"] for g in opt.param_groups if not g["head"]) == pytest.approx(2.5e-4)  # blocks.1: 0.5
     assert _set_step_lr(opt, cfg, 9, total_steps=14, warmup_steps=2) == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 8)))
 
     data, mae = synth

@@ -96,7 +96,7 @@ class FinetuneConfig:
 
 
 RESUME_KEYS = ("data", "encoder", "task", "img_size", "freeze_encoder", "batch_size", "seed", "frame_stride",
-               "max_steps", "overfit_batches")
+               "max_steps", "overfit_batches", "head_only_steps")
 
 
 class FinetuneModel(nn.Module):
@@ -138,18 +138,19 @@ class AugmentedFrames(Dataset):
 def layer_decay_groups(model: FinetuneModel, weight_decay: float, layer_decay: float) -> list[dict]:
     """AdamW groups with ``lr_scale`` = layer_decay^(depth + 1 - layer) and no decay on 1-D params/tokens."""
     depth = len(model.encoder.blocks)
-    groups: dict[tuple[int, bool, bool], dict] = {}
+    groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         head = not name.startswith("encoder.")
         layer = depth + 1 if head else model.encoder.layer_id(name[len("encoder."):])
         no_decay = param.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token"))
-        key = (layer, no_decay, head)
+        key = (layer, no_decay)
         if key not in groups:
             groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                           "lr_scale": layer_decay ** (depth + 1 - layer), "head": head}
+                           "lr_scale": layer_decay ** (depth + 1 - layer), "head": False}
         groups[key]["params"].append(param)
+        groups[key]["head"] |= head  # holds head parameters (trained during head_only_steps)
     return [groups[k] for k in sorted(groups)]
 
 
@@ -338,7 +339,8 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
 def _set_step_lr(optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, step: int, total_steps: int,
                  warmup_steps: int) -> float:
     """Set the lr of ``step``: head alone at ``cfg.lr`` for ``head_only_steps``, then warm-up + cosine over
-    the rest (scaled per group by layer decay). Returns the scheduled lr."""
+    the rest (scaled per group by layer decay). Returns the scheduled lr. During the head-only steps the
+    encoder runs without autograd, so the encoder norms that share the head's no-decay group get no update."""
     if step < cfg.head_only_steps:
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr if group.get("head") else 0.0

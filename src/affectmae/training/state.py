@@ -79,7 +79,9 @@ def load_training_state(
         raise CheckpointError(f"{path}: not a training-state checkpoint (kind={meta.get('kind')!r})")
     if config is not None and compare_keys:
         saved = meta.get("config", {})
-        diffs = [f"{k}: saved {saved.get(k)!r}, now {config.get(k)!r}" for k in compare_keys if saved.get(k) != config.get(k)]
+        # a key the saved run does not have was added later: the run used that setting's default then
+        diffs = [f"{k}: saved {saved[k]!r}, now {config.get(k)!r}" for k in compare_keys
+                 if k in saved and saved[k] != config.get(k)]
         if diffs:
             raise CheckpointError(f"{path}: cannot resume with an incompatible config ({'; '.join(diffs)})")
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
