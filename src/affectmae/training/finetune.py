@@ -69,7 +69,7 @@ class FinetuneConfig:
     warmup_epochs: int = 1
     warmup_steps: int = 0  # > 0: replaces warmup_epochs (use with max_steps)
     # Linear probe, then fine-tune (LP-FT): the first head_only_steps of max_steps/epochs train the head alone at
-    # `lr` (the encoder's lr is 0), so a random head's first gradients do not distort the pretrained features;
+    # `lr` (the encoder gets no update), so a random head's first gradients do not distort the pretrained features;
     # warm-up and cosine then run over the remaining steps.
     head_only_steps: int = 0
     batch_size: int = 256  # global batch per optimizer step
