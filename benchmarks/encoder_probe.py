@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from affectmae.data.affwild2 import load_annotations
 from affectmae.features import FeatureStore
 from affectmae.metrics import evaluate
 from affectmae.models.temporal import person_reference
+from bench_pretrain import cpu_name
 
 
 def frames(store: FeatureStore, annotations: str, task: str, split: str, stride: int, person: bool):
@@ -88,7 +89,7 @@ def main() -> None:
             variant = "minus video mean" if person else "raw"
             rows.append({"features": folder, "variant": variant, **s})
             print(f"| {folder} | {variant} | {s['va']:.3f} | {s['expr']:.3f} | {s['au']:.3f} |", flush=True)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {time.perf_counter() - start:.0f} s")
+    print(f"\nmachine: {cpu_name()}, {os.cpu_count()} cores, {time.perf_counter() - start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

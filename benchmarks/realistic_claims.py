@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -52,19 +51,16 @@ def _run(args: list[str], timings: dict, key: str) -> None:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    from bench_pretrain import cpu_name
+
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
         isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     except (OSError, StopIteration):
         isa = "?"
     import torch
 
-    return f"{cpu}, {os.cpu_count()} cores, {isa}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {isa}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def _extract(encoder: str, out: Path, data: Path, seed: int, timings: dict) -> Path:

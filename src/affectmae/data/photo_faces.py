@@ -335,13 +335,18 @@ def _grid() -> tuple[np.ndarray, np.ndarray]:
     return ys, xs
 
 
-def _output_matrix(size: int, pose) -> np.ndarray:
-    """(2, 3) canvas -> output crop: the template at OUTPUT_MARGIN, then roll/scale about the centre and shift."""
+@functools.lru_cache(maxsize=8)
+def _crop_matrix(size: int) -> np.ndarray:
+    """(3, 3) canvas -> the ``size`` crop with the template at OUTPUT_MARGIN (the same for every frame)."""
     from ..inference.align import face_template, similarity_transform
 
+    return np.vstack([similarity_transform(canvas_template(), face_template(size, OUTPUT_MARGIN)), [0, 0, 1]])
+
+
+def _output_matrix(size: int, pose) -> np.ndarray:
+    """(2, 3) canvas -> output crop: the template at OUTPUT_MARGIN, then roll/scale about the centre and shift."""
     roll, dx, dy, scale = (float(v) for v in pose)
-    base = np.vstack([similarity_transform(canvas_template(), face_template(size, OUTPUT_MARGIN)), [0, 0, 1]])
     centre = size / 2.0
     rot = cv2.getRotationMatrix2D((centre, centre), roll, scale)
     rot[:, 2] += (dx * size, dy * size)
-    return (np.vstack([rot, [0, 0, 1]]) @ base)[:2]
+    return (np.vstack([rot, [0, 0, 1]]) @ _crop_matrix(size))[:2]
