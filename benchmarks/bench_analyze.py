@@ -96,8 +96,8 @@ class _NoBar:
 
 def write_long_video(path: Path, n_frames: int, size=(320, 180)) -> None:
     """A long, cheap-to-encode video: 100 rendered frames (one face) played back and forth."""
-    from affectmae.data.synthetic_video import make_synthetic_video
-    from affectmae.data.video import VideoReader, VideoWriter
+    from affectmae.media.video import VideoReader, VideoWriter
+    from affectmae.synth.video import make_synthetic_video
 
     clip = path.with_name("clip.mp4")
     make_synthetic_video(clip, n_frames=100, size=size, seed=1)
@@ -138,9 +138,9 @@ def fmt_stages(r: dict) -> str:
 
 def detector_overhead(video: Path) -> dict:
     """ms per frame of the recycled worker detector (what analyze uses) vs yuface in this process."""
-    from affectmae.data.detect_worker import WorkerDetector
-    from affectmae.data.faces import get_detector
-    from affectmae.data.video import VideoReader
+    from affectmae.face.detect import get_detector
+    from affectmae.face.worker import WorkerDetector
+    from affectmae.media.video import VideoReader
 
     with VideoReader(video) as reader:
         frames = [f.rgb for f in reader.frames()]
@@ -182,7 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from affectmae.data.synthetic_video import make_synthetic_video
+    from affectmae.synth.video import make_synthetic_video
 
     n_frames = 40 if args.quick else 150
     args.long_frames = args.long_frames or [9000 if args.quick else 90000]

@@ -36,7 +36,7 @@ from bench_analyze import make_model_dir  # noqa: E402
 
 def score_ids(df, boxes: np.ndarray) -> dict:
     """df: the analyze table; boxes (T, P, 4) true boxes per person (NaN = absent)."""
-    from affectmae.inference.tracking import box_iou
+    from affectmae.face.tracking import box_iou
 
     faces = df[df["face_detected"]].sort_values("frame")
     person = []
@@ -55,14 +55,14 @@ def score_ids(df, boxes: np.ndarray) -> dict:
             "unmatched": int((faces["person"] < 0).sum()), "detections": len(faces)}
 
 
-DESCRIPTORS = {  # name -> parts of affectmae.inference.reid.descriptor_parts, concatenated
+DESCRIPTORS = {  # name -> parts of affectmae.face.reid.descriptor_parts, concatenated
     "lbp": ("lbp",), "colour": ("colour",), "layout": ("layout",), "lbp+colour": ("lbp", "colour"),
     "colour+layout": ("colour", "layout"), "lbp+colour+layout (used)": ("lbp", "colour", "layout"),
 }
 
 
 def _tracklet_crops(detector, frames) -> list:
-    from affectmae.inference.align import align_face
+    from affectmae.face.align import align_face
 
     crops = []
     for rgb in frames:
@@ -73,11 +73,11 @@ def _tracklet_crops(detector, frames) -> list:
 
 
 def descriptor_study(feat_dir: Path | None) -> None:
-    from affectmae.data.faces import get_detector
-    from affectmae.data.latents import sample_trajectory
-    from affectmae.data.photo_faces import find_face_photos, load_photo_people, render_photo_face
-    from affectmae.data.video import VideoReader
-    from affectmae.inference.reid import descriptor_parts
+    from affectmae.face.detect import get_detector
+    from affectmae.face.reid import descriptor_parts
+    from affectmae.media.video import VideoReader
+    from affectmae.synth.latents import sample_trajectory
+    from affectmae.synth.photos import find_face_photos, load_photo_people, render_photo_face
 
     detector = get_detector("auto")
     rng = np.random.default_rng(0)
@@ -135,9 +135,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=None, help="reid_threshold (default: AnalyzeConfig's)")
     parser.add_argument("--descriptors", action="store_true", help="the descriptor comparison instead")
     args = parser.parse_args()
-    from affectmae.data.photo_faces import find_face_photos, load_photo_people
-    from affectmae.data.synthetic_video import make_photo_scene_video, make_synthetic_video
     from affectmae.inference.pipeline import Analyzer
+    from affectmae.synth.photos import find_face_photos, load_photo_people
+    from affectmae.synth.video import make_photo_scene_video, make_synthetic_video
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from real_media import feat_data_dir
     from test_reid import pyfeat_video

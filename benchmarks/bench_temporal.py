@@ -63,7 +63,7 @@ def build_variants(names: list[str], no_attn_dropout: bool) -> dict[str, torch.n
 
 def make_step(model, batch: int, window: int):
     """A training step (forward, multi-task loss, backward, AdamW) on fixed random data, all frames real."""
-    from affectmae.losses import multitask_loss
+    from affectmae.training.losses import multitask_loss
 
     g = torch.Generator().manual_seed(1)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-5, weight_decay=1e-5)

@@ -28,8 +28,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from affectmae.data.faces import get_detector
-    from affectmae.data.video import VideoReader
+    from affectmae.face.detect import get_detector
+    from affectmae.media.video import VideoReader
 
     torch.set_num_threads(1)
     spec = importlib.util.find_spec("feat")

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from affectmae.data.affwild2 import load_annotations
-from affectmae.features import FeatureStore
-from affectmae.metrics import evaluate
+from affectmae.datasets.affwild2 import load_annotations
+from affectmae.evaluation.metrics import evaluate
+from affectmae.features.store import FeatureStore
 from affectmae.models.temporal import person_reference
 from bench_pretrain import cpu_name
 

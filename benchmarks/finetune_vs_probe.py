@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affectmae.data.affwild2 import AffWild2Frames
-from affectmae.data.synthetic import generate_affwild2
-from affectmae.metrics import expr_metrics
+from affectmae.datasets.affwild2 import AffWild2Frames
+from affectmae.evaluation.metrics import expr_metrics
+from affectmae.synth.dataset import generate_affwild2
 from affectmae.training.finetune import run_finetune
 from affectmae.training.pretrain import run_pretrain
 

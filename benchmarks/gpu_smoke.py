@@ -6,7 +6,7 @@
 Stages, each on tiny synthetic data the package generates (no network, no weights):
 
 1. ``env``: torch/CUDA versions, device name, bf16 support (``--device cuda`` without CUDA fails here);
-2. ``synth``: :func:`affectmae.data.synthetic.generate_affwild2` (videos, frames, face images);
+2. ``synth``: :func:`affectmae.synth.dataset.generate_affwild2` (videos, frames, face images);
 3. ``pretrain``: MAE (``pretrain_tiny``) for ``--epochs`` epochs, ``device=`` and ``bf16=`` set;
 4. ``finetune``: EXPR fine-tuning of that encoder (``finetune_tiny``), ``device=``, ``bf16=``;
 5. ``ddp``: a one-process DistributedDataParallel run under ``torchrun --nproc_per_node 1`` with the NCCL
@@ -105,7 +105,7 @@ def _metrics(run_dir: Path, kind: str) -> list[dict]:
 def stage_env(args) -> tuple[str, str]:
     import torch
 
-    from affectmae.training.engine import bf16_supported, select_device
+    from affectmae.device import bf16_supported, select_device
 
     device = select_device(args.device)  # AffectMAEError when cuda is asked for and missing
     info = f"python {platform.python_version()}, torch {torch.__version__}"
@@ -123,7 +123,7 @@ def stage_env(args) -> tuple[str, str]:
 
 
 def stage_synth(args, out: Path) -> tuple[str, str]:
-    from affectmae.data.synthetic import generate_affwild2
+    from affectmae.synth.dataset import generate_affwild2
 
     t0 = time.perf_counter()
     summary = generate_affwild2(out / "data", videos=args.videos, frames=args.frames, faces=args.faces, seed=0,
@@ -188,9 +188,9 @@ def ddp_worker(args) -> None:
     import torch.distributed as dist
     import torch.nn.functional as F
 
+    from affectmae.device import autocast
     from affectmae.models.vit import build_encoder
     from affectmae.tasks import get_task
-    from affectmae.training.engine import autocast
     from affectmae.training.finetune import FinetuneModel
 
     cuda = args.device == "cuda"
@@ -246,7 +246,7 @@ def ddp_worker(args) -> None:
 
 
 def stage_extract(args, out: Path, smoke: Smoke) -> tuple[str, str]:
-    from affectmae.features import ExtractConfig, extract_features
+    from affectmae.features.store import ExtractConfig, extract_features
 
     summary = extract_features(ExtractConfig(
         encoder=str(smoke.outputs["encoder"]), frames=str(out / "data" / "cropped_aligned"), out=str(out / "features"),
@@ -276,8 +276,8 @@ def stage_train(args, out: Path, smoke: Smoke) -> tuple[str, str]:
 def stage_temporal_bf16(args) -> tuple[str, str]:
     import torch
 
-    from affectmae.losses import multitask_loss
     from affectmae.models.temporal import TemporalConfig, TemporalModel
+    from affectmae.training.losses import multitask_loss
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -315,10 +315,10 @@ def stage_temporal_bf16(args) -> tuple[str, str]:
 
 
 def stage_export_analyze(args, out: Path, smoke: Smoke) -> tuple[str, str]:
-    from affectmae.data.render import ALIGN_MARGIN
-    from affectmae.data.synthetic_video import make_synthetic_video
     from affectmae.inference.model import export_model_dir
     from affectmae.inference.pipeline import analyze_video
+    from affectmae.synth.cartoon import ALIGN_MARGIN
+    from affectmae.synth.video import make_synthetic_video
 
     model_dir = out / "model"
     export_model_dir(smoke.outputs["encoder"], [smoke.outputs["run"]], model_dir, align_margin=ALIGN_MARGIN)

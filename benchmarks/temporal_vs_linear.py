@@ -29,7 +29,7 @@ def oracle_feature_store(synth_root: str, out: str) -> str:
 
     import numpy as np
 
-    from affectmae.features import fill_missing
+    from affectmae.features.store import fill_missing
 
     root, out_dir = Path(synth_root), Path(out) / "oracle_features"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from affectmae.data.affwild2 import (
+from affectmae.datasets.affwild2 import (
     AffWild2Frames,
     FrameIndex,
     base_video_name,
@@ -21,7 +21,7 @@ from affectmae.data.affwild2 import (
     person_side,
     read_annotation_file,
 )
-from affectmae.data.images import collate_skip_corrupt
+from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.errors import AffectMAEError, InputFormatError
 
 VA_HEADER = "valence,arousal"

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from affectmae.cli import main
-from affectmae.data.synthetic_video import make_synthetic_video
 from affectmae.errors import AffectMAEError, InputFormatError
 from affectmae.inference.pipeline import AU_PROB_COLUMNS, EXPR_COLUMNS, analyze_video
+from affectmae.synth.video import make_synthetic_video
 from affectmae.tasks import ACTION_UNITS, EXPRESSIONS
 
 pytest.importorskip("yuface")
@@ -76,7 +76,7 @@ def test_cli_writes_table_plots_and_summary(cli_run):
     assert (summary["frames_decoded"], summary["frames_analyzed"], summary["faces"], summary["tracks"]) == (N, N, 2, 4)
     assert (summary["shot_cuts"], summary["frames_without_face"], summary["detections"]) == (1, 4, 2 * (N - 4))
     assert set(summary["seconds"]) == {"decode", "detect", "track", "align", "encode", "temporal", "write"}
-    from affectmae.data.video import probe_video
+    from affectmae.media.video import probe_video
 
     assert probe_video(out / "two.annotated.mp4").n_frames == N
     assert (df["input"] == str(out.parent / "two.mp4")).all()
@@ -112,10 +112,10 @@ def test_prediction_columns_are_consistent(cli_run):
 def test_predictions_match_an_independent_recomputation(work):
     """Recompute face 0 of the first shot by hand: detect, align, encode, predict_sequence. Its rows after the
     cut (the same person, re-identified) come from a separate run of the temporal model, so they are left out."""
-    from affectmae.data.faces import get_detector
-    from affectmae.data.video import VideoReader
-    from affectmae.inference.align import align_face
+    from affectmae.face.align import align_face
+    from affectmae.face.detect import get_detector
     from affectmae.inference.model import load_model_dir
+    from affectmae.media.video import VideoReader
     from affectmae.models.vit import preprocess_frames
 
     root, model_dir, truth = work

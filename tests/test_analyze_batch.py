@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from affectmae.cli import main
-from affectmae.data.synthetic_video import make_synthetic_video
 from affectmae.errors import AffectMAEError, InputFormatError
 from affectmae.inference.batch import analyze_inputs, expand_inputs, parse_shard
 from affectmae.inference.pipeline import AnalyzeConfig, Analyzer, analyze_video
 from affectmae.inference.table import TABLE_COLUMNS, read_predictions, write_table
+from affectmae.synth.video import make_synthetic_video
 from affectmae.tasks import ACTION_UNITS
 from test_analyze import make_model_dir
 

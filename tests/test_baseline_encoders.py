@@ -11,7 +11,7 @@ from PIL import Image
 
 from affectmae.cli import main
 from affectmae.errors import AffectMAEError
-from affectmae.features import FeatureStore
+from affectmae.features.store import FeatureStore
 from affectmae.models.baseline_encoders import PixelEncoder, build_extract_encoder, random_encoder
 from affectmae.models.vit import build_encoder, preprocess_frames, save_encoder
 from test_features import _write_dataset

@@ -1,4 +1,4 @@
-"""Face-image readers (folder, FER2013, FER+, RAF-DB, AffectNet), their combination, and data/images.py."""
+"""Face-image readers (folder, FER2013, FER+, RAF-DB, AffectNet), their combination, and datasets/images.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
-from affectmae.data.face_images import (
+from affectmae.datasets.face_images import (
     FER2013,
     RAFDB,
     AffectNet,
@@ -21,7 +21,7 @@ from affectmae.data.face_images import (
     build_face_dataset,
     parse_face_spec,
 )
-from affectmae.data.images import collate_skip_corrupt, load_rgb, open_rgb
+from affectmae.datasets.images import collate_skip_corrupt, load_rgb, open_rgb
 from affectmae.errors import AffectMAEError, InputFormatError
 
 FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"

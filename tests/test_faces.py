@@ -6,13 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from affectmae.data import faces
-from affectmae.data.faces import get_detector
-from affectmae.data.synthetic_video import make_synthetic_video
-from affectmae.data.video import VideoReader
 from affectmae.errors import AffectMAEError
-from affectmae.inference.align import TEMPLATE_112, align_face, apply_transform, face_template, similarity_transform
-from affectmae.inference.tracking import box_iou
+from affectmae.face import detect as faces
+from affectmae.face.align import TEMPLATE_112, align_face, apply_transform, face_template, similarity_transform
+from affectmae.face.detect import get_detector
+from affectmae.face.tracking import box_iou
+from affectmae.media.video import VideoReader
+from affectmae.synth.video import make_synthetic_video
 
 pytest.importorskip("yuface")
 
@@ -141,7 +141,7 @@ def test_align_face_undoes_a_known_warp():
 
 
 def test_worker_detector_matches_in_process_and_recycles(scene, detector):
-    from affectmae.data.detect_worker import WorkerDetector
+    from affectmae.face.worker import WorkerDetector
 
     _, frames = scene
     with WorkerDetector("auto", recycle_every=3) as worker:
@@ -160,7 +160,7 @@ def test_worker_detector_matches_in_process_and_recycles(scene, detector):
 
 
 def test_worker_detector_errors():
-    from affectmae.data.detect_worker import WorkerDetector
+    from affectmae.face.worker import WorkerDetector
 
     with pytest.raises(AffectMAEError, match="unknown face detector 'nope'"):
         WorkerDetector("nope")
@@ -181,7 +181,7 @@ def test_worker_detector_never_loads_the_leaky_library_in_this_process():
     import sys
 
     code = ("import sys, numpy as np\n"
-            "from affectmae.data.detect_worker import WorkerDetector\n"
+            "from affectmae.face.worker import WorkerDetector\n"
             "with WorkerDetector('auto') as w:\n"
             "    assert w.detect(np.zeros((40, 60, 3), np.uint8)) == []\n"
             "print('yuface' in sys.modules)\n")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from affectmae.cli import main
 from affectmae.errors import AffectMAEError
-from affectmae.features import ExtractConfig, FeatureStore, extract_features, fill_missing
+from affectmae.features.store import ExtractConfig, FeatureStore, extract_features, fill_missing
 from affectmae.models.vit import build_encoder, load_encoder, preprocess_frames, save_encoder
 
 
@@ -127,7 +127,7 @@ def test_extract_frame_count_from_folder_and_errors(tmp_path, encoder_path, caps
 
 
 def test_npy_rows_reads_and_writes_like_numpy(tmp_path):
-    from affectmae.features import NpyRows
+    from affectmae.features.store import NpyRows
 
     ref = np.arange(40, dtype=np.float16).reshape(10, 4)
     np.save(tmp_path / "a.npy", ref)

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 
 from affectmae.checkpoint import load_weights, read_metadata
 from affectmae.cli import main
-from affectmae.data.synthetic import generate_affwild2
 from affectmae.errors import AffectMAEError, CheckpointError
-from affectmae.losses import class_weights
-from affectmae.metrics import ccc
+from affectmae.evaluation.metrics import ccc
 from affectmae.models.vit import build_encoder, load_encoder, save_encoder
+from affectmae.synth.dataset import generate_affwild2
 from affectmae.tasks import TASKS
 from affectmae.training.engine import read_metrics
 from affectmae.training.finetune import FinetuneModel, frame_loss, layer_decay_groups
+from affectmae.training.losses import class_weights
 from affectmae.training.optim import set_lr
 
 

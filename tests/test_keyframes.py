@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from affectmae.data.faces import Detection
-from affectmae.inference.keyframes import KeyframeDetector
+from affectmae.face.detect import Detection
+from affectmae.face.keyframes import KeyframeDetector
 
 
 class SquareDetector:
@@ -129,8 +129,8 @@ def test_encoder_thread_errors_reach_the_caller():
 
 def test_analyze_with_key_frames_finds_the_faces_of_full_detection(tmp_path):
     pytest.importorskip("yuface")
-    from affectmae.data.synthetic_video import make_synthetic_video
     from affectmae.inference.pipeline import Analyzer
+    from affectmae.synth.video import make_synthetic_video
     from test_analyze import make_model_dir
 
     model_dir = make_model_dir(tmp_path / "model")

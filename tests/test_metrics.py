@@ -4,7 +4,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from affectmae.errors import AffectMAEError
-from affectmae.metrics import au_metrics, ccc, evaluate, expr_metrics, tune_au_thresholds, va_metrics
+from affectmae.evaluation.metrics import au_metrics, ccc, evaluate, expr_metrics, tune_au_thresholds, va_metrics
 from affectmae.tasks import ACTION_UNITS, EXPRESSIONS
 
 

@@ -17,10 +17,10 @@ import pytest
 if importlib.util.find_spec("mtcnn") is None:  # only its weight files are used: importing it would need TensorFlow
     pytest.skip("the mtcnn package is not installed: pip install mtcnn", allow_module_level=True)
 
-from affectmae.data.faces import available_detectors, get_detector  # noqa: E402
-from affectmae.data.mtcnn import MTCNNDetector, _load_keras, _PNet  # noqa: E402
-from affectmae.data.synthetic_video import make_synthetic_video  # noqa: E402
 from affectmae.errors import AffectMAEError  # noqa: E402
+from affectmae.face.detect import available_detectors, get_detector  # noqa: E402
+from affectmae.face.mtcnn import MTCNNDetector, _load_keras, _PNet  # noqa: E402
+from affectmae.synth.video import make_synthetic_video  # noqa: E402
 from real_media import feat_file  # noqa: E402
 from test_analyze import make_model_dir  # noqa: E402
 
@@ -95,7 +95,7 @@ def test_analyze_runs_when_yuface_cannot_be_imported(tmp_path):
     (block / "sitecustomize.py").write_text(BLOCK_YUFACE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    probe = subprocess.run([sys.executable, "-c", "import affectmae.data.faces as f; print(f.available_detectors())\n"
+    probe = subprocess.run([sys.executable, "-c", "import affectmae.face.detect as f; print(f.available_detectors())\n"
                             "import yuface"], capture_output=True, text=True, env=env)
     assert probe.stdout.strip() == "['mtcnn']" and "No module named 'yuface'" in probe.stderr
     model_dir = make_model_dir(tmp_path / "model")

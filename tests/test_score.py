@@ -8,7 +8,7 @@ from sklearn.metrics import f1_score
 
 from affectmae.cli import main
 from affectmae.errors import AffectMAEError, InputFormatError
-from affectmae.submission import read_submission, write_submission
+from affectmae.evaluation.submission import read_submission, write_submission
 from affectmae.tasks import ACTION_UNITS, EXPRESSIONS
 
 VA_HEADER = "image_location,valence,arousal"

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from affectmae.data.segments import (
+from affectmae.errors import AffectMAEError
+from affectmae.segments import (
     OverlapMerger,
     Segment,
     make_segments,
@@ -11,7 +12,6 @@ from affectmae.data.segments import (
     segment_starts,
     window_weights,
 )
-from affectmae.errors import AffectMAEError
 
 
 @pytest.mark.parametrize(

@@ -15,18 +15,18 @@ import pytest
 from PIL import Image
 
 from affectmae.cli import main
-from affectmae.data.affwild2 import FrameIndex, load_annotations, read_annotation_file
-from affectmae.data.latents import (
+from affectmae.datasets.affwild2 import FrameIndex, load_annotations, read_annotation_file
+from affectmae.errors import AffectMAEError
+from affectmae.evaluation.metrics import evaluate, expr_metrics
+from affectmae.synth.cartoon import render_face
+from affectmae.synth.dataset import generate_affwild2, oracle_predictions, oracle_scores, plan_videos
+from affectmae.synth.latents import (
     LATENT_NAMES,
     PROTOTYPES,
     expression_from_latent,
     labels_from_latents,
     sample_trajectory,
 )
-from affectmae.data.render import render_face
-from affectmae.data.synthetic import generate_affwild2, oracle_predictions, oracle_scores, plan_videos
-from affectmae.errors import AffectMAEError
-from affectmae.metrics import evaluate, expr_metrics
 from affectmae.tasks import EXPRESSIONS, SPLITS, TASKS
 
 HEADERS = {
@@ -297,8 +297,8 @@ def test_yuface_finds_rendered_faces_in_a_scene():
     script = textwrap.dedent(
         """
         import numpy as np, yuface
-        from affectmae.data.latents import sample_trajectory
-        from affectmae.data.render import render_face, sample_identity
+        from affectmae.synth.latents import sample_trajectory
+        from affectmae.synth.cartoon import render_face, sample_identity
         rng = np.random.default_rng(123)
         found = 0
         for i in range(12):

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from affectmae.losses import ccc_loss, masked_bce, masked_cross_entropy, multitask_loss
-from affectmae.metrics import ccc
+from affectmae.evaluation.metrics import ccc
 from affectmae.models.temporal import (
     TemporalConfig,
     TemporalModel,
@@ -21,6 +20,7 @@ from affectmae.models.temporal import (
     save_temporal,
     sinusoidal_positions,
 )
+from affectmae.training.losses import ccc_loss, masked_bce, masked_cross_entropy, multitask_loss
 
 
 def _cfg(**kw) -> TemporalConfig:
@@ -183,7 +183,7 @@ def test_person_norm_feeds_the_feature_and_its_offset_from_the_video_mean(tmp_pa
 
 
 def test_training_batches_carry_each_segments_video_reference(tmp_path):
-    from affectmae.features import FeatureStore
+    from affectmae.features.store import FeatureStore
     from affectmae.training.temporal_data import SegmentBatches, load_labelled_videos
     from temporal_helpers import make_feature_dataset
 
@@ -200,8 +200,8 @@ def test_training_batches_carry_each_segments_video_reference(tmp_path):
 
 
 def test_class_weighted_losses_match_torch_with_weights():
-    from affectmae.losses import class_weights, masked_bce, masked_cross_entropy, multitask_loss
     from affectmae.tasks import TASKS
+    from affectmae.training.losses import class_weights, masked_bce, masked_cross_entropy, multitask_loss
 
     torch.manual_seed(0)
     logits, target = torch.randn(2, 5, 8), torch.randint(0, 8, (2, 5, 1)).float()

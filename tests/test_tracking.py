@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from affectmae.data.faces import Detection
-from affectmae.inference.tracking import FaceTracker, ShotCutDetector, box_iou
+from affectmae.face.detect import Detection
+from affectmae.face.tracking import FaceTracker, ShotCutDetector, box_iou
 
 
 def _det(cx, cy, side=60.0, score=0.9):

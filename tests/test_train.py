@@ -11,7 +11,7 @@ import yaml
 from affectmae.checkpoint import read_metadata
 from affectmae.cli import main
 from affectmae.errors import AffectMAEError, TrainingDivergedError
-from affectmae.features import FeatureStore
+from affectmae.features.store import FeatureStore
 from affectmae.models.temporal import load_temporal, predict_sequence
 from affectmae.training import temporal as temporal_mod
 from affectmae.training.temporal import train_from_args
@@ -122,7 +122,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path, monkey
         return (total * float("nan"), parts) if calls["n"] > steps_per_epoch else (total, parts)
 
     # tiny config: videos of 50-90 frames, window 32, stride 16 -> count the training windows
-    from affectmae.data.segments import make_segments
+    from affectmae.segments import make_segments
 
     n_train = [np.load(feats / f"video0{i}.npy").shape[0] for i in range(3)]
     steps_per_epoch = -(-len(make_segments(n_train, 32, 16)) // 8)
@@ -183,7 +183,7 @@ def _mean_f1_sklearn(probs, true, thresholds) -> float:
 
 @pytest.mark.parametrize("source", ["train", "val", "none"])
 def test_au_thresholds_come_from_the_configured_split(tmp_path, source):
-    from affectmae.metrics import tune_au_thresholds
+    from affectmae.evaluation.metrics import tune_au_thresholds
 
     feats, ann = make_feature_dataset(tmp_path / "d", n_videos=5, lengths=(50, 90), tasks=("au",))
     _flip_validation_au(ann)

@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import pytest
 
-from affectmae.data.synthetic_video import make_synthetic_video
-from affectmae.data.video import VideoReader, VideoWriter, probe_video, rotate_upright
 from affectmae.errors import AffectMAEError, InputFormatError
+from affectmae.media.video import VideoReader, VideoWriter, probe_video, rotate_upright
+from affectmae.synth.video import make_synthetic_video
 
 
 def _grey_video(path, n=12, size=(64, 48), fps=25, **kw):
@@ -200,7 +200,7 @@ def test_packed_bframe_avi_gets_monotonic_display_order_timestamps(tmp_path):
 
 
 def test_display_clock_sorts_within_the_window_and_never_goes_back():
-    from affectmae.data.video import _DisplayClock
+    from affectmae.media.video import _DisplayClock
 
     clock = _DisplayClock(fps=10)
     for t in [5.0, 5.3, 5.1, 5.1, None]:

@@ -14,9 +14,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from . import __version__
-from .errors import CheckpointError
-from .io import atomic_path
+from affectmae import __version__
+from affectmae.errors import CheckpointError
+from affectmae.io import atomic_path
 
 META_KEY = "affectmae"
 FORMAT_VERSION = 1

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import AffectMAEError, InputFormatError
+from affectmae.errors import AffectMAEError, InputFormatError
 
 C = TypeVar("C")
 
@@ -126,6 +126,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the merged config as YAML (atomically), so every run folder records how it was made."""
-    from .io import atomic_write_text
+    from affectmae.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -29,24 +29,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import load_config
-from .data.render import ALIGN_MARGIN
-from .data.synthetic import generate_affwild2
-from .data.synthetic_video import make_synthetic_video
-from .errors import AffectMAEError
-from .features import ExtractConfig, extract_features
-from .inference.model import export_model_dir
-from .inference.pipeline import analyze_video
-from .inference.predict import PredictConfig, predict_submissions
-from .io import atomic_write_text
-from .scoring import score_submission
-from .tasks import TASKS
-from .training.ablate import run_ablation
-from .training.cv import run_cv
-from .training.engine import resolve_config
-from .training.finetune import run_finetune
-from .training.pretrain import run_pretrain
-from .training.temporal import TrainConfig, train_temporal
+from affectmae.config import load_config
+from affectmae.errors import AffectMAEError
+from affectmae.evaluation.scoring import score_submission
+from affectmae.features.store import ExtractConfig, extract_features
+from affectmae.inference.model import export_model_dir
+from affectmae.inference.pipeline import analyze_video
+from affectmae.inference.predict import PredictConfig, predict_submissions
+from affectmae.io import atomic_write_text
+from affectmae.synth.cartoon import ALIGN_MARGIN
+from affectmae.synth.dataset import generate_affwild2
+from affectmae.synth.video import make_synthetic_video
+from affectmae.tasks import TASKS
+from affectmae.training.ablate import run_ablation
+from affectmae.training.cv import run_cv
+from affectmae.training.engine import resolve_config
+from affectmae.training.finetune import run_finetune
+from affectmae.training.pretrain import run_pretrain
+from affectmae.training.temporal import TrainConfig, train_temporal
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,6 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name.lower()]
     except KeyError:
-        from .errors import AffectMAEError
+        from affectmae.errors import AffectMAEError
 
         raise AffectMAEError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None

@@ -15,8 +15,8 @@ import os
 import pkgutil
 import sys
 
-from .. import __version__
-from ..errors import AffectMAEError
+from affectmae import __version__
+from affectmae.errors import AffectMAEError
 
 log = logging.getLogger("affectmae")
 

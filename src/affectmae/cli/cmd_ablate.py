@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..training.ablate import ablate_from_args
+    from affectmae.training.ablate import ablate_from_args
 
     result = ablate_from_args(args.config, args.overrides, args.task or ["va", "expr", "au"], args.out,
                               args.mae_features, pixel_features=args.pixel_features,

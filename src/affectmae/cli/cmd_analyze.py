@@ -39,9 +39,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from ..inference.batch import analyze_inputs
-    from ..inference.pipeline import AnalyzeConfig
+    from affectmae.config import load_config
+    from affectmae.inference.batch import analyze_inputs
+    from affectmae.inference.pipeline import AnalyzeConfig
 
     settings = [a for a in args.inputs if _SETTING.match(a) and not os.path.exists(a)]
     inputs = [a for a in args.inputs if a not in settings]

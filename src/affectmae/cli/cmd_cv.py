@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..training.cv import cv_from_args
+    from affectmae.training.cv import cv_from_args
 
     result = cv_from_args(args.config, args.overrides, args.task or ["va", "expr", "au"], args.out, args.folds,
                           seeds=args.seeds, linear_baseline=not args.no_linear_baseline,

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
+    from affectmae.demo import DemoConfig, run_demo
 
     s = run_demo(DemoConfig(out=args.out, seed=args.seed, videos=args.videos, frames=args.frames, faces=args.faces,
                            analyze_frames=args.analyze_frames, source=args.source,

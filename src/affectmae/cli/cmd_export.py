@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..inference.model import export_model_dir
+    from affectmae.inference.model import export_model_dir
 
     print(json.dumps(export_model_dir(args.encoder, args.run, args.out, align_margin=args.align_margin)))
     return 0

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..features import ExtractConfig, extract_features
+    from affectmae.features.store import ExtractConfig, extract_features
 
     summary = extract_features(ExtractConfig(
         encoder=args.encoder, frames=args.frames, out=args.out, annotations=args.data, videos=args.videos,

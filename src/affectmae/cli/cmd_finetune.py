@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..training.finetune import run_finetune
+    from affectmae.training.finetune import run_finetune
 
     run_dir = run_finetune(args.config, args.overrides, data=args.data, encoder=args.encoder, out_dir=args.out,
                            task=args.task, frames=args.frames, resume=args.resume or None)

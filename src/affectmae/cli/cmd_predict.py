@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..inference.predict import PredictConfig, predict_submissions
+    from affectmae.inference.predict import PredictConfig, predict_submissions
 
     summary = predict_submissions(PredictConfig(features=args.features, out=args.out, model=args.model, runs=args.run,
                                                 tasks=args.task, test_list=args.test_list))

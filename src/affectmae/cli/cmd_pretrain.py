@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..training.pretrain import run_pretrain
+    from affectmae.training.pretrain import run_pretrain
 
     run_dir = run_pretrain(args.config, args.overrides, data=args.data, out=args.out, resume=args.resume)
     print(run_dir / "encoder.safetensors")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..tasks import TASKS
+from affectmae.tasks import TASKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..scoring import score_submission
+    from affectmae.evaluation.scoring import score_submission
 
     result = score_submission(args.task, args.pred_csv, args.annotation_dir)
     print(json.dumps(result, indent=2))

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..data.synthetic import generate_affwild2
+    from affectmae.synth.dataset import generate_affwild2
 
     s = generate_affwild2(
         args.out, videos=args.videos, frames=args.frames, seed=args.seed, faces=args.faces, size=args.size,

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..training.temporal import train_from_args
+    from affectmae.training.temporal import train_from_args
 
     result = train_from_args(args.config, args.overrides, features=args.features, data=args.data, task=args.task,
                              out=args.out, fold=args.fold, baseline=args.baseline, resume=args.resume)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..config import config_to_dict
-from ..errors import AffectMAEError
-from ..io import atomic_write_text
-from .pipeline import AnalyzeConfig, Analyzer
+from affectmae.config import config_to_dict
+from affectmae.errors import AffectMAEError
+from affectmae.inference.pipeline import AnalyzeConfig, Analyzer
+from affectmae.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def analyze_inputs(inputs: list[str | Path], model_dir: str | Path, out_dir: str
                  len(result["skipped"]), len(videos), out)
     if not todo:
         return result
-    from ..data.video import probe_video
+    from affectmae.media.video import probe_video
 
     total = 0
     for video, _ in todo:

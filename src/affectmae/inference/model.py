@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..errors import AffectMAEError, CheckpointError
-from ..io import atomic_write_text
-from ..tasks import TASKS
+from affectmae import __version__
+from affectmae.errors import AffectMAEError, CheckpointError
+from affectmae.io import atomic_write_text
+from affectmae.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class AffectModel:
     """Temporal heads (and the encoder, lazily) of a MODEL_DIR or of training runs; see the module docstring."""
 
     def __init__(self, heads: dict[str, list[Path]], encoder_path: Path | None = None):
-        from ..models.temporal import load_temporal
+        from affectmae.models.temporal import load_temporal
 
         self._encoder_path = encoder_path
         self._encoder = None
@@ -84,7 +84,7 @@ class AffectModel:
         if self._encoder is None:
             if self._encoder_path is None:
                 raise AffectMAEError("this model was loaded without an encoder (from training runs); use a MODEL_DIR")
-            from ..models.vit import load_encoder
+            from affectmae.models.vit import load_encoder
 
             self._encoder = load_encoder(self._encoder_path).eval()
         return self._encoder
@@ -95,7 +95,7 @@ class AffectModel:
 
     def predict_sequence(self, features, mask=None) -> dict[str, np.ndarray]:
         """features: (N, D) float; mask: (N,) bool (True = face present) -> {task: (N, C) float32}."""
-        from ..models.temporal import predict_sequence
+        from affectmae.models.temporal import predict_sequence
 
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise AffectMAEError(f"features must be (N, {self.feature_dim}), got {tuple(features.shape)}")
@@ -122,7 +122,7 @@ def load_runs(run_dirs: list[str | Path], tasks: list[str] | None = None) -> Aff
 
 
 def _heads_from_runs(run_dirs, tasks=None) -> dict[str, list[Path]]:
-    from ..checkpoint import read_metadata
+    from affectmae.checkpoint import read_metadata
 
     heads: dict[str, list[Path]] = {}
     for run in run_dirs:
@@ -172,7 +172,7 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     margin the encoder's training frames used, for ``analyze`` (absent = 1.0, Aff-Wild2 crops).
     Returns the written ``affectmae_model.json`` content.
     """
-    from ..models.vit import load_encoder, save_encoder
+    from affectmae.models.vit import load_encoder, save_encoder
 
     if not runs:
         raise AffectMAEError("export needs at least one --run RUN_DIR")
@@ -208,6 +208,6 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
 
 
 def _tasks_of(path: Path) -> list[str]:
-    from ..checkpoint import read_metadata
+    from affectmae.checkpoint import read_metadata
 
     return [t for t in TASKS if t in read_metadata(path).get("tasks", [])]

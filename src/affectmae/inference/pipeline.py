@@ -7,8 +7,8 @@
 
 Stages, all streaming (frames are never accumulated, so memory stays flat for hour-long videos):
 
-1. decode (:class:`affectmae.data.video.VideoReader`; rotation applied; every ``stride``-th frame analysed)
-2. detect faces (:func:`affectmae.data.faces.get_detector`): the whole frame every ``detect_every``-th
+1. decode (:class:`affectmae.media.video.VideoReader`; rotation applied; every ``stride``-th frame analysed)
+2. detect faces (:func:`affectmae.face.detect.get_detector`): the whole frame every ``detect_every``-th
    analysed frame, patches around known faces in between (:mod:`.keyframes`; holds <= detect_every frames),
 3. align each face to a 112x112 crop and describe its appearance (:mod:`.reid`), 4. cut detection +
    tracking into tracks, 5. encode crops with the ViT encoder, in a background thread with ``overlap``;
@@ -37,17 +37,26 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..config import save_config
-from ..data.detect_worker import WorkerDetector
-from ..data.faces import get_detector
-from ..data.video import VideoReader
-from ..errors import AffectMAEError, InputFormatError
-from ..io import atomic_path, atomic_write_text
-from .align import CROP_SIZE, align_face
-from .keyframes import KeyframeDetector
-from .reid import DESCRIPTOR_DIM, co_occurring_pairs, face_descriptor, link_tracks
-from .table import AU_PROB_COLUMNS, BOX_COLUMNS, EXPR_COLUMNS, LANDMARK_COLUMNS, TABLE_COLUMNS, build_table, write_table  # noqa: F401 (re-exported)
-from .tracking import FaceTracker, ShotCutDetector
+from affectmae.config import save_config
+from affectmae.device import select_device
+from affectmae.errors import AffectMAEError, InputFormatError
+from affectmae.face.align import CROP_SIZE, align_face
+from affectmae.face.detect import get_detector
+from affectmae.face.keyframes import KeyframeDetector
+from affectmae.face.reid import DESCRIPTOR_DIM, co_occurring_pairs, face_descriptor, link_tracks
+from affectmae.face.tracking import FaceTracker, ShotCutDetector
+from affectmae.face.worker import WorkerDetector
+from affectmae.inference.table import (  # noqa: F401 (re-exported)
+    AU_PROB_COLUMNS,
+    BOX_COLUMNS,
+    EXPR_COLUMNS,
+    LANDMARK_COLUMNS,
+    TABLE_COLUMNS,
+    build_table,
+    write_table,
+)
+from affectmae.io import atomic_path, atomic_write_text
+from affectmae.media.video import VideoReader
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +88,6 @@ class AnalyzeConfig:
     column_names: str = "affectmae"  # CSV column names: affectmae | openface (AU12_c, confidence, success, ...)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AffectMAEError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise AffectMAEError(f"unknown device {device!r}; use cpu, cuda or auto") from None
-
-
 def _as_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().float().cpu().numpy()
@@ -108,7 +106,7 @@ class _Encoder:
 
     def __init__(self, encoder: torch.nn.Module, device: torch.device, batch_size: int, timings: dict,
                  overlap: bool = False):
-        from ..models.vit import preprocess_frames
+        from affectmae.models.vit import preprocess_frames
 
         self.encoder = encoder.to(device).eval()
         self.device = device
@@ -243,7 +241,7 @@ class Analyzer:
     """
 
     def __init__(self, model_dir: str | Path, config: AnalyzeConfig | None = None, **settings):
-        from .model import load_model_dir
+        from affectmae.inference.model import load_model_dir
 
         cfg = config or AnalyzeConfig()
         settings = {k: v for k, v in settings.items() if v is not None}
@@ -256,7 +254,7 @@ class Analyzer:
                                  f"{cfg.batch_size} and {cfg.detect_every}")
         if cfg.column_names not in ("affectmae", "openface"):
             raise AffectMAEError(f"column_names must be 'affectmae' or 'openface', got {cfg.column_names!r}")
-        self.device = resolve_device(cfg.device)
+        self.device = select_device(cfg.device)
         self.model_dir = Path(model_dir)
         self.model = load_model_dir(model_dir)
         if cfg.align_margin is None:
@@ -417,7 +415,7 @@ def _analyze(video, analyzer: Analyzer, out_dir, video_out, stem, progress) -> p
         write_outputs(df, Path(out_dir), cfg, summary, stem)
         timings["write"] += time.perf_counter() - t6
     if video_out is not None:
-        from .plots import write_annotated_video
+        from affectmae.inference.plots import write_annotated_video
 
         write_annotated_video(video, df, video_out)
     summary["seconds"] = {k: round(v, 4) for k, v in timings.items()}
@@ -446,6 +444,6 @@ def write_outputs(df: pd.DataFrame, out_dir: Path, cfg: AnalyzeConfig, summary: 
             df.to_parquet(tmp, index=False)
     save_config(cfg, out_dir / f"{prefix}config.yaml")
     if cfg.plots:
-        from .plots import plot_all
+        from affectmae.inference.plots import plot_all
 
         summary["plots"] = [str(p) for p in plot_all(df, out_dir, prefix)]

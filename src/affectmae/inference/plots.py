@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path
-from ..tasks import ACTION_UNITS, EXPRESSIONS
+from affectmae.io import atomic_path
+from affectmae.tasks import ACTION_UNITS, EXPRESSIONS
 
 MAX_PANELS = 8  # faces shown in the per-face figures (the most frequent ones)
 _EXPR_COLOURS = np.array([
@@ -136,7 +136,7 @@ def plot_all(df: pd.DataFrame, out_dir: str | Path, prefix: str = "") -> list[Pa
 
 def write_annotated_video(video: str | Path, df: pd.DataFrame, out_path: str | Path) -> Path:
     """Re-decode ``video`` and draw each face's box, id, expression and valence/arousal; writes an MP4."""
-    from ..data.video import VideoReader, VideoWriter
+    from affectmae.media.video import VideoReader, VideoWriter
 
     faces = df[df["face_detected"]].groupby("frame")
     by_frame = {int(k): g for k, g in faces}

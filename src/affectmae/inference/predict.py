@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AffectMAEError, InputFormatError
-from ..features import FeatureStore
-from ..tasks import TASKS, get_task
-from .model import AffectModel, load_model_dir, load_runs
+from affectmae.errors import AffectMAEError, InputFormatError
+from affectmae.features.store import FeatureStore
+from affectmae.inference.model import AffectModel, load_model_dir, load_runs
+from affectmae.tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def predict_submissions(cfg: PredictConfig) -> dict:
     """Write ``<out>/<task>_predictions.csv`` per task; returns ``{task: {"path", "rows", "videos"}}``."""
     from tqdm import tqdm
 
-    from ..submission import SubmissionWriter
+    from affectmae.evaluation.submission import SubmissionWriter
 
     if not cfg.out:
         raise AffectMAEError("predict needs an output folder (-o)")

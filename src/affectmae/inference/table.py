@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import AffectMAEError, InputFormatError
-from ..io import atomic_path
-from ..tasks import ACTION_UNITS, EXPRESSIONS
+from affectmae.errors import AffectMAEError, InputFormatError
+from affectmae.io import atomic_path
+from affectmae.tasks import ACTION_UNITS, EXPRESSIONS
 
 EXPR_COLUMNS = [f"expr_{name}" for name in EXPRESSIONS]
 AU_PROB_COLUMNS = [f"{au}_prob" for au in ACTION_UNITS]

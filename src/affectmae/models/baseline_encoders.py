@@ -8,7 +8,7 @@
   freshly initialised weights (``seed``). The "randomly initialised encoder" row.
 
 Both expose ``forward_features(x) -> {"pooled": (B, D), ...}``, ``embed_dim`` and ``arch["img_size"]``,
-so :func:`affectmae.features.extract_features` runs them through the same code path as a trained encoder.
+so :func:`affectmae.features.store.extract_features` runs them through the same code path as a trained encoder.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import AffectMAEError
-from .vit import IMAGENET_MEAN, IMAGENET_STD, ViTEncoder, encoder_metadata, load_encoder
+from affectmae.errors import AffectMAEError
+from affectmae.models.vit import IMAGENET_MEAN, IMAGENET_STD, ViTEncoder, encoder_metadata, load_encoder
 
 PIXEL_SIZE = 24
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import AffectMAEError
+from affectmae.errors import AffectMAEError
 
 log = logging.getLogger(__name__)
 

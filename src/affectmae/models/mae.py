@@ -17,8 +17,8 @@ import torch.nn as nn
 from einops import rearrange
 from timm.models.vision_transformer import Block
 
-from .fast_linear import use_fast_linear
-from .vit import ViTEncoder, sincos_pos_embed_2d
+from affectmae.models.fast_linear import use_fast_linear
+from affectmae.models.vit import ViTEncoder, sincos_pos_embed_2d
 
 
 class MaskedAutoencoder(nn.Module):

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from ..tasks import get_task
-from .fast_linear import fast_linear, use_fast_linear
+from affectmae.models.fast_linear import fast_linear, use_fast_linear
+from affectmae.tasks import get_task
 
 
 @dataclass
@@ -315,7 +315,7 @@ def predict_sequence(
     disk); present: (N,) bool or None. Returns ``{task: (N, C) float32}`` postprocessed (VA values,
     EXPR and AU probabilities). Windows shorter than ``window`` (short videos) are padded and masked.
     """
-    from ..data.segments import OverlapMerger, segment_starts
+    from affectmae.segments import OverlapMerger, segment_starts
 
     was_training = model.training
     model.eval()
@@ -352,15 +352,15 @@ def save_temporal(path, model: TemporalModel, metadata: dict | None = None) -> N
     """Weights + architecture (and e.g. window, stride, AU thresholds, validation scores) in one safetensors file."""
     from dataclasses import asdict
 
-    from ..checkpoint import save_weights
+    from affectmae.checkpoint import save_weights
 
     save_weights(path, model.state_dict(), {**(metadata or {}), "kind": TEMPORAL_KIND, "model": asdict(model.cfg)})
 
 
 def load_temporal(path) -> tuple[TemporalModel, dict]:
     """Rebuild a model written by :func:`save_temporal`; returns ``(model in eval mode, metadata)``."""
-    from ..checkpoint import load_state_strict, load_weights
-    from ..errors import CheckpointError
+    from affectmae.checkpoint import load_state_strict, load_weights
+    from affectmae.errors import CheckpointError
 
     state, meta = load_weights(path)
     if meta.get("kind") != TEMPORAL_KIND:

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
-from ..checkpoint import load_state_strict, load_weights, read_metadata, save_weights
-from ..errors import CheckpointError
-from .fast_linear import use_fast_linear
+from affectmae.checkpoint import load_state_strict, load_weights, read_metadata, save_weights
+from affectmae.errors import CheckpointError
+from affectmae.models.fast_linear import use_fast_linear
 
 log = logging.getLogger(__name__)
 

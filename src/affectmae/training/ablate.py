@@ -32,12 +32,12 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import AffectMAEError
-from ..io import atomic_write_text
-from .baselines import CHANCE_ROWS, chance_scores
-from .cv import au_tuned_header, thresholds_note
-from .report import aggregate, cell, csv_value, markdown_table, scores_from_metrics, seeds_note
-from .temporal import TrainConfig, train_temporal
+from affectmae.errors import AffectMAEError
+from affectmae.io import atomic_write_text
+from affectmae.training.baselines import CHANCE_ROWS, chance_scores
+from affectmae.training.cv import au_tuned_header, thresholds_note
+from affectmae.training.report import aggregate, cell, csv_value, markdown_table, scores_from_metrics, seeds_note
+from affectmae.training.temporal import TrainConfig, train_temporal
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ def ablate_from_args(config: str | None, overrides: list[str], tasks: list[str],
                      mae_features: str | None, pixel_features: str | None = None, random_features: str | None = None,
                      seeds: list[int] | None = None, **settings) -> dict:
     """CLI entry: config + overrides -> :func:`run_ablation`."""
-    from ..config import load_config, parse_overrides
-    from .temporal import resolve_config
+    from affectmae.config import load_config, parse_overrides
+    from affectmae.training.temporal import resolve_config
 
     cfg = load_config(TrainConfig, resolve_config(config), {**parse_overrides(overrides), **settings})
     return run_ablation(cfg, tasks, out, mae_features, pixel_features=pixel_features,

@@ -11,7 +11,7 @@
   - VA: a prediction independent of the labels has covariance 0 in expectation, so CCC = 0.
 - ``chance_majority``: the most frequent validation class for every frame (ties: lowest index), the
   validation mean for VA (constant, so CCC = 0 exactly) and all-ones AU at threshold 0.5; these are
-  scored with :mod:`affectmae.metrics` itself.
+  scored with :mod:`affectmae.evaluation.metrics` itself.
 
 Rows carry the table's keys (see :func:`affectmae.training.report.scores_from_metrics`); the AU score
 with tuned thresholds does not apply to them and is None.
@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..features import FeatureStore
-from ..metrics import au_metrics, expr_metrics, va_metrics
-from ..tasks import TASKS
-from .temporal import TrainConfig, task_list
-from .temporal_data import load_labelled_videos, select_fold
+from affectmae.evaluation.metrics import au_metrics, expr_metrics, va_metrics
+from affectmae.features.store import FeatureStore
+from affectmae.tasks import TASKS
+from affectmae.training.temporal import TrainConfig, task_list
+from affectmae.training.temporal_data import load_labelled_videos, select_fold
 
 CHANCE_ROWS = (("chance_uniform", "chance: uniform random"),
                ("chance_majority", "chance: majority class, mean VA, all-ones AU"))
 
 
 def _valid_rows(task: str, true: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Boolean (N,) for VA/EXPR or (N, K) for AU: which labels are scored (as in :mod:`affectmae.metrics`)."""
+    """Boolean (N,) for VA/EXPR or (N, K) for AU: which labels are scored (as in :mod:`affectmae.evaluation.metrics`)."""
     spec = TASKS[task]
     valid = np.asarray(valid, bool)
     if spec.kind == "multilabel":

@@ -27,11 +27,19 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import AffectMAEError
-from ..io import atomic_write_text
-from .baselines import CHANCE_ROWS, chance_scores
-from .report import aggregate, cell, csv_value, markdown_table, mean_std, scores_from_metrics, seeds_note
-from .temporal import TrainConfig, train_temporal
+from affectmae.errors import AffectMAEError
+from affectmae.io import atomic_write_text
+from affectmae.training.baselines import CHANCE_ROWS, chance_scores
+from affectmae.training.report import (
+    aggregate,
+    cell,
+    csv_value,
+    markdown_table,
+    mean_std,
+    scores_from_metrics,
+    seeds_note,
+)
+from affectmae.training.temporal import TrainConfig, train_temporal
 
 __all__ = ["COLUMNS", "run_cv", "cv_from_args", "markdown_table", "scores_from_metrics", "au_tuned_header"]
 
@@ -151,8 +159,8 @@ def run_cv(cfg: TrainConfig, tasks: list[str], out: str | Path, folds: list[int]
 def cv_from_args(config: str | None, overrides: list[str], tasks: list[str], out: str, folds: list[int] | None,
                  seeds: list[int] | None = None, linear_baseline: bool = True, **settings) -> dict:
     """CLI entry: config + overrides -> :func:`run_cv`."""
-    from ..config import load_config, parse_overrides
-    from .temporal import resolve_config
+    from affectmae.config import load_config, parse_overrides
+    from affectmae.training.temporal import resolve_config
 
     cfg = load_config(TrainConfig, resolve_config(config), {**parse_overrides(overrides), **settings})
     return run_cv(cfg, tasks, out, folds, seeds=seeds, linear_baseline=linear_baseline)

@@ -24,8 +24,9 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from ..errors import AffectMAEError
-from .engine import select_device, step_seed
+from affectmae.device import select_device
+from affectmae.errors import AffectMAEError
+from affectmae.training.engine import step_seed
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
   applied or any checkpoint is written, so the last good checkpoint stays as it was.
 - :class:`CheckpointManager`: ``last_state.safetensors`` (resume) rewritten atomically, plus optional
   numbered copies of which only the newest ``keep`` are kept.
-- :func:`select_device`, :func:`autocast`, :func:`step_seed`: device choice, bf16 autocast on GPUs that
+- :func:`step_seed`: device choice, bf16 autocast on GPUs that
   support it (never on CPU, where bf16 is many times slower), deterministic per-(seed, epoch, index) seeds.
 - :func:`keep_freed_memory`: glibc malloc settings that stop a CPU training step from returning its
   activation buffers to the kernel and faulting them back in on the next step.
@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -31,9 +30,9 @@ from typing import Any, Iterable
 import torch
 from tqdm import tqdm
 
-from ..errors import AffectMAEError, TrainingDivergedError
-from ..io import atomic_write_text
-from .state import save_training_state
+from affectmae.errors import AffectMAEError, TrainingDivergedError
+from affectmae.io import atomic_write_text
+from affectmae.training.state import save_training_state
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +99,6 @@ def make_adamw(param_groups: list[dict], lr: float, betas: tuple[float, float]) 
         return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas))
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else cpu; otherwise the named device (checked to exist)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AffectMAEError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
-def bf16_supported(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs that support it; a no-op elsewhere (CPU bf16 is 7x+ slower here)."""
-    if enabled and bf16_supported(device):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def step_seed(seed: int, *parts: int) -> int:

@@ -27,20 +27,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..checkpoint import save_weights
-from ..config import config_to_dict, load_config, save_config
-from ..data.images import collate_skip_corrupt
-from ..errors import AffectMAEError
-from ..io import atomic_write_text
-from ..losses import class_weights, task_loss
-from ..metrics import evaluate
-from ..models.vit import ViTEncoder, load_encoder, save_encoder
-from ..tasks import TaskSpec, get_task
-from .distributed import GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
-from .engine import (
+from affectmae.checkpoint import save_weights
+from affectmae.config import config_to_dict, load_config, save_config
+from affectmae.datasets.images import collate_skip_corrupt
+from affectmae.device import autocast
+from affectmae.errors import AffectMAEError
+from affectmae.evaluation.metrics import evaluate
+from affectmae.io import atomic_write_text
+from affectmae.models.vit import ViTEncoder, load_encoder, save_encoder
+from affectmae.tasks import TaskSpec, get_task
+from affectmae.training.distributed import GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
+from affectmae.training.engine import (
     CheckpointManager,
     ScalarLogger,
-    autocast,
     check_finite,
     keep_freed_memory,
     make_adamw,
@@ -48,9 +47,10 @@ from .engine import (
     resolve_config,
     step_seed,
 )
-from .optim import set_lr, warmup_cosine_lr
-from .pretrain_data import plain_transform
-from .state import load_training_state
+from affectmae.training.losses import class_weights, task_loss
+from affectmae.training.optim import set_lr, warmup_cosine_lr
+from affectmae.training.pretrain_data import plain_transform
+from affectmae.training.state import load_training_state
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
 
 
 def _finetune(cfg: FinetuneConfig, info) -> Path:
-    from ..data.affwild2 import AffWild2Frames
+    from affectmae.datasets.affwild2 import AffWild2Frames
 
     for name in ("data", "encoder", "out_dir"):
         if not getattr(cfg, name):
@@ -232,7 +232,7 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
     val_frames = AffWild2Frames(cfg.data, frames_root, spec.name, "val", transform=plain_transform(img_size))
     from torchvision.transforms import v2
 
-    from ..models.vit import IMAGENET_MEAN, IMAGENET_STD
+    from affectmae.models.vit import IMAGENET_MEAN, IMAGENET_STD
 
     aug = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=(cfg.crop_scale_min, 1.0), antialias=True)]
     aug += [v2.RandomHorizontalFlip()] if cfg.hflip else []

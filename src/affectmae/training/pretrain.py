@@ -22,25 +22,31 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import config_to_dict, load_config, save_config
-from ..data.images import collate_skip_corrupt
-from ..errors import AffectMAEError
-from ..models.mae import MaskedAutoencoder
-from ..models.vit import build_encoder, load_encoder, save_encoder
-from .distributed import GlobalBatchSampler, all_reduce_mean, all_reduce_sum, barrier, distributed_session
-from .engine import (
+from affectmae.config import config_to_dict, load_config, save_config
+from affectmae.datasets.images import collate_skip_corrupt
+from affectmae.device import autocast
+from affectmae.errors import AffectMAEError
+from affectmae.models.mae import MaskedAutoencoder
+from affectmae.models.vit import build_encoder, load_encoder, save_encoder
+from affectmae.training.distributed import (
+    GlobalBatchSampler,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    distributed_session,
+)
+from affectmae.training.engine import (
     CheckpointManager,
     ScalarLogger,
-    autocast,
     check_finite,
     keep_freed_memory,
     make_adamw,
     progress,
     resolve_config,
 )
-from .optim import param_groups_weight_decay, set_lr, warmup_cosine_lr
-from .pretrain_data import MAEAugmented, fixed_batch, mae_transform, save_reconstruction_figure
-from .state import load_training_state
+from affectmae.training.optim import param_groups_weight_decay, set_lr, warmup_cosine_lr
+from affectmae.training.pretrain_data import MAEAugmented, fixed_batch, mae_transform, save_reconstruction_figure
+from affectmae.training.state import load_training_state
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +131,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 
 def _pretrain(cfg: PretrainConfig, info) -> Path:
-    from ..data.face_images import build_face_dataset
+    from affectmae.datasets.face_images import build_face_dataset
 
     run_dir = Path(cfg.out_dir)
     _check_run_dir(cfg, run_dir, info.is_main)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import load_state_strict, load_weights, save_weights
-from ..errors import CheckpointError
+from affectmae.checkpoint import load_state_strict, load_weights, save_weights
+from affectmae.errors import CheckpointError
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ Run folder (``cfg.out``)::
     tb/                    TensorBoard logs
 
 Validation: every validation video is predicted in overlapping windows that are merged per frame, then
-all validation frames are concatenated and scored once (:func:`affectmae.metrics.evaluate`), so each
+all validation frames are concatenated and scored once (:func:`affectmae.evaluation.metrics.evaluate`), so each
 frame counts once, as in the official protocol (not an average over segments). The model selection
 score is the task's official score (the mean over tasks for ``task=multi``), with AU at threshold 0.5.
 
@@ -33,17 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import config_to_dict, save_config
-from ..errors import AffectMAEError
-from ..features import FeatureStore
-from ..io import atomic_write_text
-from ..losses import class_weights, multitask_loss
-from ..models.temporal import TemporalConfig, TemporalModel, predict_sequence, save_temporal
-from ..tasks import TASKS, get_task
-from .engine import check_finite, resolve_config, select_device
-from .optim import param_groups_weight_decay, set_lr, warmup_cosine_lr
-from .state import load_training_state, save_training_state
-from .temporal_data import LabelledVideo, SegmentBatches, load_labelled_videos, select_fold
+from affectmae.config import config_to_dict, save_config
+from affectmae.device import select_device
+from affectmae.errors import AffectMAEError
+from affectmae.features.store import FeatureStore
+from affectmae.io import atomic_write_text
+from affectmae.models.temporal import TemporalConfig, TemporalModel, predict_sequence, save_temporal
+from affectmae.tasks import TASKS, get_task
+from affectmae.training.engine import check_finite, resolve_config
+from affectmae.training.losses import class_weights, multitask_loss
+from affectmae.training.optim import param_groups_weight_decay, set_lr, warmup_cosine_lr
+from affectmae.training.state import load_training_state, save_training_state
+from affectmae.training.temporal_data import LabelledVideo, SegmentBatches, load_labelled_videos, select_fold
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class TrainConfig:
 
 
 def _label_weights(videos: list[LabelledVideo], tasks: list[str], device) -> dict[str, torch.Tensor]:
-    """Per-task :func:`~affectmae.losses.class_weights` from the valid labels of the training videos."""
+    """Per-task :func:`~affectmae.training.losses.class_weights` from the valid labels of the training videos."""
     out = {}
     for task in tasks:
         spec = get_task(task)
@@ -110,7 +111,7 @@ def evaluate_videos(model: TemporalModel, store: FeatureStore, videos: list[Labe
     AU: ``score`` and ``score_at_0.5`` are at threshold 0.5; with ``au_thresholds`` (12,) also
     ``score_tuned_thresholds`` and ``f1_per_au_tuned_thresholds`` at those thresholds (same predictions).
     """
-    from ..metrics import evaluate
+    from affectmae.evaluation.metrics import evaluate
 
     preds: dict[str, list] = {s.name: [] for s in model.specs}
     trues: dict[str, list] = {s.name: [] for s in model.specs}
@@ -146,7 +147,7 @@ def evaluate_videos(model: TemporalModel, store: FeatureStore, videos: list[Labe
 
 
 def _tune_thresholds(cat: dict[str, np.ndarray]) -> list[float] | None:
-    from ..metrics import tune_au_thresholds
+    from affectmae.evaluation.metrics import tune_au_thresholds
 
     if "au" not in cat:
         return None
@@ -173,7 +174,7 @@ def au_thresholds_from(source: str, model: TemporalModel, store: FeatureStore, t
 
 
 def _score_at(cat: dict[str, np.ndarray], thresholds: list[float]) -> dict:
-    from ..metrics import evaluate
+    from affectmae.evaluation.metrics import evaluate
 
     return evaluate("au", cat["au"], cat["au/true"], cat["au/valid"], thresholds=thresholds)
 
@@ -306,7 +307,7 @@ def train_temporal(cfg: TrainConfig) -> dict:
 def train_from_args(config: str | None, overrides: list[str], *, baseline: str | None = None, fold: int | None = None,
                     **settings) -> dict:
     """The CLI entry: config file + ``key=value`` overrides + named settings -> :func:`train_temporal`."""
-    from ..config import load_config, parse_overrides
+    from affectmae.config import load_config, parse_overrides
 
     extra = {k: v for k, v in settings.items() if v is not None}
     if fold is not None:

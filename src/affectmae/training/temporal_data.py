@@ -6,7 +6,7 @@
   split the merged train+validation videos by video (seeded, deterministic); a video is never on both
   sides of a fold.
 - :class:`SegmentBatches` cuts the training videos into windows (``w``/``s``, every frame covered, see
-  :mod:`affectmae.data.segments`) and yields padded batches with per-task label masks.
+  :mod:`affectmae.segments`) and yields padded batches with per-task label masks.
 
 Length check: the features have one row per frame (``affectmae extract`` sizes them to the longest
 annotation of the video). An annotation that is exactly one line shorter or longer than the features is
@@ -24,9 +24,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..errors import AffectMAEError
-from ..features import FeatureStore, NpyRows
-from ..tasks import SPLITS, get_task
+from affectmae.errors import AffectMAEError
+from affectmae.features.store import FeatureStore, NpyRows
+from affectmae.tasks import SPLITS, get_task
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _align(video: str, task: str, source, labels: np.ndarray, valid: np.ndarray,
 
 def load_labelled_videos(store: FeatureStore, annotation_root: str, tasks: list[str]) -> list[LabelledVideo]:
     """Every annotated video of ``tasks`` (both splits), sorted by name, with labels aligned to the features."""
-    from ..data.affwild2 import has_split, load_annotations
+    from affectmae.datasets.affwild2 import has_split, load_annotations
 
     videos: dict[str, LabelledVideo] = {}
     for task in tasks:
@@ -149,7 +149,7 @@ class SegmentBatches:
 
     def __init__(self, store: FeatureStore, videos: list[LabelledVideo], tasks: list[str], window: int, stride: int,
                  batch_size: int):
-        from ..data.segments import make_segments
+        from affectmae.segments import make_segments
 
         if not videos:
             raise AffectMAEError("no training videos")
@@ -171,7 +171,7 @@ class SegmentBatches:
     def _reference(self, i: int) -> np.ndarray:
         """The video's mean feature over frames with a face (person normalisation), computed once."""
         if i not in self._references:
-            from ..models.temporal import person_reference
+            from affectmae.models.temporal import person_reference
 
             feats, pres = self._features(i)
             self._references[i] = person_reference(feats, pres)

@@ -1,6 +1,6 @@
 """``affectmae synth``: a small, learnable, temporal dataset in exactly the Aff-Wild2 layout.
 
-Layout written under ``out`` (read back by :mod:`affectmae.data.affwild2`, the same reader as real data)::
+Layout written under ``out`` (read back by :mod:`affectmae.datasets.affwild2`, the same reader as real data)::
 
     cropped_aligned/<video>/00001.jpg ...      112x112 JPEG frames, 1-based; short runs are absent ("no face")
     annotations/<Challenge>/{Train_Set,Validation_Set}/<video>.txt
@@ -17,8 +17,8 @@ The last two videos are a two-person pair ``<name>_left`` / ``<name>_right`` (sa
 and latents) when ``videos >= 3``. Every video has its own random stream (``default_rng([seed, i])``), so the
 output is a deterministic function of the arguments: the same seed gives byte-identical annotation files.
 
-Generation uses :mod:`affectmae.data.latents` (``sample_trajectory``, ``labels_from_latents``) and
-:mod:`affectmae.data.render` (``render_face``, ``sample_identity``), re-exported here::
+Generation uses :mod:`affectmae.synth.latents` (``sample_trajectory``, ``labels_from_latents``) and
+:mod:`affectmae.synth.cartoon` (``render_face``, ``sample_identity``), re-exported here::
 
     generate_affwild2(out, videos=10, frames=300, seed=0, faces=300, size=112, overwrite=False) -> SynthSummary
     plan_videos(videos, frames, seed) -> list[VideoPlan]        # names, splits, tasks, lengths (no rendering)
@@ -39,10 +39,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import AffectMAEError
-from ..io import atomic_write_bytes, atomic_write_text
-from ..tasks import EXPRESSIONS, SPLITS, TASKS
-from .latents import (
+from affectmae.errors import AffectMAEError
+from affectmae.io import atomic_write_bytes, atomic_write_text
+from affectmae.synth.cartoon import FaceIdentity, render_face, sample_identity
+from affectmae.synth.latents import (
     LATENT_NAMES,
     LATENT_REGION,
     OCCLUSION_LOWER,
@@ -51,7 +51,7 @@ from .latents import (
     labels_from_latents,
     sample_trajectory,
 )
-from .render import FaceIdentity, render_face, sample_identity
+from affectmae.tasks import EXPRESSIONS, SPLITS, TASKS
 
 __all__ = [
     "generate_affwild2", "plan_videos", "VideoPlan", "SynthSummary", "format_annotation",
@@ -202,7 +202,7 @@ class _Faces:
 
     With photographs the people are split once: ``val_fraction`` of them (at least 2) appear only in validation
     videos; training videos and the pretraining ``faces/`` images use the others. Rendering goes through
-    :func:`render_face` or :func:`~affectmae.data.photo_faces.render_photo_face` with the same arguments.
+    :func:`render_face` or :func:`~affectmae.synth.photos.render_photo_face` with the same arguments.
     """
 
     def __init__(self, source: str, seed: int, photos=(), val_fraction: float = 0.25):
@@ -213,7 +213,7 @@ class _Faces:
             return
         if source != "photos":
             raise AffectMAEError(f"unknown synth source {source!r}; choose cartoon or photos")
-        from . import photo_faces
+        from affectmae.synth import photos as photo_faces
 
         paths = photo_faces.find_face_photos(list(photos))
         people = photo_faces.load_photo_people(paths)
@@ -244,7 +244,7 @@ class _Faces:
     def render(self, person, params, rng, size, **nuisances) -> np.ndarray:
         if self.source == "cartoon":
             return render_face(params, rng, size, identity=person, **nuisances)
-        from .photo_faces import render_photo_face
+        from affectmae.synth.photos import render_photo_face
 
         return render_photo_face(person, params, rng, size, **nuisances)
 
@@ -293,7 +293,7 @@ def generate_affwild2(
     ``frames`` is the mean video length (each video has 0.75-1.25 x ``frames`` frames); ``videos`` counts
     annotation stems, the ``_left``/``_right`` pair as two. With ``videos >= 3`` every task has at least two
     train videos and one validation video. ``source="photos"`` animates real face photographs (the packaged
-    ones plus ``photos`` folders/files; :mod:`affectmae.data.photo_faces`) instead of drawing cartoon faces;
+    ones plus ``photos`` folders/files; :mod:`affectmae.synth.photos`) instead of drawing cartoon faces;
     validation videos then show only people who appear in no training video and no ``faces/`` image.
     """
     if videos < 1 or frames < 1 or faces < 0 or size < 16:
@@ -430,8 +430,8 @@ def oracle_scores(root: str | Path, split: str = "val") -> dict[str, dict[str, f
     Labels are read with the ordinary Aff-Wild2 reader; every annotated frame with a valid label counts once,
     including frames whose image is missing. Returns ``{"latent"|"frame"|"temporal": {"va"|"expr"|"au": score}}``.
     """
-    from ..metrics import evaluate
-    from .affwild2 import load_annotations  # imports torch; `affectmae synth` itself does not need it
+    from affectmae.datasets.affwild2 import load_annotations  # imports torch; `affectmae synth` itself does not need it
+    from affectmae.evaluation.metrics import evaluate
 
     root = Path(root)
     scores: dict[str, dict[str, float]] = {kind: {} for kind in ("latent", "frame", "temporal")}

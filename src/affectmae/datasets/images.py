@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import InputFormatError
+from affectmae.errors import InputFormatError
 
 log = logging.getLogger(__name__)
 

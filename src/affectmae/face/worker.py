@@ -3,7 +3,7 @@
 yuface 2023.5.1 leaks about 40 KB of native memory on every ``detect`` call (+58 MB after 1,200 calls,
 +147 MB after 3,750; ``malloc_trim`` does not return it), which an hour of 25 fps video would turn into
 gigabytes. :class:`WorkerDetector` runs the detector in a child process (``python -m
-affectmae.data.detect_worker``, so no user ``__main__`` is re-imported, unlike multiprocessing's spawn) and
+affectmae.face.worker``, so no user ``__main__`` is re-imported, unlike multiprocessing's spawn) and
 starts a fresh child every ``recycle_every`` frames, which bounds the leak at ``recycle_every`` x 40 KB.
 The child also keeps yuface's OpenMP runtime away from PyTorch's.
 
@@ -21,8 +21,8 @@ import sys
 
 import numpy as np
 
-from ..errors import AffectMAEError
-from .faces import YUFACE_MAX_SIDE, Detection, get_detector, resolve_detector
+from affectmae.errors import AffectMAEError
+from affectmae.face.detect import YUFACE_MAX_SIDE, Detection, get_detector, resolve_detector
 
 _REQUEST = struct.Struct("<III")
 _REPLY = struct.Struct("<I")
@@ -50,7 +50,7 @@ class WorkerDetector:
 
     def _start(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-        self._proc = subprocess.Popen([sys.executable, "-m", "affectmae.data.detect_worker", self._args],
+        self._proc = subprocess.Popen([sys.executable, "-m", "affectmae.face.worker", self._args],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self._calls = 0
 

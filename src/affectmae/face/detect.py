@@ -10,7 +10,7 @@ Backends, in the order ``"auto"`` tries them:
 - ``yuface`` (PyPI ``yuface``, BSD-3, libfacedetection compiled in; wheels for Python 3.10/3.11). Its
   OpenMP pool is pinned to one thread when the detector is built: with the default spinning pool it
   competes with PyTorch's threads and runs many times slower.
-- ``mtcnn`` (:mod:`affectmae.data.mtcnn`: the networks in PyTorch, weights from PyPI ``mtcnn``, MIT, pure
+- ``mtcnn`` (:mod:`affectmae.face.mtcnn`: the networks in PyTorch, weights from PyPI ``mtcnn``, MIT, pure
   Python, so every Python 3.10-3.13): the installed default where yuface has no wheel.
 
 ``get_detector("auto")`` picks the first available backend and otherwise raises an
@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import AffectMAEError
+from affectmae.errors import AffectMAEError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class YuFaceDetector:
 
 
 def _mtcnn(**kwargs) -> FaceDetector:
-    from .mtcnn import MTCNNDetector
+    from affectmae.face.mtcnn import MTCNNDetector
 
     return MTCNNDetector(**kwargs)
 

@@ -1,7 +1,7 @@
 """A fast cartoon-but-plausible frontal face renderer (numpy + OpenCV drawing) driven by affect latents.
 
 The face is drawn on a canvas twice the output size with anti-aliased primitives and shrunk with area
-averaging. What each latent (see ``affectmae.data.latents.LATENT_NAMES``) moves:
+averaging. What each latent (see ``affectmae.synth.latents.LATENT_NAMES``) moves:
 
 - brows: AU1 raises the inner ends, AU2 the outer ends, AU4 lowers them, pulls them together, adds furrows;
 - eyes: arousal opens them, AU7 narrows them (lower lid up), AU6 raises the lower lid and the cheeks (blush);
@@ -13,7 +13,7 @@ averaging. What each latent (see ``affectmae.data.latents.LATENT_NAMES``) moves:
 On top: identity (skin, hair, iris, background colours, face proportions), pose (roll, shift, scale),
 lighting (gain and left-right shading), an occluder over the upper or lower face, blur and pixel noise.
 
-Public API (engineer F pastes renders into scene videos)::
+Public API (scene videos paste these renders)::
 
     sample_identity(rng: np.random.Generator) -> FaceIdentity
     render_face(params: (14,) array, rng: np.random.Generator, size: int = 112, *, identity=None,
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .latents import LATENT_NAMES, N_LATENT, OCCLUSION_LOWER, OCCLUSION_UPPER
+from affectmae.synth.latents import LATENT_NAMES, N_LATENT, OCCLUSION_LOWER, OCCLUSION_UPPER
 
 _SS = 2  # supersampling factor
 _SHIFT = 4  # cv2 sub-pixel bits for drawing coordinates

@@ -5,7 +5,7 @@ Every function takes outputs and labels shaped per frame, ``(B, T, ...)``, and a
 frames contribute nothing to the loss or its gradient. The task table (:data:`affectmae.tasks.TASKS`)
 picks the loss by ``TaskSpec.kind``; nothing here is copied per task.
 
-CCC uses population statistics (divide by N), the same definition as :func:`affectmae.metrics.ccc` and
+CCC uses population statistics (divide by N), the same definition as :func:`affectmae.evaluation.metrics.ccc` and
 the official ABAW metric, so the loss ``1 - CCC`` is exactly one minus the score being optimised.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tasks import TASKS, TaskSpec, get_task
+from affectmae.tasks import TASKS, TaskSpec, get_task
 
 
 def masked_ccc(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..data.faces import Detection
+from affectmae.face.detect import Detection
 
 _FORBIDDEN = 1e6
 

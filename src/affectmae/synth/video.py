@@ -1,7 +1,7 @@
 """A synthetic scene video for tests, the demo and benchmarks: rendered faces moving over a background.
 
-Faces come from :func:`affectmae.data.render.render_face`, driven by smooth latent trajectories
-(:func:`affectmae.data.latents.sample_trajectory`), so their expressions change over time like the
+Faces come from :func:`affectmae.synth.cartoon.render_face`, driven by smooth latent trajectories
+(:func:`affectmae.synth.latents.sample_trajectory`), so their expressions change over time like the
 synthetic training data. Each face drifts smoothly around the frame and changes size (``face_size``).
 Optionally a shot cut (new background, faces jump to new places) and a range of frames with no face.
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .latents import sample_trajectory
-from .render import render_face, sample_identity
-from .video import VideoWriter
+from affectmae.media.video import VideoWriter
+from affectmae.synth.cartoon import render_face, sample_identity
+from affectmae.synth.latents import sample_trajectory
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class PhotoSceneVideo:
 def make_photo_scene_video(path: str | Path, people: list, shots: list[tuple[int, tuple[int, ...]]],
                            size: tuple[int, int] = (640, 360), fps: float = 25.0, seed: int = 0,
                            face_size: tuple[int, int] = (120, 160), codec: str | None = None) -> PhotoSceneVideo:
-    """A multi-shot video of real people: faces of :func:`affectmae.data.photo_faces.render_photo_face`
+    """A multi-shot video of real people: faces of :func:`affectmae.synth.photos.render_photo_face`
     (``people``: ``PhotoPerson`` list) with changing expressions, pose and light, pasted over a new
     background in every shot.
 
@@ -160,7 +160,7 @@ def make_photo_scene_video(path: str | Path, people: list, shots: list[tuple[int
     given (so listing them in another order makes them swap sides at the cut). Returns the ground truth:
     ``boxes (T, P, 4)`` per person of ``people``.
     """
-    from .photo_faces import render_photo_face
+    from affectmae.synth.photos import render_photo_face
 
     width, height = size
     rng = np.random.default_rng(seed)

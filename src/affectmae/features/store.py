@@ -38,8 +38,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import AffectMAEError, InputFormatError
-from .io import atomic_path, atomic_write_text
+from affectmae.errors import AffectMAEError, InputFormatError
+from affectmae.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,8 @@ def fill_missing(features: np.ndarray, present: np.ndarray, method: str = "linea
 # ---------------------------------------------------------------------------------------- frame counts
 def annotation_lengths(annotation_root: str | Path) -> dict[str, int]:
     """Longest annotation (number of frames) per video over every task and split found under the root."""
-    from .data.affwild2 import has_split, load_annotations
-    from .tasks import SPLITS, TASKS
+    from affectmae.datasets.affwild2 import has_split, load_annotations
+    from affectmae.tasks import SPLITS, TASKS
 
     lengths: dict[str, int] = {}
     for name in TASKS:
@@ -231,7 +231,7 @@ def annotation_lengths(annotation_root: str | Path) -> dict[str, int]:
 def video_frame_counts(frame_index, annotation_root: str | Path | None = None,
                        videos: list[str] | None = None) -> dict[str, int]:
     """Frames per video: from the annotations when given (union over tasks), else from the frame folders
-    (largest frame number). ``frame_index`` is a :class:`affectmae.data.affwild2.FrameIndex`."""
+    (largest frame number). ``frame_index`` is a :class:`affectmae.datasets.affwild2.FrameIndex`."""
     counts: dict[str, int] = {}
     if annotation_root:
         counts = annotation_lengths(annotation_root)
@@ -257,7 +257,7 @@ def _decode_batch(frame_index, video: str, ks: list[int], present: np.ndarray, s
     """Decode frames ``ks`` that exist; returns (uint8 (B, size, size, 3), decoded ks, corrupt count)."""
     from PIL import Image
 
-    from .data.images import load_rgb
+    from affectmae.datasets.images import load_rgb
 
     images, done, corrupt = [], [], 0
     for k in ks:
@@ -371,7 +371,7 @@ def quantize_encoder(encoder, mode: str):
         return encoder
     if mode != "int8":
         raise AffectMAEError(f"unknown quantize mode {mode!r}; choose one of {', '.join(QUANTIZE_MODES)}")
-    from .models.fast_linear import use_fast_linear
+    from affectmae.models.fast_linear import use_fast_linear
 
     plain = use_fast_linear(copy.deepcopy(encoder), enabled=False)  # the quantiser maps plain nn.Linear only
     return torch.ao.quantization.quantize_dynamic(plain, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
@@ -387,9 +387,9 @@ def extract_features(cfg: ExtractConfig) -> dict:
     import torch
     from tqdm import tqdm
 
-    from .data.affwild2 import FrameIndex
-    from .models.baseline_encoders import build_extract_encoder
-    from .models.vit import preprocess_frames
+    from affectmae.datasets.affwild2 import FrameIndex
+    from affectmae.models.baseline_encoders import build_extract_encoder
+    from affectmae.models.vit import preprocess_frames
 
     if cfg.missing not in MISSING_METHODS:
         raise AffectMAEError(f"unknown missing-frame method {cfg.missing!r}; choose one of {', '.join(MISSING_METHODS)}")
@@ -399,8 +399,9 @@ def extract_features(cfg: ExtractConfig) -> dict:
         torch.set_num_threads(cfg.torch_threads)
     frame_index = FrameIndex(cfg.frames)
     counts = video_frame_counts(frame_index, cfg.annotations or None, list(cfg.videos) if cfg.videos else None)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    from affectmae.device import select_device
+
+    device = select_device(cfg.device)
     if cfg.quantize not in QUANTIZE_MODES:
         raise AffectMAEError(f"unknown quantize mode {cfg.quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     if cfg.quantize != "none":

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import AffectMAEError
+from affectmae.errors import AffectMAEError
 
 WEIGHTINGS = ("mean", "center")
 

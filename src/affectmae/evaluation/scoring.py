@@ -2,7 +2,7 @@
 
 Every frame with a valid label must have a prediction row; rows for other frames (no label, invalid
 label, a video without an annotation file, past the end of the annotations) are ignored and counted.
-The metric is the official one from :mod:`affectmae.metrics`, computed once over all scored frames of
+The metric is the official one from :mod:`affectmae.evaluation.metrics`, computed once over all scored frames of
 all videos together (not per video, not per segment).
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data.affwild2 import read_annotation_file
-from .errors import AffectMAEError
-from .metrics import evaluate
-from .submission import image_location, read_submission
-from .tasks import SPLITS, get_task
+from affectmae.datasets.affwild2 import read_annotation_file
+from affectmae.errors import AffectMAEError
+from affectmae.evaluation.metrics import evaluate
+from affectmae.evaluation.submission import image_location, read_submission
+from affectmae.tasks import SPLITS, get_task
 
 log = logging.getLogger(__name__)
 

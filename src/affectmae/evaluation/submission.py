@@ -20,9 +20,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from .errors import AffectMAEError, InputFormatError
-from .io import atomic_path
-from .tasks import TASKS, TaskSpec, get_task
+from affectmae.errors import AffectMAEError, InputFormatError
+from affectmae.io import atomic_path
+from affectmae.tasks import TASKS, TaskSpec, get_task
 
 LOCATION = re.compile(r"^(?P<video>.+)/(?P<number>\d{5,})\.jpg$")
 VA_FORMAT = "%.6f"

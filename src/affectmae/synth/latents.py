@@ -13,7 +13,7 @@ Labels are a deterministic function of the latent (``labels_from_latents``):
   (fear = AU1+AU4+AU25/26 with arousal; sadness = AU1+AU4+AU15; anger = AU4+AU7+AU23/24; disgust = AU10;
   happiness = AU6+AU12; surprise = AU1+AU2+AU25/26 without AU4; neutral = nothing active; else Other).
 
-Public API (engineer F reuses it for scene videos)::
+Public API (also used for scene videos)::
 
     sample_trajectory(n_frames: int, rng: np.random.Generator, *, obs_noise: float = 0.06,
                       occlusion_rate: float = 0.01, blur_rate: float = 0.008) -> Trajectory
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..tasks import ACTION_UNITS, EXPRESSIONS
+from affectmae.tasks import ACTION_UNITS, EXPRESSIONS
 
 LATENT_NAMES = ("valence", "arousal") + ACTION_UNITS
 N_LATENT = len(LATENT_NAMES)

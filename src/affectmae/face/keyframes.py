@@ -24,8 +24,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..data.faces import Detection
-from .tracking import box_iou
+from affectmae.face.detect import Detection
+from affectmae.face.tracking import box_iou
 
 PATCH_SIDE = 160  # patches are downscaled to at most this many pixels per side
 CONTEXT = 2.0  # patch side / face box side

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import av
 import numpy as np
 
-from ..errors import AffectMAEError, InputFormatError
+from affectmae.errors import AffectMAEError, InputFormatError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ aligned once to a canonical canvas (:data:`CANVAS` px, the 112-px five-point tem
    opening is painted dark with upper teeth;
 2. **nuisances**: an occluder over the upper or lower face (drawn on the face, so it moves with it), the
    head pose (roll, shift, scale) applied in the final crop, lighting (gain, left-right shading), blur and
-   pixel noise (:func:`affectmae.data.render.finish_image`, shared with the cartoon renderer).
+   pixel noise (:func:`affectmae.synth.cartoon.finish_image`, shared with the cartoon renderer).
 
 The displacements are a few pixels at 112 px, like real facial actions in Aff-Wild2's aligned crops; the
 photo's own expression stays underneath (many photos smile), which is realistic identity noise.
@@ -40,9 +40,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import AffectMAEError
-from .latents import LATENT_NAMES, N_LATENT, OCCLUSION_LOWER, OCCLUSION_UPPER
-from .render import finish_image
+from affectmae.errors import AffectMAEError
+from affectmae.synth.cartoon import finish_image
+from affectmae.synth.latents import LATENT_NAMES, N_LATENT, OCCLUSION_LOWER, OCCLUSION_UPPER
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _read_rgb(path: Path) -> np.ndarray | None:
 
 def canvas_template() -> np.ndarray:
     """(5, 2) landmark positions on the canonical canvas."""
-    from ..inference.align import face_template  # the same 5-point template as `analyze`
+    from affectmae.face.align import face_template  # the same 5-point template as `analyze`
 
     return face_template(CANVAS, CANVAS_MARGIN)
 
@@ -122,10 +122,10 @@ def canvas_template() -> np.ndarray:
 def load_photo_people(paths: list[Path], detector=None, min_score: float = MIN_SCORE,
                       min_face: float = MIN_FACE) -> list[PhotoPerson]:
     """Detect every face in ``paths`` and align it to the canvas; returns people sorted by ``key``."""
-    from ..inference.align import similarity_transform
+    from affectmae.face.align import similarity_transform
 
     if detector is None:
-        from .faces import get_detector
+        from affectmae.face.detect import get_detector
 
         detector = get_detector("auto", min_score=min_score)
     dst = canvas_template()
@@ -338,7 +338,7 @@ def _grid() -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=8)
 def _crop_matrix(size: int) -> np.ndarray:
     """(3, 3) canvas -> the ``size`` crop with the template at OUTPUT_MARGIN (the same for every frame)."""
-    from ..inference.align import face_template, similarity_transform
+    from affectmae.face.align import face_template, similarity_transform
 
     return np.vstack([similarity_transform(canvas_template(), face_template(size, OUTPUT_MARGIN)), [0, 0, 1]])
 

@@ -14,7 +14,7 @@ Public API::
     FER2013(csv, usage=None), FERPlus(ferplus_csv, fer2013_csv, usage=None)       # in data/fer2013.py
 
 Every source yields ``(image, label)``: an RGB PIL image (or ``transform(image)``) and an int label in
-the Aff-Wild2 expression order (-1: none); a corrupt image yields ``None`` (see data/images.py).
+the Aff-Wild2 expression order (-1: none); a corrupt image yields ``None`` (see datasets/images.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import ConcatDataset
 
-from ..errors import AffectMAEError, InputFormatError
-from .face_base import FaceImages
-from .fer2013 import FER2013, FERPlus, csv_rows, open_csv_with_header
-from .images import IMAGE_EXTENSIONS, open_rgb
+from affectmae.datasets.face_base import FaceImages
+from affectmae.datasets.fer2013 import FER2013, FERPlus, csv_rows, open_csv_with_header
+from affectmae.datasets.images import IMAGE_EXTENSIONS, open_rgb
+from affectmae.errors import AffectMAEError, InputFormatError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from ..errors import AffectMAEError, InputFormatError
-from .face_base import FaceImages
+from affectmae.datasets.face_base import FaceImages
+from affectmae.errors import AffectMAEError, InputFormatError
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import AffectMAEError
-from .tasks import TASKS, TaskSpec, get_task
+from affectmae.errors import AffectMAEError
+from affectmae.tasks import TASKS, TaskSpec, get_task
 
 
 def _array(x: Any, name: str) -> np.ndarray:

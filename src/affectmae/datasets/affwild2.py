@@ -40,9 +40,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..errors import AffectMAEError, InputFormatError
-from ..tasks import SPLITS, TASKS, TaskSpec, get_task
-from .images import SkipCounter, open_rgb
+from affectmae.datasets.images import SkipCounter, open_rgb
+from affectmae.errors import AffectMAEError, InputFormatError
+from affectmae.tasks import SPLITS, TASKS, TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ class AffWild2Frames(Dataset):
 
     Items are ``(image, label)``: ``image`` is an RGB PIL image, or ``transform(image)``; ``label`` is
     int64 () for EXPR, float32 (12,) for AU, float32 (2,) for VA. A corrupt image gives ``None`` when
-    ``skip_corrupt`` (use :func:`affectmae.data.images.collate_skip_corrupt`), else InputFormatError.
+    ``skip_corrupt`` (use :func:`affectmae.datasets.images.collate_skip_corrupt`), else InputFormatError.
 
     ``summary`` counts: videos, annotated_frames, invalid_label, missing_image (valid label, no image),
     videos_without_frames, usable. ``frame_stride > 1`` keeps every n-th usable frame of each video

@@ -3,7 +3,7 @@
 Items are ``(image, label)``: ``image`` an RGB PIL image (or ``transform(image)``), ``label`` an int in the
 Aff-Wild2 expression order (:data:`affectmae.tasks.EXPRESSIONS`) or -1 when the source has none. A file
 that cannot be decoded gives ``None`` (counted in ``skipped``) when ``skip_corrupt``, else raises
-InputFormatError; batch with :func:`affectmae.data.images.collate_skip_corrupt`.
+InputFormatError; batch with :func:`affectmae.datasets.images.collate_skip_corrupt`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import InputFormatError
-from .images import SkipCounter, open_rgb
+from affectmae.datasets.images import SkipCounter, open_rgb
+from affectmae.errors import InputFormatError
 
 
 class FaceImages(Dataset):

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torchvision.ops import nms
 
-from ..errors import AffectMAEError
-from .faces import Detection
+from affectmae.errors import AffectMAEError
+from affectmae.face.detect import Detection
 
 THRESHOLDS = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net face probability
 SCALE_STEP = 0.709  # image pyramid factor (area halves every two levels)

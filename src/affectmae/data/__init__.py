@@ -1,1 +1,0 @@
-"""Dataset readers: Aff-Wild2 annotations and frames, face-image collections, synthetic data, segments, video."""

@@ -1,0 +1,1 @@
+"""The official ABAW metrics, submission files and scoring."""

@@ -1,0 +1,1 @@
+"""Finding, aligning and following faces: detectors, 5-point alignment, key-frame detection, tracking and re-identification."""

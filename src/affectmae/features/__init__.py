@@ -1,0 +1,1 @@
+"""Per-frame encoder features: the on-disk store and the extraction job that fills it."""
