@@ -60,7 +60,7 @@ def test_cuda_without_a_gpu_fails_every_stage_and_exits_1(capsys, tmp_path):
     assert status == 1
     assert list(stages) == STAGES
     assert stages["env"][0] == "FAIL"
-    assert stages["env"][-1] == "AffectMAEError: device 'cuda' requested but CUDA is not available"
+    assert stages["env"][-1] == "AffectMAEError: device 'cuda' requested but CUDA is not available; use --device cpu"
     assert stages["synth"][-1] == "not run: needs env"
     assert stages["analyze"][-1] == "not run: needs finetune, train"
     assert all(v[0] == "FAIL" for v in stages.values())
