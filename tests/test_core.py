@@ -185,3 +185,26 @@ def test_cli_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == "affectmae 0.1.0"
+
+
+def test_renamed_setting_still_loads_with_a_warning(tmp_path, caplog):
+    import dataclasses
+    import logging
+    from typing import ClassVar
+
+    from affectmae.config import load_config
+
+    @dataclasses.dataclass
+    class Cfg:
+        RENAMED: ClassVar[dict[str, str]] = {"out_dir": "out"}
+        out: str = ""
+        lr: float = 0.1
+
+    yaml_file = tmp_path / "old.yaml"
+    yaml_file.write_text("out_dir: runs/a\nlr: 0.5\n")
+    with caplog.at_level(logging.WARNING, logger="affectmae.config"):
+        cfg = load_config(Cfg, yaml_file, ["lr=0.25"])
+    assert cfg == Cfg(out="runs/a", lr=0.25)
+    assert caplog.messages == [f"{yaml_file}: setting 'out_dir' is now called 'out'"]
+    with pytest.raises(AffectMAEError, match="unknown setting 'outdir'"):
+        load_config(Cfg, None, ["outdir=x"])

@@ -2,12 +2,15 @@
 
 Every stage has its own dataclass (defined next to the stage). ``load_config`` merges the layers and
 checks every key and type, so a typo in a YAML file or an override fails with the file and key named.
-The merged config is written into each run folder with ``save_config``.
+The merged config is written into each run folder with ``save_config``. A dataclass may map old setting
+names to new ones in a ``RENAMED`` class attribute (``{"out_dir": "out"}``): an old name still works,
+with a warning, so YAML files and run folders written before a rename keep loading.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from pathlib import Path
@@ -18,6 +21,7 @@ import yaml
 from affectmae.errors import AffectMAEError, InputFormatError
 
 C = TypeVar("C")
+log = logging.getLogger(__name__)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -64,9 +68,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 def _apply(cfg: Any, updates: dict[str, Any], source: str) -> Any:
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
+    renamed = getattr(type(cfg), "RENAMED", {})
     changes = {}
     for key, value in updates.items():
         head, _, rest = key.partition(".")
+        if head in renamed and head not in names:
+            log.warning("%s: setting %r is now called %r", source, head, renamed[head])
+            head = renamed[head]
         if head not in names:
             raise AffectMAEError(
                 f"{source}: unknown setting {key!r} for {type(cfg).__name__}; known: {', '.join(sorted(names))}"
