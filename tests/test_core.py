@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -188,12 +190,6 @@ def test_cli_version(capsys):
 
 
 def test_renamed_setting_still_loads_with_a_warning(tmp_path, caplog):
-    import dataclasses
-    import logging
-    from typing import ClassVar
-
-    from affectmae.config import load_config
-
     @dataclasses.dataclass
     class Cfg:
         RENAMED: ClassVar[dict[str, str]] = {"out_dir": "out"}
