@@ -137,3 +137,28 @@ def save_config(cfg: Any, path: str | Path) -> None:
     from affectmae.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def resolve_config(path_or_name: str | Path | None) -> Path | None:
+    """A config file path, or the name of a packaged config (``pretrain_tiny`` / ``pretrain_tiny.yaml``)."""
+    if path_or_name is None:
+        return None
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    packaged = Path(__file__).resolve().parent / "configs"
+    for candidate in (packaged / path.name, packaged / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(p.stem for p in packaged.glob("*.yaml")))
+    raise AffectMAEError(f"config file not found: {path_or_name} (packaged configs: {known})")
+
+
+def build_config(cls: type[C], config: str | Path | None = None, overrides: list[str] | dict | None = None,
+                 **explicit: Any) -> C:
+    """The one entry-point rule of every stage: defaults, then the config file (a path or a packaged name), then
+    ``key=value`` overrides, then the named arguments that are not None (the CLI's own flags)."""
+    updates = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
+    updates.update({k: v for k, v in explicit.items() if v is not None})
+    return load_config(cls, resolve_config(config), updates)
+

@@ -30,7 +30,8 @@ from typing import Any, Iterable
 import torch
 from tqdm import tqdm
 
-from affectmae.errors import AffectMAEError, TrainingDivergedError
+from affectmae.config import resolve_config  # noqa: F401  (re-exported until callers move)
+from affectmae.errors import TrainingDivergedError
 from affectmae.io import atomic_write_text
 from affectmae.training.state import save_training_state
 
@@ -43,21 +44,6 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabl
     """tqdm progress bar over ``iterable`` (disabled on non-main processes or with ``enabled=False``);
     ``bar.set_postfix(loss=...)`` shows running values."""
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
-
-
-def resolve_config(path_or_name: str | Path | None) -> Path | None:
-    """A config file path, or the name of a packaged config (``pretrain_tiny`` / ``pretrain_tiny.yaml``)."""
-    if path_or_name is None:
-        return None
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    packaged = Path(__file__).resolve().parent.parent / "configs"
-    for candidate in (packaged / path.name, packaged / f"{path.name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    known = ", ".join(sorted(p.stem for p in packaged.glob("*.yaml")))
-    raise AffectMAEError(f"config file not found: {path_or_name} (packaged configs: {known})")
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
