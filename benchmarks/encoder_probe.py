@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from affectmae.datasets.affwild2 import load_annotations
+from affectmae.datasets.annotations import load_annotations
 from affectmae.evaluation.metrics import evaluate
 from affectmae.features.store import FeatureStore
 from affectmae.models.temporal import person_reference

@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from affectmae.datasets.affwild2 import (
-    AffWild2Frames,
-    FrameIndex,
+from affectmae.datasets.affwild2 import AffWild2Frames, FrameIndex
+from affectmae.datasets.annotations import (
     base_video_name,
     find_split_dir,
     has_split,

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from affectmae.cli import main
-from affectmae.datasets.affwild2 import FrameIndex, load_annotations, read_annotation_file
+from affectmae.datasets.affwild2 import FrameIndex
+from affectmae.datasets.annotations import load_annotations, read_annotation_file
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate, expr_metrics
 from affectmae.synth.cartoon import render_face

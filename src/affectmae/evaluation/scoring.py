@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from affectmae.datasets.affwild2 import read_annotation_file
+from affectmae.datasets.annotations import read_annotation_file
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
 from affectmae.evaluation.submission import image_location, read_submission

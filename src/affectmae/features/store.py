@@ -212,7 +212,7 @@ def fill_missing(features: np.ndarray, present: np.ndarray, method: str = "linea
 # ---------------------------------------------------------------------------------------- frame counts
 def annotation_lengths(annotation_root: str | Path) -> dict[str, int]:
     """Longest annotation (number of frames) per video over every task and split found under the root."""
-    from affectmae.datasets.affwild2 import has_split, load_annotations
+    from affectmae.datasets.annotations import has_split, load_annotations
     from affectmae.tasks import SPLITS, TASKS
 
     lengths: dict[str, int] = {}

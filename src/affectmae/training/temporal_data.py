@@ -68,7 +68,7 @@ def _align(video: str, task: str, source, labels: np.ndarray, valid: np.ndarray,
 
 def load_labelled_videos(store: FeatureStore, annotation_root: str, tasks: list[str]) -> list[LabelledVideo]:
     """Every annotated video of ``tasks`` (both splits), sorted by name, with labels aligned to the features."""
-    from affectmae.datasets.affwild2 import has_split, load_annotations
+    from affectmae.datasets.annotations import has_split, load_annotations
 
     videos: dict[str, LabelledVideo] = {}
     for task in tasks:
