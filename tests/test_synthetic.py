@@ -20,7 +20,7 @@ from affectmae.datasets.annotations import load_annotations, read_annotation_fil
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate, expr_metrics
 from affectmae.synth.cartoon import render_face
-from affectmae.synth.dataset import generate_affwild2, oracle_predictions, oracle_scores, plan_videos
+from affectmae.synth.dataset import generate_affwild2, run_synth
 from affectmae.synth.latents import (
     LATENT_NAMES,
     PROTOTYPES,
@@ -28,6 +28,8 @@ from affectmae.synth.latents import (
     labels_from_latents,
     sample_trajectory,
 )
+from affectmae.synth.oracle import oracle_predictions, oracle_scores
+from affectmae.synth.plan import plan_videos
 from affectmae.tasks import EXPRESSIONS, SPLITS, TASKS
 
 HEADERS = {
@@ -292,8 +294,33 @@ def test_cli_synth_end_to_end(tmp_path, capsys):
     assert len(list((out / "faces").iterdir())) == 1
 
 
+def test_cli_synth_config_file_and_overrides(tmp_path, capsys):
+    config = tmp_path / "synth.yaml"
+    config.write_text(f"out: {tmp_path / 'from_config'}\nvideos: 3\nframes: 40\nfaces: 2\nseed: 9\n")
+    assert main(["synth", "--config", str(config), "frames=30", "seed=4"]) == 0
+    assert "wrote 3 videos" in capsys.readouterr().out
+    info = json.loads((tmp_path / "from_config" / "synth_info.json").read_text())
+    assert info["parameters"] == {"videos": 3, "frames": 30, "seed": 4, "faces": 2, "size": 112, "source": "cartoon",
+                                  "photos": []}
+    # OUT and a flag beat the config file; the dataset equals the one generate_affwild2 writes with those settings
+    assert main(["synth", "--config", str(config), "--seed", "6", str(tmp_path / "flags"), "faces=1"]) == 0
+    generate_affwild2(tmp_path / "direct", videos=3, frames=40, seed=6, faces=1)
+    for rel in [p.relative_to(tmp_path / "direct") for p in _annotation_files(tmp_path / "direct")]:
+        assert (tmp_path / "flags" / rel).read_bytes() == (tmp_path / "direct" / rel).read_bytes()
+    capsys.readouterr()
+    assert main(["synth", str(tmp_path / "bad"), "vidoes=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("affectmae synth: error: command line: unknown setting 'vidoes' for SynthConfig; known: ")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(AffectMAEError, match="synth needs an output folder"):
+        run_synth(overrides=["videos=2"])
+    summary = run_synth(None, {"videos": "1", "frames": "8"}, out=str(tmp_path / "api"), faces=0)
+    assert (summary.videos, summary.frames, summary.faces) == (["synth001"], plan_videos(1, 8, 0)[0].n_frames, 0)
+
+
 def test_yuface_finds_rendered_faces_in_a_scene():
-    """Faces rendered at 160-200 px and pasted into 640x360 scenes are found by yuface (engineer F's detector)."""
+    """Faces rendered at 160-200 px and pasted into 640x360 scenes are found by yuface (the default face detector)."""
     pytest.importorskip("yuface")
     script = textwrap.dedent(
         """

