@@ -75,7 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     frames = args.frames or (128 if args.quick else 640)
 
-    from affectmae.features.store import ExtractConfig, FeatureStore, extract_features, quantize_encoder
+    from affectmae.features.extract import ExtractConfig, extract_features, quantize_encoder
+    from affectmae.features.store import FeatureStore
     from affectmae.models.vit import build_encoder, preprocess_frames, save_encoder
 
     torch.manual_seed(0)

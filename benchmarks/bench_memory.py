@@ -24,7 +24,7 @@ import json, sys
 from pathlib import Path
 stage, root = sys.argv[1], Path(sys.argv[2])
 if stage == "extract":
-    from affectmae.features.store import ExtractConfig, extract_features
+    from affectmae.features.extract import ExtractConfig, extract_features
     s = extract_features(ExtractConfig(encoder=str(root / "enc.safetensors"), frames=str(root / "frames"),
                                        out=str(root / "feats"), batch_size=64))
     n = s["frames"]

@@ -246,7 +246,7 @@ def ddp_worker(args) -> None:
 
 
 def stage_extract(args, out: Path, smoke: Smoke) -> tuple[str, str]:
-    from affectmae.features.store import ExtractConfig, extract_features
+    from affectmae.features.extract import ExtractConfig, extract_features
 
     summary = extract_features(ExtractConfig(
         encoder=str(smoke.outputs["encoder"]), frames=str(out / "data" / "cropped_aligned"), out=str(out / "features"),

@@ -128,7 +128,7 @@ def test_backend_from_the_environment(backend, monkeypatch):
 
 
 def test_int8_quantisation_still_sees_plain_linear_layers():
-    from affectmae.features.store import quantize_encoder
+    from affectmae.features.extract import quantize_encoder
 
     torch.manual_seed(0)
     encoder = build_encoder("tiny", 32, depth=2).eval()

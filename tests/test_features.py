@@ -11,7 +11,8 @@ from PIL import Image
 
 from affectmae.cli import main
 from affectmae.errors import AffectMAEError
-from affectmae.features.store import ExtractConfig, FeatureStore, extract_features, fill_missing
+from affectmae.features.extract import ExtractConfig, extract_features
+from affectmae.features.store import FeatureStore, fill_missing
 from affectmae.models.vit import build_encoder, load_encoder, preprocess_frames, save_encoder
 
 
@@ -160,3 +161,30 @@ def test_int8_extract_is_close_to_fp32_and_not_mixed_with_it(tmp_path, encoder_p
     with pytest.raises(AffectMAEError, match="already holds features of another encoder .*quantize int8"):
         extract_features(ExtractConfig(encoder=str(encoder_path), frames=str(tmp_path / "cropped_aligned"),
                                        out=str(tmp_path / "int8"), annotations=str(tmp_path)))
+
+
+def test_extract_config_file_override_and_unknown_key(tmp_path, encoder_path, capsys):
+    import yaml
+
+    _write_dataset(tmp_path, {"c1": 5}, missing={("c1", 2)})
+    config = tmp_path / "extract.yaml"
+    config.write_text(yaml.safe_dump({"encoder": str(encoder_path), "frames": str(tmp_path / "cropped_aligned"),
+                                      "annotations": str(tmp_path), "missing": "zero", "batch_size": 2,
+                                      "torch_threads": torch.get_num_threads()}))  # the old name of `threads`
+    out = tmp_path / "feats"
+    assert main(["extract", "--config", str(config), "-o", str(out), "missing=nearest"]) == 0
+    feats, present = FeatureStore(out).load("c1")
+    assert present.tolist() == [True, True, False, True, True]
+    np.testing.assert_array_equal(feats[2], feats[1])  # nearest (the override), not zeros (the file)
+    assert json.loads((out / "features.json").read_text())["missing"] == "nearest"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["missing"], saved["batch_size"], saved["out"]) == ("nearest", 2, str(out))
+    assert saved["threads"] == torch.get_num_threads()
+    assert "torch_threads" not in saved
+    capsys.readouterr()
+    assert main(["extract", "--config", str(config), "-o", str(tmp_path / "f2"), "batchsize=4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["affectmae extract: error: command line: unknown setting 'batchsize' for ExtractConfig; known: "
+                   "annotations, batch_size, decode_threads, device, encoder, frames, missing, out, quantize, seed, "
+                   "threads, videos"]
+    assert not (tmp_path / "f2").exists()

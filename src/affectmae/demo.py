@@ -32,7 +32,7 @@ from pathlib import Path
 from affectmae.config import load_config
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.scoring import score_submission
-from affectmae.features.store import ExtractConfig, extract_features
+from affectmae.features.extract import ExtractConfig, extract_features
 from affectmae.inference.model import export_model_dir
 from affectmae.inference.pipeline import analyze_video
 from affectmae.inference.predict import PredictConfig, predict_submissions

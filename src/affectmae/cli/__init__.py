@@ -4,6 +4,8 @@ library function.
 Subcommands live in ``affectmae/cli/cmd_<name>.py``; each module defines ``register(subparsers)`` which
 adds its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an
 exit code or None). Modules are discovered automatically, so adding a stage never edits this file.
+A stage's subcommand takes ``--config FILE`` and ``key=value`` settings (:func:`add_config_arguments`) and
+calls the stage's ``run_<stage>(config, overrides, **flags)`` once.
 """
 
 from __future__ import annotations
@@ -13,12 +15,31 @@ import importlib
 import logging
 import os
 import pkgutil
+import re
 import sys
 
 from affectmae import __version__
 from affectmae.errors import AffectMAEError
 
 log = logging.getLogger("affectmae")
+
+_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: str, overrides: bool = True) -> None:
+    """``--config FILE`` and, with ``overrides``, trailing ``key=value`` settings of ``config_class``."""
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help=f"YAML file (or packaged config name) of {config_class} settings; flags and key=value "
+                             "settings override it")
+    if overrides:
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"any {config_class} setting")
+
+
+def split_settings(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """Positional ``tokens`` -> (plain arguments, ``key=value`` settings); a token naming an existing path is
+    always a plain argument, so a file called ``a=b.mp4`` is still an input."""
+    settings = [t for t in tokens if _SETTING.match(t) and not os.path.exists(t)]
+    return [t for t in tokens if t not in settings], settings
 
 
 def build_parser() -> argparse.ArgumentParser:

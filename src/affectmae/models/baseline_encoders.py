@@ -8,7 +8,7 @@
   freshly initialised weights (``seed``). The "randomly initialised encoder" row.
 
 Both expose ``forward_features(x) -> {"pooled": (B, D), ...}``, ``embed_dim`` and ``arch["img_size"]``,
-so :func:`affectmae.features.store.extract_features` runs them through the same code path as a trained encoder.
+so :func:`affectmae.features.extract.extract_features` runs them through the same code path as a trained encoder.
 """
 
 from __future__ import annotations

@@ -1,0 +1,186 @@
+"""The extraction job (``affectmae extract``): an encoder over every frame of every video, into a feature store.
+
+    summary = run_extract("extract.yaml", ["batch_size=64"], out="FEATURES")   # CLI: affectmae extract
+    summary = extract_features(ExtractConfig(encoder=..., frames=..., out=...))
+
+Frames come from :mod:`affectmae.features.frames` (frame counts, decoding); the features go into the
+layout of :mod:`affectmae.features.store`, one video at a time, so an interrupted run resumes where it
+stopped (finished videos are skipped). The merged config is saved as ``FEATURES/config.yaml``.
+
+``encoder`` names a checkpoint (ours, reference-MAE ``.pth`` or timm) or a baseline of the ablation table
+(``pixels[:S]``, ``random:<checkpoint>``; :mod:`affectmae.models.baseline_encoders`), all through this
+same code path. ``quantize="int8"`` runs the encoder with dynamically quantised Linear layers on the CPU
+(speed and fidelity in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from affectmae.config import build_config, save_config
+from affectmae.errors import AffectMAEError
+from affectmae.features.frames import iter_decoded, video_frame_counts
+from affectmae.features.store import (
+    FEATURES_FORMAT,
+    FEATURES_VERSION,
+    MISSING_METHODS,
+    write_features_meta,
+    write_video_features,
+)
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("none", "int8")
+
+
+@dataclass
+class ExtractConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"torch_threads": "threads"}
+
+    encoder: str = ""  # encoder checkpoint (ours, reference MAE .pth, timm), or pixels[:S] / random:<checkpoint>
+    seed: int = 0  # weights of a random:<checkpoint> encoder (models/baseline_encoders.py)
+    frames: str = ""  # cropped_aligned/ root: <frames>/<video>/00001.jpg
+    out: str = ""  # features folder
+    annotations: str = ""  # optional Aff-Wild2 annotation root (frame counts); "" = count from the frame folders
+    videos: list[str] | None = None  # optional subset of videos
+    batch_size: int = 32
+    decode_threads: int = -1  # -1 auto: 0 on CPU (decode between batches), 2 on GPU (decode ahead); see iter_decoded
+    missing: str = "linear"  # linear | nearest | zero
+    threads: int = 0  # torch threads; 0 = torch default
+    device: str = "auto"  # auto = cuda when available, else cpu
+    quantize: str = "none"  # none | int8: dynamic int8 Linear layers (CPU only; see docs/benchmarks.md)
+
+
+def quantize_encoder(encoder, mode: str):
+    """``mode="int8"``: the encoder with its Linear layers dynamically quantised to int8 (CPU only).
+
+    ``benchmarks/bench_extract.py`` reports the speed-up and the cosine similarity to fp32 features.
+    """
+    import torch
+
+    if mode == "none":
+        return encoder
+    if mode != "int8":
+        raise AffectMAEError(f"unknown quantize mode {mode!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    from affectmae.models.fast_linear import use_fast_linear
+
+    plain = use_fast_linear(copy.deepcopy(encoder), enabled=False)  # the quantiser maps plain nn.Linear only
+    return torch.ao.quantization.quantize_dynamic(plain, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def _check_settings(cfg: ExtractConfig) -> None:
+    if cfg.missing not in MISSING_METHODS:
+        raise AffectMAEError(f"unknown missing-frame method {cfg.missing!r}; choose one of {', '.join(MISSING_METHODS)}")
+    if not cfg.encoder or not cfg.frames or not cfg.out:
+        raise AffectMAEError("extract needs an encoder checkpoint, a frames folder and an output folder")
+
+
+def load_extract_encoder(cfg: ExtractConfig, device):
+    """The encoder ``cfg`` names, in eval mode on ``device`` (quantised when asked); returns
+    ``(encoder, identifier, metadata)`` as :func:`affectmae.models.baseline_encoders.build_extract_encoder`."""
+    from affectmae.models.baseline_encoders import build_extract_encoder
+
+    if cfg.quantize not in QUANTIZE_MODES:
+        raise AffectMAEError(f"unknown quantize mode {cfg.quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if cfg.quantize != "none":
+        if device.type != "cpu":
+            raise AffectMAEError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
+    built, enc_id, enc_meta = build_extract_encoder(cfg.encoder, cfg.seed)
+    return quantize_encoder(built.eval().to(device), cfg.quantize), enc_id, enc_meta
+
+
+def _frame_encoder(encoder, device, size: int):
+    """uint8 images (B, S, S, 3) -> pooled features (B, D) float32 numpy."""
+    import torch
+
+    from affectmae.models.vit import preprocess_frames
+
+    @torch.inference_mode()
+    def encode(images: np.ndarray) -> np.ndarray:
+        x = preprocess_frames(images, size).to(device)
+        return encoder.forward_features(x)["pooled"].float().cpu().numpy()
+
+    return encode
+
+
+def extract_features(cfg: ExtractConfig) -> dict:
+    """Run the encoder over every frame of every video; resumable (finished videos are skipped).
+
+    Returns a summary: videos done/skipped, frames, missing and corrupt frame counts, frames/s.
+    """
+    import torch
+
+    from affectmae.datasets.affwild2 import FrameIndex
+    from affectmae.device import select_device
+
+    _check_settings(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    frame_index = FrameIndex(cfg.frames)
+    counts = video_frame_counts(frame_index, cfg.annotations or None, list(cfg.videos) if cfg.videos else None)
+    device = select_device(cfg.device)
+    encoder, enc_id, enc_meta = load_extract_encoder(cfg, device)
+    decode_threads = cfg.decode_threads if cfg.decode_threads >= 0 else (0 if device.type == "cpu" else 2)
+    dim = int(encoder.embed_dim)
+    size = int(encoder.arch["img_size"])
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    write_features_meta(root, {
+        "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "encoder": enc_id, "encoder_meta": enc_meta,
+        "dim": dim, "dtype": "float16", "img_size": size, "missing": cfg.missing, "quantize": cfg.quantize,
+        "mask": "present: True where the frame image existed and decoded"})
+    save_config(cfg, root / "config.yaml")
+    encode = _frame_encoder(encoder, device, size)
+    return _extract_videos(cfg, frame_index, counts, root, dim, size, encode, decode_threads)
+
+
+def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], root: Path, dim: int, size: int,
+                    encode, decode_threads: int) -> dict:
+    """The videos of ``counts`` that ``root`` does not hold yet, one after the other; returns the summary."""
+    from tqdm import tqdm
+
+    todo = [v for v in counts if not (root / f"{v}.npy").is_file()]
+    summary = {"videos": len(counts), "skipped_done": len(counts) - len(todo), "extracted": 0, "frames": 0,
+               "missing": 0, "corrupt": 0, "per_video": {}}
+    if summary["skipped_done"]:
+        log.info("%d of %d videos already extracted in %s; skipping them", summary["skipped_done"], len(counts), root)
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(counts[v] for v in todo), unit="frame", desc="extract", disable=None)
+    for video in todo:
+        n = counts[video]
+        present = frame_index.available(video, n)
+        batches = iter_decoded(frame_index, video, n, present, size, cfg.batch_size, decode_threads)
+
+        def counted(batches=batches):
+            for images, ks, bad in batches:
+                yield images, ks, bad
+                bar.update(len(ks) + bad if ks or bad else 0)
+
+        info = write_video_features(root, video, n, dim, counted(), encode, cfg.missing)
+        bar.update(n - info["present"] - info["corrupt"])
+        summary["per_video"][video] = info
+        summary["extracted"] += 1
+        summary["frames"] += n
+        summary["missing"] += info["missing"]
+        summary["corrupt"] += info["corrupt"]
+    bar.close()
+    seconds = time.perf_counter() - t0
+    summary["seconds"] = round(seconds, 3)
+    summary["frames_per_s"] = round(summary["frames"] / seconds, 2) if seconds > 0 else None
+    if summary["corrupt"]:
+        log.warning("%d corrupt frame images were treated as missing (see warnings above)", summary["corrupt"])
+    log.info("extracted %d videos (%d frames, %d without image filled by %s) into %s",
+             summary["extracted"], summary["frames"], summary["missing"], cfg.missing, root)
+    return summary
+
+
+def run_extract(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit) -> dict:
+    """``affectmae extract``: defaults < config file < ``key=value`` overrides < ``explicit`` settings."""
+    return extract_features(build_config(ExtractConfig, config, overrides, **explicit))
