@@ -92,23 +92,32 @@ class Trajectory:
         return len(self.latent)
 
 
+def gaussian_kernel(sigma: float) -> tuple[np.ndarray, int]:
+    """Gaussian taps ``exp(-k^2 / (2 sigma^2))`` for ``k = -radius..radius``, ``radius = ceil(3 sigma)``; not
+    normalised (each caller scales them). Returns (kernel (2 radius + 1,), radius)."""
+    radius = int(np.ceil(3 * sigma))
+    return np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2), radius
+
+
+def convolve_time(x: np.ndarray, kernel: np.ndarray, mode: str) -> np.ndarray:
+    """Convolve every column of ``x`` (T, C) with ``kernel`` along T (``np.convolve`` ``mode``)."""
+    return np.stack([np.convolve(x[:, c], kernel, mode=mode) for c in range(x.shape[1])], axis=1)
+
+
 def smooth_noise(n: int, channels: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """White noise low-pass filtered with a Gaussian of ``sigma`` frames, rescaled to unit std: (n, channels)."""
-    radius = int(np.ceil(3 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel, radius = gaussian_kernel(sigma)
     kernel /= np.sqrt((kernel**2).sum())  # unit variance for unit-variance input
     white = rng.standard_normal((n + 2 * radius, channels))
-    out = np.stack([np.convolve(white[:, c], kernel, mode="valid") for c in range(channels)], axis=1)
-    return out[:n]
+    return convolve_time(white, kernel, "valid")[:n]
 
 
 def _gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     """Smooth (T, C) along T with edge padding, so the ends are not pulled toward zero."""
-    radius = int(np.ceil(3 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel, radius = gaussian_kernel(sigma)
     kernel /= kernel.sum()
     padded = np.pad(x, ((radius, radius), (0, 0)), mode="edge")
-    return np.stack([np.convolve(padded[:, c], kernel, mode="valid") for c in range(x.shape[1])], axis=1)
+    return convolve_time(padded, kernel, "valid")
 
 
 def _episodes(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,7 +10,15 @@ import numpy as np
 from affectmae.datasets.annotations import load_annotations
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
-from affectmae.synth.latents import LATENT_NAMES, LATENT_REGION, OCCLUSION_LOWER, OCCLUSION_UPPER, labels_from_latents
+from affectmae.synth.latents import (
+    LATENT_NAMES,
+    LATENT_REGION,
+    OCCLUSION_LOWER,
+    OCCLUSION_UPPER,
+    convolve_time,
+    gaussian_kernel,
+    labels_from_latents,
+)
 from affectmae.tasks import TASKS
 
 
@@ -25,12 +33,10 @@ def _hidden_mask(occlusion: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 def _nan_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing of (T, C) along T that ignores NaNs (normalised convolution); NaN where no support."""
-    radius = int(np.ceil(3 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel, _ = gaussian_kernel(sigma)
     seen = ~np.isnan(x)
-    filled = np.where(seen, x, 0.0)
-    num = np.stack([np.convolve(filled[:, c], kernel, mode="same") for c in range(x.shape[1])], axis=1)
-    den = np.stack([np.convolve(seen[:, c].astype(float), kernel, mode="same") for c in range(x.shape[1])], axis=1)
+    num = convolve_time(np.where(seen, x, 0.0), kernel, "same")
+    den = convolve_time(seen.astype(float), kernel, "same")
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 1e-3, num / den, np.nan)
 
