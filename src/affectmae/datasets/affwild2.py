@@ -31,8 +31,8 @@ import torch
 from torch.utils.data import Dataset
 
 from affectmae.datasets.annotations import FRAMES_DIR_NAME, load_annotations, read_annotation_file
-from affectmae.datasets.images import SkipCounter, open_rgb
-from affectmae.errors import AffectMAEError, InputFormatError
+from affectmae.datasets.images import SkipCounter, load_item, open_rgb
+from affectmae.errors import AffectMAEError
 from affectmae.tasks import get_task
 
 __all__ = ["FrameIndex", "AffWild2Frames", "FRAMES_DIR_NAME", "load_annotations", "read_annotation_file"]
@@ -179,15 +179,6 @@ class AffWild2Frames(Dataset):
         return torch.from_numpy(row.copy())
 
     def __getitem__(self, i: int) -> tuple[Any, torch.Tensor] | None:
-        video, k = self.frame_id(i)
-        path = self.index.frame_path(video, k)
-        try:
-            image = open_rgb(path)
-        except InputFormatError as err:
-            if not self.skip_corrupt:
-                raise
-            self.skipped.add(path, err)
-            return None
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.label(i)
+        path = self.index.frame_path(*self.frame_id(i))
+        image = load_item(lambda: open_rgb(path), self.transform, self.skip_corrupt, self.skipped)
+        return None if image is None else (image, self.label(i))

@@ -15,8 +15,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from affectmae.datasets.images import SkipCounter, open_rgb
-from affectmae.errors import InputFormatError
+from affectmae.datasets.images import SkipCounter, load_item, open_rgb
 
 
 class FaceImages(Dataset):
@@ -44,13 +43,5 @@ class FaceImages(Dataset):
         return open_rgb(self._paths[i])
 
     def __getitem__(self, i: int) -> tuple[Any, int] | None:
-        try:
-            image = self.load_image(i)
-        except InputFormatError as err:
-            if not self.skip_corrupt:
-                raise
-            self.skipped.add(err.path, err)
-            return None
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.label(i)
+        image = load_item(lambda: self.load_image(i), self.transform, self.skip_corrupt, self.skipped)
+        return None if image is None else (image, self.label(i))

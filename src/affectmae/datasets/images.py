@@ -6,6 +6,7 @@ Public API::
     open_rgb(path) -> PIL.Image.Image                 # fully decoded, mode "RGB"
     load_rgb(path) -> np.ndarray                      # (H, W, 3) uint8
     SkipCounter(name)                                 # .add(path, err), .count, .examples, summary()
+    load_item(load, transform, skip_corrupt, skipped) -> image | None   # a dataset item's image
     collate_skip_corrupt(batch) -> (collated | None, n_skipped)
 
 Both loaders raise :class:`~affectmae.errors.InputFormatError` naming the file for anything PIL cannot
@@ -13,8 +14,8 @@ decode: a missing file, an unknown format, a truncated or corrupt JPEG/PNG. Trun
 because we never set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` (which would silently fill the missing
 part with grey).
 
-Skipping corrupt images inside a dataset: the dataset's ``__getitem__`` catches the InputFormatError,
-logs a warning, adds it to its :class:`SkipCounter` and returns ``None``. DataLoader workers are separate
+Skipping corrupt images inside a dataset: the dataset's ``__getitem__`` reads through :func:`load_item`, which
+catches the InputFormatError, logs a warning, adds it to the dataset's :class:`SkipCounter` and returns ``None``. DataLoader workers are separate
 processes, so their counters never reach the main process; use ``collate_fn=collate_skip_corrupt``,
 which drops the ``None`` items and returns how many it dropped next to the batch, so the training loop
 can add them up and report the total.
@@ -27,7 +28,7 @@ import struct
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -116,6 +117,20 @@ class SkipCounter:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+def load_item(load: Callable[[], Image.Image], transform: Callable[[Any], Any] | None, skip_corrupt: bool,
+              skipped: SkipCounter) -> Any | None:
+    """The image of one dataset item: ``load()``, then ``transform`` when given. An image that cannot be decoded
+    gives ``None``, counted in ``skipped``, when ``skip_corrupt``; otherwise its InputFormatError is raised."""
+    try:
+        image = load()
+    except InputFormatError as err:
+        if not skip_corrupt:
+            raise
+        skipped.add(err.path, err)
+        return None
+    return image if transform is None else transform(image)
 
 
 def collate_skip_corrupt(batch: list[Any]) -> tuple[Any, int]:

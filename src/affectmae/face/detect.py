@@ -60,6 +60,12 @@ class FaceDetector(Protocol):
         ...
 
 
+def check_frame(rgb: np.ndarray) -> None:
+    """Every detector's input rule: an RGB frame (H, W, 3) uint8."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise AffectMAEError(f"detector input must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+
+
 def _pin_openmp_to_one_thread(module_file: str) -> bool:
     """Limit the OpenMP runtime bundled next to ``module_file`` to one thread; True when done."""
     try:
@@ -102,8 +108,7 @@ class YuFaceDetector:
         self.max_side = int(max_side)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise AffectMAEError(f"detector input must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+        check_frame(rgb)
         height, width = rgb.shape[:2]
         scale = 1.0
         image = rgb

@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from affectmae.errors import AffectMAEError
-from affectmae.face.detect import Detection
+from affectmae.face.detect import Detection, check_frame
 
 THRESHOLDS = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net face probability
 SCALE_STEP = 0.709  # image pyramid factor (area halves every two levels)
@@ -148,8 +148,7 @@ class MTCNNDetector:
 
     @torch.inference_mode()
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise AffectMAEError(f"detector input must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+        check_frame(rgb)
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         if scale < 1:
