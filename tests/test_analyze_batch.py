@@ -155,3 +155,32 @@ def test_landmark_columns_lie_in_the_box_and_time_keeps_microseconds(setup, tmp_
     late["time_s"] = 3600.04 + late["frame"] / 25
     write_table(late, tmp_path / "t.csv")
     np.testing.assert_allclose(read_predictions(tmp_path / "t.csv")["time_s"], late["time_s"], atol=1e-6)
+
+
+def test_config_file_with_key_value_and_flag_overrides(setup, tmp_path, capsys):
+    import yaml
+
+    root, model_dir, clips = setup
+    config = tmp_path / "analyze.yaml"
+    config.write_text(yaml.safe_dump({"inputs": [str(clips / "a.mp4")], "model_dir": str(model_dir), "plots": False,
+                                      "stride": 2, "max_age": 7}))
+    out = tmp_path / "out"
+    # the file gives the video, the model and stride 2; key=value sets stride 3; the flag -o the folder
+    assert main(["analyze", "--config", str(config), "-o", str(out), "stride=3"]) == 0
+    assert f"1 videos analysed (6 frames), 0 already done -> {out}" in capsys.readouterr().out
+    df = pd.read_csv(out / "a.csv")
+    assert df.loc[df["analyzed"], "frame"].tolist() == [0, 3]
+    assert json.loads((out / "a.summary.json").read_text())["stride"] == 3
+    saved = yaml.safe_load((out / "a.config.yaml").read_text())
+    assert (saved["stride"], saved["max_age"], saved["model_dir"], saved["out"]) == (3, 7, str(model_dir), str(out))
+    # a named flag beats key=value; the same settings again skip the finished video
+    assert main(["analyze", "--config", str(config), "-o", str(out), "stride=2", "--stride", "3"]) == 0
+    assert "0 videos analysed (0 frames), 1 already done" in capsys.readouterr().out
+    # an unknown setting is one line naming it; no MODEL_DIR anywhere is an error too
+    assert main(["analyze", "--config", str(config), "-o", str(tmp_path / "o2"), "strid=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "affectmae analyze: error: command line: unknown setting 'strid' for AnalyzeConfig; known: align_margin, ")
+    assert main(["analyze", str(clips / "a.mp4"), "-o", str(tmp_path / "o3")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "affectmae analyze: error: analyze needs a MODEL_DIR (--model) and an output folder (-o)")

@@ -92,7 +92,7 @@ def test_a_cut_stops_following_and_frames_without_faces_get_full_detections():
 
 
 def test_encoder_thread_gives_the_features_of_the_plain_loop():
-    from affectmae.inference.pipeline import _Encoder
+    from affectmae.inference.crop_encoder import CropEncoder as _Encoder
     from affectmae.models.vit import build_encoder
 
     torch.manual_seed(0)
@@ -112,7 +112,7 @@ def test_encoder_thread_gives_the_features_of_the_plain_loop():
 
 
 def test_encoder_thread_errors_reach_the_caller():
-    from affectmae.inference.pipeline import _Encoder
+    from affectmae.inference.crop_encoder import CropEncoder as _Encoder
 
     class Broken(torch.nn.Module):
         def forward_features(self, x):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import re
 
-_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+from affectmae.cli import add_config_arguments, split_settings
 
 
 def register(subparsers) -> None:
@@ -15,15 +13,17 @@ def register(subparsers) -> None:
         help="per-frame valence/arousal, expression and AUs for every face in videos (CSV + plots)",
         description="Decode each video, detect, track and align faces, and write OUT/<stem>.csv (one row per "
         "frame and face; frames without a face are flagged), OUT/<stem>.summary.json and PNG plots. Videos "
-        "already analysed with the same settings are skipped on a rerun.",
+        "already analysed with the same settings are skipped on a rerun. Settings: defaults < --config FILE < "
+        "key=value < flags (AnalyzeConfig).",
     )
-    p.add_argument("inputs", nargs="+", metavar="VIDEO",
+    p.add_argument("inputs", nargs="*", metavar="VIDEO",
                    help="video files (anything FFmpeg reads: mp4, mov, mkv, avi, ...), folders of videos or quoted "
                    "glob patterns ('clips/**/*.mp4'); key=value tokens among them set any AnalyzeConfig field "
                    "(e.g. max_age=50 align_margin=1.2)")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="folder written by `affectmae export` or `demo`")
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
-    p.add_argument("--config", metavar="FILE", help="YAML file of analyze settings (AnalyzeConfig)")
+    p.add_argument("--model", dest="model_dir", metavar="MODEL_DIR",
+                   help="folder written by `affectmae export` or `demo`")
+    p.add_argument("-o", "--out", metavar="OUT", help="output folder")
+    add_config_arguments(p, "AnalyzeConfig", overrides=False)
     p.add_argument("--batch-size", type=int, help="face crops per encoder batch (default 32)")
     p.add_argument("--stride", type=int, help="analyse every k-th frame and interpolate the rest (default 1)")
     p.add_argument("--device", help="cpu, cuda or auto (default)")
@@ -39,21 +39,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from affectmae.config import load_config
-    from affectmae.inference.batch import analyze_inputs
-    from affectmae.inference.pipeline import AnalyzeConfig
+    from affectmae.inference.batch import run_analyze
 
-    settings = [a for a in args.inputs if _SETTING.match(a) and not os.path.exists(a)]
-    inputs = [a for a in args.inputs if a not in settings]
-    flags = {"batch_size": args.batch_size, "stride": args.stride, "device": args.device,
-             "detector": args.detector, "min_face": args.min_face}
-    settings += [f"{k}={v}" for k, v in flags.items() if v is not None]
-    if args.no_plots:
-        settings.append("plots=false")
-    if args.openface_names:
-        settings.append("column_names=openface")
-    cfg = load_config(AnalyzeConfig, args.config, settings)
-    r = analyze_inputs(inputs, args.model, args.out, cfg, shard=args.shard, video_out=args.video_out,
-                       overwrite=args.overwrite)
-    print(f"{len(r['analyzed'])} videos analysed ({r['frames']} frames), {len(r['skipped'])} already done -> {args.out}")
+    inputs, settings = split_settings(args.inputs)
+    r = run_analyze(args.config, settings, inputs=inputs or None, model_dir=args.model_dir, out=args.out,
+                    batch_size=args.batch_size, stride=args.stride, device=args.device, detector=args.detector,
+                    min_face=args.min_face, plots=False if args.no_plots else None,
+                    column_names="openface" if args.openface_names else None, video_out=args.video_out or None,
+                    shard=args.shard, overwrite=args.overwrite or None)
+    print(f"{len(r['analyzed'])} videos analysed ({r['frames']} frames), {len(r['skipped'])} already done -> {r['out']}")
     return 0

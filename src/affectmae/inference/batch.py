@@ -10,6 +10,9 @@ file (size and modification time) and the same settings, so an interrupted batch
 SLURM array tasks given the same inputs split them without talking to each other. One model load, one
 detector process and one progress bar (frames of the whole batch) serve all videos. A video that fails
 is logged as ``file: message`` and the others go on; the run then ends with an error naming how many failed.
+
+``run_analyze(config, overrides, **settings)`` is the command's entry point: :class:`AnalyzeConfig` from
+its defaults, a YAML file, ``key=value`` overrides and the command's flags, then :func:`analyze`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from affectmae.config import config_to_dict
+from affectmae.config import build_config, config_to_dict
 from affectmae.errors import AffectMAEError
 from affectmae.inference.pipeline import AnalyzeConfig, Analyzer
 from affectmae.io import atomic_write_text
@@ -31,7 +34,8 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
                   ".mts", ".m2ts", ".ogv"}
 # settings that do not change the table: a rerun with a different value still skips finished videos
-_NOT_IN_RESULT = {"plots", "device", "batch_size", "detector_worker", "detector_recycle_frames", "overlap"}
+_NOT_IN_RESULT = {"plots", "device", "batch_size", "detector_worker", "detector_recycle_frames", "overlap",
+                  "inputs", "model_dir", "out", "shard", "video_out", "overwrite"}
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -159,3 +163,20 @@ def analyze_inputs(inputs: list[str | Path], model_dir: str | Path, out_dir: str
         raise AffectMAEError(f"{len(result['failed'])} of {len(videos)} videos failed (the others were written to "
                              f"{out}); first: {first}")
     return result
+
+
+def analyze(cfg: AnalyzeConfig) -> dict:
+    """The ``affectmae analyze`` stage: ``cfg.inputs`` with the model in ``cfg.model_dir`` into ``cfg.out``.
+
+    Returns the result of :func:`analyze_inputs` plus ``"out"``.
+    """
+    if not cfg.model_dir or not cfg.out:
+        raise AffectMAEError("analyze needs a MODEL_DIR (--model) and an output folder (-o)")
+    result = analyze_inputs(cfg.inputs, cfg.model_dir, cfg.out, cfg, shard=cfg.shard, video_out=cfg.video_out,
+                            overwrite=cfg.overwrite)
+    return {**result, "out": cfg.out}
+
+
+def run_analyze(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit) -> dict:
+    """``affectmae analyze``: defaults < config file < ``key=value`` overrides < ``explicit`` settings."""
+    return analyze(build_config(AnalyzeConfig, config, overrides, **explicit))
