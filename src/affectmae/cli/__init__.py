@@ -23,7 +23,7 @@ from affectmae.errors import AffectMAEError
 
 log = logging.getLogger("affectmae")
 
-_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class: str, overrides: bool = True) -> None:
