@@ -1,16 +1,16 @@
 """Face detection on key frames only: a full-frame detection every ``every`` analysed frames, and in between
 a detection on a small patch around each known face (the face's box from the previous frame, enlarged).
 
-A 640x360 frame costs the detector about 10x a 160x160 patch, so with one face and ``every`` = 5 detection
-costs about a third of detecting every frame. Faces are followed forward from the previous chunk, and a
-face that the key frame finds but the forward pass did not (it entered during the chunk) is followed
-*backward* through the chunk's frames, so it is found from the frame it entered, as with full detection.
-That needs the chunk's frames: at most ``every`` decoded frames are held. A frame with no face to follow
-(the start, after a cut, after every face left) gets a full detection, so a video without faces costs what
-detecting every frame costs, and a face is missed only when it enters after the chunk's first frames and
-leaves before its key frame while another face is being followed. A face not found on its patch (it
-left, or moved more than the patch between analysed frames, as at large strides) makes that frame a full
-detection too.
+A patch around a face costs the detector a small fraction of a full frame (docs/analyze.md, "Key frames"),
+so with few faces this costs much less than detecting every frame. Faces are followed forward from the
+previous chunk, and a face that the key frame finds but the forward pass did not (it entered during the
+chunk) is followed *backward* through the chunk's frames, so it is found from the frame it entered, as with
+full detection. That needs the chunk's frames: at most ``every`` decoded frames are held. A frame with no
+face to follow (the start, after a cut, after every face left) gets a full detection, so a video without
+faces costs what detecting every frame costs, and a face is missed only when it enters after the chunk's
+first frames and leaves before its key frame while another face is being followed. A face not found on its
+patch (it left, or moved more than the patch between analysed frames, as at large strides) makes that
+frame a full detection too.
 
     detector = KeyframeDetector(get_detector("auto"), every=5)
     per_frame = detector.detect_chunk(rgbs, cuts)   # rgbs: [(H, W, 3) uint8] x n <= every; cuts: [bool] x n

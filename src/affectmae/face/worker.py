@@ -1,11 +1,11 @@
 """A face detector in a separate, periodically replaced process.
 
-yuface 2023.5.1 leaks about 40 KB of native memory on every ``detect`` call (+58 MB after 1,200 calls,
-+147 MB after 3,750; ``malloc_trim`` does not return it), which an hour of 25 fps video would turn into
-gigabytes. :class:`WorkerDetector` runs the detector in a child process (``python -m
-affectmae.face.worker``, so no user ``__main__`` is re-imported, unlike multiprocessing's spawn) and
-starts a fresh child every ``recycle_every`` frames, which bounds the leak at ``recycle_every`` x 40 KB.
-The child also keeps yuface's OpenMP runtime away from PyTorch's.
+yuface 2023.5.1 leaks native memory on every ``detect`` call, and ``malloc_trim`` does not return it, so a
+long video would grow the process without bound (figures in docs/analyze.md and docs/benchmarks.md).
+:class:`WorkerDetector` runs the detector in a child process (``python -m affectmae.face.worker``, so no user
+``__main__`` is re-imported, unlike multiprocessing's spawn) and starts a fresh child every ``recycle_every``
+frames, which bounds the leak to what ``recycle_every`` calls leak. The child also keeps yuface's OpenMP
+runtime away from PyTorch's.
 
 Protocol over the child's stdin/stdout, little endian: request ``<III`` (height, width, 3) + raw RGB bytes;
 reply ``<I`` (n) + n x 15 float32 rows (x1, y1, x2, y2, score, 5 x (x, y) landmarks).

@@ -1,9 +1,8 @@
 """fp32 linear layers through oneDNN on CPUs where it beats PyTorch's default BLAS.
 
 PyTorch computes fp32 ``nn.Linear`` on x86 CPUs with MKL's sgemm. On AMD CPUs with AVX-512 (Zen 4/5)
-MKL runs its AVX2 code path, while oneDNN, which PyTorch also ships, uses AVX-512: measured on a 2-core
-AMD EPYC with AVX-512, a 2048^3 fp32 product ran at 210 GFLOP/s through MKL and 464 GFLOP/s through
-oneDNN, and the linear layers of the ViT-B MAE step ran about 1.9x faster, forward and backward.
+MKL runs its AVX2 code path, while oneDNN, which PyTorch also ships, uses AVX-512, so oneDNN's fp32 products
+can be much faster there (figures in docs/benchmarks.md, "Pretraining and extraction on an AVX-512 machine").
 
 :class:`FastLinear` is an ``nn.Linear`` (same parameters, same state-dict keys) whose forward and backward
 go through ``torch.ops.mkldnn._linear_pointwise`` (the oneDNN matmul that TorchInductor uses) when the
@@ -166,7 +165,7 @@ class FastLinear(nn.Linear):
 def use_fast_linear(module: nn.Module, enabled: bool = True) -> nn.Module:
     """Turn every plain ``nn.Linear`` inside ``module`` into a :class:`FastLinear` (or back), in place.
 
-    Resolves this process's backend now (a one-off timing of about 0.1 s), so that the timing never runs
+    Resolves this process's backend now (a short one-off timing), so that the timing never runs
     inside a training step or a ``FlopCounterMode`` block.
     """
     if enabled:

@@ -38,8 +38,8 @@ _SHIFT = 4  # cv2 sub-pixel bits for drawing coordinates
 _ZOOM = 1.25
 _PIVOT = (0.5, 0.55)
 # How much larger a 5-point-aligned crop must be taken (``affectmae analyze`` ``align_margin``) to frame a
-# detected rendered face the way these renders frame it: measured as 1.36 +- 0.03 over 20 identities by
-# aligning yuface's landmarks on renders to the standard 112-px template. The demo stores it in its MODEL_DIR.
+# detected rendered face the way these renders frame it: the mean scale from yuface's landmarks on renders to
+# the standard 112-px template (how it was measured: docs/analyze.md). The demo stores it in its MODEL_DIR.
 ALIGN_MARGIN = 1.36
 
 
