@@ -313,6 +313,8 @@ def test_cli_synth_config_file_and_overrides(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert err.startswith("affectmae synth: error: command line: unknown setting 'vidoes' for SynthConfig; known: ")
     assert not (tmp_path / "bad").exists()
+    assert main(["synth", str(tmp_path / "one"), str(tmp_path / "two")]) == 2
+    assert "synth writes one dataset, got 2 output folders" in capsys.readouterr().err
     with pytest.raises(AffectMAEError, match="synth needs an output folder"):
         run_synth(overrides=["videos=2"])
     summary = run_synth(None, {"videos": "1", "frames": "8"}, out=str(tmp_path / "api"), faces=0)

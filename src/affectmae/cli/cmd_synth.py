@@ -3,6 +3,9 @@ face images for pretraining, ground-truth latents)."""
 
 from __future__ import annotations
 
+from affectmae.cli import add_config_arguments, split_settings
+from affectmae.errors import AffectMAEError
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -10,13 +13,13 @@ def register(subparsers) -> None:
         help="generate a learnable synthetic Aff-Wild2-layout dataset (for the demo and tests)",
         description="Writes OUT/cropped_aligned/<video>/%05d.jpg, OUT/annotations/<Challenge>/{Train_Set,"
         "Validation_Set}/<video>.txt, OUT/faces/*.jpg, OUT/latents/<video>.npz and OUT/synth_info.json. "
-        "The same seed gives byte-identical annotation files. Settings come from the defaults, then --config, "
-        "then key=value overrides (e.g. videos=4 frames=60), then the flags. OUT and the key=value pairs go "
-        "together, all before or all after the flags. See docs/synthetic.md.",
+        "The same seed gives byte-identical annotation files. Settings: defaults < --config FILE < key=value < "
+        "flags (SynthConfig). See docs/synthetic.md.",
     )
-    p.add_argument("out", metavar="OUT", nargs="?", default=None,
-                   help="output folder (must be empty or absent, unless --overwrite); or out=PATH / out: in the config")
-    p.add_argument("--config", default=None, help="YAML file of synth settings (the keys of SynthConfig)")
+    p.add_argument("inputs", nargs="*", metavar="OUT",
+                   help="output folder (must be empty or absent, unless --overwrite; or out: in the config); "
+                   "key=value tokens next to it set any SynthConfig field (e.g. videos=4 frames=60)")
+    add_config_arguments(p, "SynthConfig", overrides=False)
     p.add_argument("--videos", type=int, default=None, help="annotation stems, a _left/_right pair counting as two (default 10)")
     p.add_argument("--frames", type=int, default=None, help="mean frames per video; each is 0.75-1.25x this (default 300)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -30,16 +33,16 @@ def register(subparsers) -> None:
                    help="a folder (searched recursively) or file of face photographs to add to --source photos; repeatable")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace a dataset previously written by `affectmae synth`")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from affectmae.synth.dataset import run_synth
 
-    out, overrides = args.out, list(args.overrides)
-    if out is not None and "=" in out:  # no OUT given: argparse took the first key=value for it
-        out, overrides = None, [out, *overrides]
+    folders, overrides = split_settings(args.inputs)
+    if len(folders) > 1:
+        raise AffectMAEError(f"synth writes one dataset, got {len(folders)} output folders: {' '.join(folders)}")
+    out = folders[0] if folders else None
     s = run_synth(
         args.config, overrides, out=out, videos=args.videos, frames=args.frames, seed=args.seed, faces=args.faces,
         size=args.size, overwrite=args.overwrite, source=args.source, photos=args.photos,
