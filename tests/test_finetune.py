@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from affectmae.evaluation.metrics import ccc
 from affectmae.models.vit import build_encoder, load_encoder, save_encoder
 from affectmae.synth.dataset import generate_affwild2
 from affectmae.tasks import TASKS
-from affectmae.training.engine import read_metrics
+from affectmae.training.metrics_log import read_metrics
 from affectmae.training.finetune import FinetuneModel, frame_loss, layer_decay_groups
 from affectmae.training.losses import class_weights
 from affectmae.training.optim import set_lr
@@ -82,6 +83,10 @@ def test_cli_finetune_expr_then_resume(synth, tmp_path, capsys):
     epochs = read_metrics(run, "epoch")
     assert [e["epoch"] for e in epochs] == [1, 2]
     best = max(epochs, key=lambda e: e["val_score"])
+    record = json.loads((run / "best.json").read_text())
+    assert (record["epoch"], record["score"]) == (best["epoch"], best["val_score"])
+    for name in ("config.yaml", "metrics.jsonl", "last_state.safetensors", "best.json", "encoder.safetensors"):
+        assert (run / name).is_file(), name
     meta = read_metadata(run / "encoder.safetensors")
     assert meta["stage"] == "finetune" and meta["task"] == "expr" and meta["val_score"] == best["val_score"]
     head, head_meta = load_weights(run / "head_expr.safetensors")
@@ -93,16 +98,14 @@ def test_cli_finetune_expr_then_resume(synth, tmp_path, capsys):
     with pytest.raises(CheckpointError, match=r"incompatible config \(task: saved 'expr', now 'au'\)"):
         from affectmae.training.finetune import run_finetune
 
-        run_finetune("finetune_tiny", ["epochs=4", "batch_size=16", "max_steps=0", "head_only_steps=0"], data=str(data),
-                     encoder=str(mae),
-                     out_dir=str(run), task="au",
-                     resume=True)
+        run_finetune("finetune_tiny", ["epochs=4", "batch_size=16", "max_steps=0", "head_only_steps=0"],
+                     annotations=str(data), encoder=str(mae), out=str(run), task="au", resume=True)
 
 
 def test_linear_probe_on_au_leaves_encoder_unchanged(synth, tmp_path):
     data, mae = synth
     run = tmp_path / "probe"
-    assert main(["finetune", "--data", str(data), "--encoder", str(mae / "encoder.safetensors"), "-o", str(run),
+    assert main(["finetune", "--annotations", str(data), "--encoder", str(mae / "encoder.safetensors"), "-o", str(run),
                  "--task", "au", "--config", "finetune_tiny", "epochs=1", "max_steps=0", "batch_size=16", "freeze_encoder=true",
                  "tensorboard=false"]) == 0
     before, after = load_encoder(mae).state_dict(), load_encoder(run).state_dict()
@@ -115,7 +118,7 @@ def test_linear_probe_on_au_leaves_encoder_unchanged(synth, tmp_path):
 def test_max_steps_sets_the_training_length_in_optimizer_steps(synth, tmp_path):
     data, mae = synth
     run = tmp_path / "steps"
-    assert main(["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config", "finetune_tiny",
+    assert main(["finetune", "--annotations", str(data), "--encoder", str(mae), "-o", str(run), "--config", "finetune_tiny",
                  "batch_size=16", "tensorboard=false", "max_steps=7", "warmup_steps=2", "head_only_steps=0",
                  "lr=1e-3"]) == 0
     steps = read_metrics(run, "train")
@@ -142,7 +145,7 @@ def test_sanity_mode_fits_a_fixed_batch(synth, tmp_path, caplog):
     with pytest.raises(AffectMAEError, match="finetune: max_steps must be >= 0, got -1"):
         from affectmae.training.finetune import run_finetune
 
-        run_finetune("finetune_tiny", ["max_steps=-1"], data=str(data), encoder=str(mae), out_dir=str(tmp_path / "x"))
+        run_finetune("finetune_tiny", ["max_steps=-1"], annotations=str(data), encoder=str(mae), out=str(tmp_path / "x"))
 
 
 def test_head_only_steps_train_the_head_alone_first(synth, tmp_path):
@@ -167,3 +170,30 @@ def test_head_only_steps_train_the_head_alone_first(synth, tmp_path):
     before, after = load_encoder(mae).state_dict(), load_encoder(run).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the encoder did not move
     assert [s["lr"] for s in read_metrics(run, "train")] == [3e-4] * 3  # finetune_tiny's lr, head only
+
+
+def test_resume_of_a_run_folder_written_with_the_old_setting_names(synth, tmp_path, caplog):
+    """A run folder from before the rename (config.yaml and state with ``data`` and ``out_dir``) resumes, with a
+    warning, and its saved settings are still compared under the new names."""
+    from affectmae.checkpoint import load_weights, save_weights
+    from affectmae.training.finetune import run_finetune
+
+    data, mae = synth
+    run = tmp_path / "old"
+    common = ["batch_size=16", "tensorboard=false", "max_steps=0", "head_only_steps=0"]
+    run_finetune("finetune_tiny", [*common, "epochs=1"], annotations=str(data), encoder=str(mae), out=str(run))
+    text = (run / "config.yaml").read_text()
+    assert "annotations: " in text and "out: " in text
+    old_config = tmp_path / "old_config.yaml"  # as written in the run folder before the rename
+    old_config.write_text(text.replace("annotations: ", "data: ").replace("out: ", "out_dir: "))
+    tensors, meta = load_weights(run / "last_state.safetensors")
+    config = meta["config"]
+    config["data"], config["out_dir"] = config.pop("annotations"), config.pop("out")
+    save_weights(run / "last_state.safetensors", tensors, meta)
+    (tmp_path / "elsewhere").symlink_to(data)  # the same data under another name: the saved `data` is compared
+    with pytest.raises(CheckpointError, match=r"incompatible config \(annotations: saved '.*', now '.*elsewhere'\)"):
+        run_finetune(old_config, ["epochs=2"], annotations=str(tmp_path / "elsewhere"), resume=True)
+    with caplog.at_level("WARNING"):
+        run_finetune(old_config, ["epochs=2"], resume=True)
+    assert f"{old_config}: setting 'data' is now called 'annotations'" in caplog.messages
+    assert [e["epoch"] for e in read_metrics(run, "epoch")] == [1, 2]

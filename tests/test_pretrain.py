@@ -19,7 +19,8 @@ from affectmae.errors import CheckpointError, TrainingDivergedError
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.vit import load_encoder
 from affectmae.training import pretrain as pretrain_mod
-from affectmae.training.engine import read_metrics
+from affectmae.training.checkpoints import CheckpointManager
+from affectmae.training.metrics_log import read_metrics
 from affectmae.training.pretrain import PretrainConfig, pretrain
 
 
@@ -33,7 +34,7 @@ def _faces(folder: Path, n: int = 24, size: int = 40) -> Path:
 
 
 def _cfg(data: Path, out: Path, **kw) -> PretrainConfig:
-    base = dict(data=[str(data)], out_dir=str(out), model_size="tiny", depth=1, img_size=32, decoder_dim=32,
+    base = dict(images=[str(data)], out=str(out), model_size="tiny", depth=1, img_size=32, decoder_dim=32,
                 decoder_depth=1, decoder_heads=2, epochs=4, warmup_epochs=1, batch_size=8, base_lr=2e-3,
                 num_workers=0, log_every_steps=1, recon_every_epochs=0, norm_pix_loss=True, device="cpu", tensorboard=False)
     base.update(kw)
@@ -70,17 +71,17 @@ def test_resume_after_kill_continues_the_loss_curve(faces, straight_run, tmp_pat
     monkeypatch.setattr(pretrain_mod, "check_finite", kill_at_epoch1_step2)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg)
-    assert len(read_metrics(cfg.out_dir, "train")) == 5
-    assert read_metadata(Path(cfg.out_dir) / "last_state.safetensors")["counters"] == {
+    assert len(read_metrics(cfg.out, "train")) == 5
+    assert read_metadata(Path(cfg.out) / "last_state.safetensors")["counters"] == {
         "epoch": 1, "step_in_epoch": 1, "global_step": 4}
     monkeypatch.setattr(pretrain_mod, "check_finite", real_check)
 
     pretrain(dataclasses.replace(cfg, resume=True))
-    straight, resumed = _losses(straight_run), _losses(Path(cfg.out_dir))
+    straight, resumed = _losses(straight_run), _losses(Path(cfg.out))
     assert len(straight) == 12 and len(resumed) == 12
     np.testing.assert_allclose(resumed, straight, rtol=0, atol=1e-6)
     a = load_encoder(straight_run).state_dict()
-    b = load_encoder(cfg.out_dir).state_dict()
+    b = load_encoder(cfg.out).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert straight[-3:].mean() < straight[:3].mean()  # the reconstruction loss falls
 
@@ -98,9 +99,9 @@ def test_resume_with_incompatible_config_names_the_difference(faces, straight_ru
 
 def test_nan_loss_stops_training_and_keeps_last_checkpoint(faces, tmp_path, monkeypatch):
     cfg = _cfg(faces, tmp_path / "nan", epochs=2)
-    state = Path(cfg.out_dir) / "last_state.safetensors"
+    state = Path(cfg.out) / "last_state.safetensors"
     saved: list[bytes] = []
-    real_save = pretrain_mod.CheckpointManager.save
+    real_save = CheckpointManager.save
 
     def recording_save(self, *args, **kwargs):
         real_save(self, *args, **kwargs)
@@ -114,7 +115,7 @@ def test_nan_loss_stops_training_and_keeps_last_checkpoint(faces, tmp_path, monk
         loss = real_loss(self, imgs, pred, mask)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(pretrain_mod.CheckpointManager, "save", recording_save)
+    monkeypatch.setattr(CheckpointManager, "save", recording_save)
     monkeypatch.setattr(MaskedAutoencoder, "forward_loss", nan_on_fifth_step)
     with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 1, step 1; the last good checkpoint"):
         pretrain(cfg)
@@ -138,7 +139,7 @@ def test_two_gloo_processes_follow_the_single_process_curve(faces, straight_run,
     torch.multiprocessing.spawn(_ddp_worker, args=(2, port, cfg), nprocs=2, join=True)
     accum = pretrain(_cfg(faces, tmp_path / "accum", epochs=2, accum_steps=2))
     single = pretrain(_cfg(faces, tmp_path / "single", epochs=2))
-    np.testing.assert_allclose(_losses(Path(cfg.out_dir)), _losses(single), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_losses(Path(cfg.out)), _losses(single), rtol=0, atol=1e-5)
     np.testing.assert_allclose(_losses(accum), _losses(single), rtol=0, atol=1e-5)
     assert len(_losses(single)) == 6
 
@@ -166,7 +167,7 @@ def test_cli_run_folder_figure_and_corrupt_image(tmp_path, capsys):
     data = _faces(tmp_path / "faces", n=9)
     (data / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     run = tmp_path / "run"
-    code = main(["pretrain", "--data", f"folder:{data}", "-o", str(run), "--config", "pretrain_tiny",
+    code = main(["pretrain", "--images", f"folder:{data}", "-o", str(run), "--config", "pretrain_tiny",
                  "depth=1", "img_size=32", "decoder_dim=32", "decoder_depth=1", "decoder_heads=2",
                  "epochs=2", "batch_size=5", "recon_every_epochs=1", "recon_images=3"])
     assert code == 0
@@ -181,7 +182,7 @@ def test_cli_run_folder_figure_and_corrupt_image(tmp_path, capsys):
     meta = read_metadata(run / "encoder.safetensors")
     assert meta["kind"] == "encoder" and meta["arch"]["depth"] == 1 and meta["epoch"] == 2
     assert "depth: 1" in (run / "config.yaml").read_text()
-    assert main(["pretrain", "--data", str(data), "-o", str(run), "depth=1"]) == 2  # exists, no --resume
+    assert main(["pretrain", "--data", str(data), "-o", str(run), "depth=1"]) == 2  # exists, no --resume (old flag)
 
 
 def test_lr_scaling_rule():
@@ -216,7 +217,7 @@ def test_global_batch_sampler_splits_each_step_across_ranks_and_accumulation():
 
 
 def test_checkpoint_rotation_and_packaged_configs(tmp_path):
-    from affectmae.training.engine import CheckpointManager, resolve_config
+    from affectmae.config import resolve_config
 
     model = torch.nn.Linear(2, 2)
     manager = CheckpointManager(tmp_path, keep=2)

@@ -6,14 +6,14 @@ EXPR and AU -> 5-fold cv table -> ablation table with baselines over several see
 predict + score the validation set -> analyze a generated MP4 in which the face detector finds the faces.
 
 Each stage calls the same library function as its subcommand and reads what the previous stage wrote, so
-the output folder is a worked example of a full project. No network access; about 6-7 minutes on 2 CPU
-cores. Layout of ``OUT`` (default ``demo_output/``)::
+the output folder is a worked example of a full project. No network access (run time: README and
+docs/benchmarks.md). Layout of ``OUT`` (default ``demo_output/``)::
 
     data/        synthetic Aff-Wild2 (cropped_aligned/, annotations/, faces/)
-    pretrain/    MAE run: encoder.safetensors, reconstruction PNGs, TensorBoard logs
-    finetune/    EXPR fine-tuning run
+    pretrain/    MAE run folder: encoder.safetensors, reconstruction PNGs, metrics.jsonl, tensorboard/
+    finetune/    EXPR fine-tuning run folder (encoder.safetensors of the best epoch, best.json)
     features/ features_mae/ features_random/ features_pixels/     one float16 array per video
-    train/<task>/               temporal runs
+    train/<task>/               temporal run folders (best.safetensors, best.json, metrics.jsonl)
     cv/ ablate/                 tables (markdown, CSV, JSON)
     model/                      MODEL_DIR for `affectmae analyze`
     predictions/                ABAW submission CSVs + scores.json
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from affectmae.config import load_config
+from affectmae.config import build_config
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.scoring import score_submission
 from affectmae.features.extract import ExtractConfig, extract_features
@@ -41,9 +41,8 @@ from affectmae.synth.cartoon import ALIGN_MARGIN
 from affectmae.synth.dataset import generate_affwild2
 from affectmae.synth.video import make_synthetic_video
 from affectmae.tasks import TASKS
-from affectmae.training.ablate import run_ablation
-from affectmae.training.cv import run_cv
-from affectmae.training.engine import resolve_config
+from affectmae.training.ablate import ablate
+from affectmae.training.cv import cross_validate
 from affectmae.training.finetune import run_finetune
 from affectmae.training.pretrain import run_pretrain
 from affectmae.training.temporal import TrainConfig, train_temporal
@@ -88,34 +87,62 @@ def run_demo(cfg: DemoConfig) -> dict:
             and not (out / "data" / "synth_info.json").exists():
         raise AffectMAEError(f"{out} exists and is not a demo output folder; choose another --out")
     timings: dict[str, float] = {}
-    data = out / "data"
-    annotations = data / "annotations"
+    encoder = _encoder_stages(cfg, out, timings)
+    temporal = _temporal_stages(cfg, out, timings)
+    deployed = _deploy_stages(cfg, out, encoder, list(temporal["runs"].values()), timings)
+    table = deployed["table"]
+    summary = {
+        "out": str(out),
+        "seconds": timings,
+        "validation_scores": temporal["validation"],
+        "submission_scores": {t: s["score"] for t, s in deployed["scores"].items()},
+        "cv_table": temporal["cv"]["table"],
+        "ablation_table": temporal["ablation"]["table"],
+        "model_dir": str(deployed["model_dir"]),
+        "submissions": {t: str(w["path"]) for t, w in deployed["written"].items()},
+        "analyze_csv": str(out / "analyze" / "predictions.csv"),
+        "analyze_plots": sorted(str(p) for p in (out / "analyze").glob("*.png")),
+        "analyze_rows": int(len(table)),
+        "analyze_faces": sorted(int(i) for i in table.loc[table["face_detected"], "face_id"].unique()),
+        "analyze_frames_without_face": int((~table["face_detected"]).sum()),
+        "analyze_summary": table.attrs.get("summary", {}),
+    }
+    atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
 
+
+def _encoder_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> Path:
+    """synth -> pretrain -> finetune -> extract (four feature folders); returns the fine-tuned encoder."""
+    data = out / "data"
     with _stage(timings, "synth"):
         generate_affwild2(data, videos=cfg.videos, frames=cfg.frames, seed=cfg.seed, faces=cfg.faces, overwrite=True,
                           source=cfg.source)
     with _stage(timings, "pretrain"):
-        pretrain_dir = run_pretrain("pretrain_tiny", [f"seed={cfg.seed}"], data=[str(data / "faces")],
+        pretrain_dir = run_pretrain("pretrain_tiny", [f"seed={cfg.seed}"], images=[str(data / "faces")],
                                     out=str(out / "pretrain"))
     with _stage(timings, "finetune"):
         steps = [] if cfg.finetune_steps is None else [f"max_steps={cfg.finetune_steps}",
                                                       f"head_only_steps={min(cfg.finetune_steps // 6, 100)}",
                                                       f"warmup_steps={max(1, min(cfg.finetune_steps // 12, 50))}"]
-        finetune_dir = run_finetune("finetune_tiny", [f"seed={cfg.seed}", *steps], data=str(data), encoder=str(pretrain_dir),
-                                    out_dir=str(out / "finetune"))
+        finetune_dir = run_finetune("finetune_tiny", [f"seed={cfg.seed}", *steps], annotations=str(data),
+                                    encoder=str(pretrain_dir), out=str(out / "finetune"))
     encoder = Path(finetune_dir) / "encoder.safetensors"
     with _stage(timings, "extract"):
         # the fine-tuned encoder, then the baselines: MAE only, the same architecture with random weights, pixels
         for folder, enc in (("features", encoder), ("features_mae", Path(pretrain_dir) / "encoder.safetensors"),
                             ("features_random", f"random:{encoder}"), ("features_pixels", "pixels:24")):
             extract_features(ExtractConfig(encoder=str(enc), frames=str(data / "cropped_aligned"), seed=cfg.seed,
-                                           out=str(out / folder), annotations=str(annotations)))
+                                           out=str(out / folder), annotations=str(data / "annotations")))
+    return encoder
 
-    overrides = {"features": str(out / "features"), "data": str(annotations), "seed": str(cfg.seed),
-                 "n_folds": str(cfg.cv_folds)}
+
+def _temporal_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> dict:
+    """train VA, EXPR and AU -> the cv table -> the ablation table; returns runs, scores and tables."""
+    overrides = {"features": str(out / "features"), "annotations": str(out / "data" / "annotations"),
+                 "seed": str(cfg.seed), "n_folds": str(cfg.cv_folds)}
     if cfg.temporal_epochs is not None:
         overrides["epochs"] = str(cfg.temporal_epochs)
-    train_cfg = load_config(TrainConfig, resolve_config("temporal_tiny"), overrides)
+    train_cfg = build_config(TrainConfig, "temporal_tiny", overrides)
     runs, validation = {}, {}
     with _stage(timings, "train"):
         for task in TASKS:
@@ -123,16 +150,20 @@ def run_demo(cfg: DemoConfig) -> dict:
             runs[task] = Path(result["run_dir"])
             validation[task] = result["best"][task]["score"]
     with _stage(timings, "cv"):
-        cv = run_cv(train_cfg, ["multi"], out / "cv")
+        cv = cross_validate(train_cfg, ["multi"], out / "cv")
     with _stage(timings, "ablate"):
-        ablation = run_ablation(train_cfg, ["multi"], out / "ablate", mae_features=str(out / "features_mae"),
-                                random_features=str(out / "features_random"),
-                                pixel_features=str(out / "features_pixels"),
-                                seeds=[cfg.seed + s for s in cfg.ablation_seeds])
+        ablation = ablate(train_cfg, ["multi"], out / "ablate", mae_features=str(out / "features_mae"),
+                          random_features=str(out / "features_random"), pixel_features=str(out / "features_pixels"),
+                          seeds=[cfg.seed + s for s in cfg.ablation_seeds])
+    return {"runs": runs, "validation": validation, "cv": cv, "ablation": ablation}
+
+
+def _deploy_stages(cfg: DemoConfig, out: Path, encoder: Path, runs: list[Path], timings: dict[str, float]) -> dict:
+    """export a MODEL_DIR -> predict + score the validation videos -> analyze a generated MP4."""
+    annotations = out / "data" / "annotations"
     with _stage(timings, "export"):
         model_dir = out / "model"
-        export_model_dir(encoder, list(runs.values()), model_dir, align_margin=ALIGN_MARGIN)
-
+        export_model_dir(encoder, runs, model_dir, align_margin=ALIGN_MARGIN)
     scores = {}
     with _stage(timings, "predict+score"):
         val_videos = sorted({p.stem for t in TASKS.values()
@@ -141,34 +172,14 @@ def run_demo(cfg: DemoConfig) -> dict:
         test_list.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(test_list, "\n".join(val_videos) + "\n")
         written = predict_submissions(PredictConfig(features=str(out / "features"), out=str(out / "predictions"),
-                                                    model=str(model_dir), test_list=str(test_list)))
+                                                    model_dir=str(model_dir), test_list=str(test_list)))
         for task, spec in TASKS.items():
             csv = Path(written[task]["path"])
             scores[task] = score_submission(task, csv, annotations / spec.challenge_dir / "Validation_Set")
         atomic_write_text(out / "predictions" / "scores.json", json.dumps(scores, indent=2))
-
     with _stage(timings, "analyze"):
         video = out / "demo_video.mp4"
         make_synthetic_video(video, cfg.analyze_frames, n_faces=cfg.analyze_faces, seed=cfg.seed,
                              cut_at=cfg.analyze_frames * 2 // 3, no_face=(cfg.analyze_frames // 3, cfg.analyze_frames // 3 + 10))
         table = analyze_video(video, model_dir, out_dir=out / "analyze")
-    analyzed = table.attrs.get("summary", {})
-
-    summary = {
-        "out": str(out),
-        "seconds": timings,
-        "validation_scores": validation,
-        "submission_scores": {t: s["score"] for t, s in scores.items()},
-        "cv_table": cv["table"],
-        "ablation_table": ablation["table"],
-        "model_dir": str(model_dir),
-        "submissions": {t: str(w["path"]) for t, w in written.items()},
-        "analyze_csv": str(out / "analyze" / "predictions.csv"),
-        "analyze_plots": sorted(str(p) for p in (out / "analyze").glob("*.png")),
-        "analyze_rows": int(len(table)),
-        "analyze_faces": sorted(int(i) for i in table.loc[table["face_detected"], "face_id"].unique()),
-        "analyze_frames_without_face": int((~table["face_detected"]).sum()),
-        "analyze_summary": analyzed,
-    }
-    atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2, default=str))
-    return summary
+    return {"model_dir": model_dir, "written": written, "scores": scores, "table": table}

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                    help="features from `extract --encoder random:ENCODER --seed K` (row 'random-init encoder')")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="train every row once per seed; the table shows mean ± sample std (default: config seeds / seed)")
-    p.add_argument("--data", required=True, help="Aff-Wild2 annotation root")
+    p.add_argument("--annotations", "--data", required=True, help="Aff-Wild2 annotation root")
     p.add_argument("--task", action="append", choices=("va", "expr", "au", "multi"), default=None,
                    help="repeatable; default: va, expr and au")
     p.add_argument("-o", "--out", required=True, help="output folder")
@@ -28,11 +28,11 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from affectmae.training.ablate import ablate_from_args
+    from affectmae.training.ablate import run_ablate
 
-    result = ablate_from_args(args.config, args.overrides, args.task or ["va", "expr", "au"], args.out,
-                              args.mae_features, pixel_features=args.pixel_features,
-                              random_features=args.random_features, seeds=args.seeds,
-                              features=args.features, data=args.data)
+    result = run_ablate(args.config, args.overrides, tasks=args.task or ["va", "expr", "au"], out=args.out,
+                        mae_features=args.mae_features, pixel_features=args.pixel_features,
+                        random_features=args.random_features, seeds=args.seeds,
+                        features=args.features, annotations=args.annotations)
     print(result["table"], end="")
     return 0

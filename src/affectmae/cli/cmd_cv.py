@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         "and their mean as a markdown table.",
     )
     p.add_argument("--features", required=True, help="features folder from `affectmae extract`")
-    p.add_argument("--data", required=True, help="Aff-Wild2 annotation root")
+    p.add_argument("--annotations", "--data", required=True, help="Aff-Wild2 annotation root")
     p.add_argument("--task", action="append", choices=("va", "expr", "au", "multi"), default=None,
                    help="repeatable; default: va, expr and au (one model each)")
     p.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds (default: all)")
@@ -27,10 +27,10 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from affectmae.training.cv import cv_from_args
+    from affectmae.training.cv import run_cv
 
-    result = cv_from_args(args.config, args.overrides, args.task or ["va", "expr", "au"], args.out, args.folds,
-                          seeds=args.seeds, linear_baseline=not args.no_linear_baseline,
-                          features=args.features, data=args.data)
+    result = run_cv(args.config, args.overrides, tasks=args.task or ["va", "expr", "au"], out=args.out,
+                    folds=args.folds, seeds=args.seeds, linear_baseline=not args.no_linear_baseline,
+                    features=args.features, annotations=args.annotations)
     print(result["table"], end="")
     return 0

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run every stage at toy scale on generated data (about 7 min on 2 CPU cores)",
+    p = sub.add_parser("demo", help="run every stage at toy scale on generated data (minutes on a CPU)",
                        description="synth -> pretrain -> finetune -> extract -> train VA/EXPR/AU -> cv -> ablate -> "
                                    "predict -> score -> analyze, on data the package generates itself.")
     p.add_argument("-o", "--out", default="demo_output", help="output folder (default: demo_output)")

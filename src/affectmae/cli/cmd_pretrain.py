@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         "--config pretrain_tiny gives a CPU-sized run. Trailing key=value pairs override the config, e.g. "
         "epochs=10 batch_size=64. Multi-GPU: torchrun --nproc_per_node N -m affectmae pretrain ...",
     )
-    p.add_argument("--data", action="append", required=True, metavar="SPEC",
+    p.add_argument("--images", "--data", action="append", required=True, metavar="SPEC",
                    help="face images: an image folder, or folder:PATH, fer2013:PATH/fer2013.csv, ferplus:..., "
                    "rafdb:..., affectnet:... (repeat to combine)")
     p.add_argument("-o", "--out", required=True, help="run folder")
@@ -25,6 +25,6 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from affectmae.training.pretrain import run_pretrain
 
-    run_dir = run_pretrain(args.config, args.overrides, data=args.data, out=args.out, resume=args.resume)
+    run_dir = run_pretrain(args.config, args.overrides, images=args.images, out=args.out, resume=args.resume or None)
     print(run_dir / "encoder.safetensors")
     return 0

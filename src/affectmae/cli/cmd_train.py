@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         "cosine with 1 warm-up epoch). Trailing key=value pairs override the config, e.g. epochs=5 model.use_tcn=false.",
     )
     p.add_argument("--features", required=True, help="features folder from `affectmae extract`")
-    p.add_argument("--data", required=True, help="Aff-Wild2 annotation root")
+    p.add_argument("--annotations", "--data", required=True, help="Aff-Wild2 annotation root")
     p.add_argument("--task", required=True, choices=("va", "expr", "au", "multi"))
     p.add_argument("-o", "--out", required=True, help="run folder")
     p.add_argument("--config", default=None, help="YAML config (e.g. temporal_paper.yaml, temporal_tiny.yaml)")
@@ -26,9 +26,9 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from affectmae.training.temporal import train_from_args
+    from affectmae.training.temporal import run_train
 
-    result = train_from_args(args.config, args.overrides, features=args.features, data=args.data, task=args.task,
-                             out=args.out, fold=args.fold, baseline=args.baseline, resume=args.resume)
+    result = run_train(args.config, args.overrides, features=args.features, annotations=args.annotations,
+                       task=args.task, out=args.out, fold=args.fold, baseline=args.baseline, resume=args.resume or None)
     print(json.dumps({"run_dir": result["run_dir"], "best_epoch": result["best_epoch"], "best": result["best"]}))
     return 0

@@ -76,7 +76,7 @@ class TemporalBlock(nn.Module):
         self.down = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """keep: (B, 1, T) 1.0 on real frames, 0.0 on padding, so padding acts like the convs' zero padding."""
+        """keep: (B, 1, T) 1.0 on frames of the video, 0.0 on padding, so padding acts like the convs' zero padding."""
         y = self.drop(self.act(self.conv1(nn.functional.pad(x, self.pad))))
         y = y if keep is None else y * keep
         y = self.drop(self.act(self.conv2(nn.functional.pad(y, self.pad))))
@@ -98,9 +98,9 @@ class TCN(nn.Module):
             *(TemporalBlock(dims[i], dims[i + 1], kernel, dilations[i], dropout, causal, use_wn) for i in range(len(channels)))
         )
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, D); valid: (B, T) bool, False on padding -> (B, T, C)."""
-        keep = None if valid is None else valid[:, None, :].to(x.dtype)
+    def forward(self, x: torch.Tensor, unpadded: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, D); unpadded: (B, T) bool, False on padding -> (B, T, C)."""
+        keep = None if unpadded is None else unpadded[:, None, :].to(x.dtype)
         y = x.transpose(1, 2)
         for block in self.blocks:
             y = block(y, keep)
@@ -171,16 +171,16 @@ class EncoderLayer(nn.Module):
         return x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(self.norm2(x))))))
 
 
-def attention_mask(valid: torch.Tensor | None, causal: bool, length: int) -> torch.Tensor | None:
-    """The bool attention mask for :class:`SelfAttention`: (B, 1, 1, T) keys that are real frames,
+def attention_mask(unpadded: torch.Tensor | None, causal: bool, length: int) -> torch.Tensor | None:
+    """The bool attention mask for :class:`SelfAttention`: (B, 1, 1, T) keys that are frames of the video,
     (T, T) frames at or before the query when ``causal``, (B, 1, T, T) both; ``None`` when neither
-    (``causal`` alone is then passed as ``is_causal``). valid: (B, T), False on padding."""
-    if valid is None:
+    (``causal`` alone is then passed as ``is_causal``). unpadded: (B, T), False on padding."""
+    if unpadded is None:
         return None
-    keys = valid[:, None, None, :]  # (B, 1, 1, T)
+    keys = unpadded[:, None, None, :]  # (B, 1, 1, T)
     if not causal:
         return keys
-    past = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()  # (T, T)
+    past = torch.ones(length, length, dtype=torch.bool, device=unpadded.device).tril()  # (T, T)
     return keys & past  # (B, 1, T, T)
 
 
@@ -193,9 +193,9 @@ class TransformerEncoder(nn.Module):
         layer = EncoderLayer(dim, heads, ff, dropout)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        """valid: (B, T) False on padding (excluded as keys); ``causal``: attend only to the past."""
-        mask = attention_mask(valid, causal, x.shape[1])
+    def forward(self, x: torch.Tensor, unpadded: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """unpadded: (B, T) False on padding (excluded as keys); ``causal``: attend only to the past."""
+        mask = attention_mask(unpadded, causal, x.shape[1])
         for layer in self.layers:
             x = layer(x, mask, is_causal=causal and mask is None)
         return x
@@ -210,9 +210,9 @@ class TorchTransformerEncoder(nn.TransformerEncoder):
         layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout, batch_first=True, norm_first=True)
         super().__init__(layer, layers, enable_nested_tensor=False)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, unpadded: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         causal_mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device) if causal else None
-        return super().forward(x, mask=causal_mask, src_key_padding_mask=None if valid is None else ~valid)
+        return super().forward(x, mask=causal_mask, src_key_padding_mask=None if unpadded is None else ~unpadded)
 
 
 class TemporalModel(nn.Module):
@@ -251,9 +251,9 @@ class TemporalModel(nn.Module):
         use_fast_linear(self)  # oneDNN fp32 products on CPUs where they beat MKL (models/fast_linear.py)
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
-                valid: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                unpadded: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """x: (B, T, D) features; present: (B, T) True where the frame had a face (else the learned
-        missing embedding is used, when enabled); valid: (B, T) False on segment padding; reference: (B, D)
+        missing embedding is used, when enabled); unpadded: (B, T) False on segment padding; reference: (B, D)
         the mean feature of each segment's video (:func:`person_reference`), needed with ``person_norm``.
 
         Returns ``{task: (B, T, num_outputs)}``: VA after tanh (in [-1, 1]), logits for EXPR and AU.
@@ -264,13 +264,13 @@ class TemporalModel(nn.Module):
             if reference is None:
                 raise ValueError("this model was trained with person_norm: pass each video's person_reference")
             x = torch.cat([x, x - reference[:, None, :].to(x.dtype)], dim=-1)  # (B, T, 2D)
-        if valid is not None:
-            x = x * valid[..., None].to(x.dtype)
+        if unpadded is not None:
+            x = x * unpadded[..., None].to(x.dtype)
         if self.cfg.arch == "temporal":
-            x = self.tcn(x, valid) if self.cfg.use_tcn else self.tcn(x)  # (B, T, W)
+            x = self.tcn(x, unpadded) if self.cfg.use_tcn else self.tcn(x)  # (B, T, W)
             if self.transformer is not None:
                 x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device)
-                x = self.transformer(x, valid, self.cfg.causal)  # (B, T, W)
+                x = self.transformer(x, unpadded, self.cfg.causal)  # (B, T, W)
         out = {}
         for spec in self.specs:
             y = self.heads[spec.name](x)
@@ -329,14 +329,14 @@ def predict_sequence(
         lengths = [min(window, n - s) for s in chunk]
         x = torch.zeros(len(chunk), window, features.shape[1], dtype=torch.float32)
         pres = torch.ones(len(chunk), window, dtype=torch.bool)
-        val = torch.zeros(len(chunk), window, dtype=torch.bool)
+        unpadded = torch.zeros(len(chunk), window, dtype=torch.bool)
         for j, (s, ln) in enumerate(zip(chunk, lengths, strict=True)):
             x[j, :ln] = torch.as_tensor(np.asarray(features[s : s + ln], dtype=np.float32))
-            val[j, :ln] = True
+            unpadded[j, :ln] = True
             if present is not None:
                 pres[j, :ln] = torch.as_tensor(np.asarray(present[s : s + ln], dtype=bool))
         ref = None if reference is None else reference.expand(len(chunk), -1).to(device)
-        out = model(x.to(device), pres.to(device), val.to(device), ref)
+        out = model(x.to(device), pres.to(device), unpadded.to(device), ref)
         for name, y in out.items():
             y = postprocess(name, y).float().cpu().numpy()
             for j, (s, ln) in enumerate(zip(chunk, lengths, strict=True)):

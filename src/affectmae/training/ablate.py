@@ -31,7 +31,9 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
+from affectmae.config import build_config
 from affectmae.errors import AffectMAEError
 from affectmae.io import atomic_write_text
 from affectmae.training.baselines import CHANCE_ROWS, chance_scores
@@ -75,7 +77,7 @@ def _variant_config(cfg: TrainConfig, variant: str, features: dict[str, str | No
     return dataclasses.replace(cfg, model=model)
 
 
-def run_ablation(cfg: TrainConfig, tasks: list[str], out: str | Path, mae_features: str | None = None,
+def ablate(cfg: TrainConfig, tasks: list[str], out: str | Path, mae_features: str | None = None,
                  pixel_features: str | None = None, random_features: str | None = None,
                  seeds: list[int] | tuple[int, ...] | None = None, chance: bool = True) -> dict:
     """Train every row for every task and seed (default ``cfg.seeds``, else ``[cfg.seed]``) on fold
@@ -141,13 +143,12 @@ def run_ablation(cfg: TrainConfig, tasks: list[str], out: str | Path, mae_featur
     return payload
 
 
-def ablate_from_args(config: str | None, overrides: list[str], tasks: list[str], out: str,
-                     mae_features: str | None, pixel_features: str | None = None, random_features: str | None = None,
-                     seeds: list[int] | None = None, **settings) -> dict:
-    """CLI entry: config + overrides -> :func:`run_ablation`."""
-    from affectmae.config import load_config, parse_overrides
-    from affectmae.training.temporal import resolve_config
-
-    cfg = load_config(TrainConfig, resolve_config(config), {**parse_overrides(overrides), **settings})
-    return run_ablation(cfg, tasks, out, mae_features, pixel_features=pixel_features,
-                        random_features=random_features, seeds=seeds)
+def run_ablate(config: str | Path | None = None, overrides: list[str] | dict | None = None, *, tasks: list[str],
+               out: str | Path, mae_features: str | None = None, pixel_features: str | None = None,
+               random_features: str | None = None, seeds: list[int] | None = None, **explicit: Any) -> dict:
+    """Entry point: the temporal :class:`TrainConfig` (defaults < config file or packaged name < ``key=value``
+    overrides < named settings that are not None, e.g. ``features``, ``annotations``), then :func:`ablate`
+    into ``out``."""
+    cfg = build_config(TrainConfig, config, overrides, **explicit)
+    return ablate(cfg, tasks, out, mae_features, pixel_features=pixel_features, random_features=random_features,
+                  seeds=seeds)

@@ -80,7 +80,7 @@ def validation_labels(cfg: TrainConfig, task: str) -> dict[str, tuple[np.ndarray
     all validation videos concatenated (the same selection as :func:`train_temporal`)."""
     store = FeatureStore(cfg.features)
     tasks = task_list(task)
-    _, val = select_fold(load_labelled_videos(store, cfg.data, tasks), cfg.fold, cfg.n_folds, cfg.fold_seed)
+    _, val = select_fold(load_labelled_videos(store, cfg.annotations, tasks), cfg.fold, cfg.n_folds, cfg.fold_seed)
     out = {}
     for t in tasks:
         parts = [(lv.labels[t], lv.valid[t]) for lv in val if t in lv.labels]

@@ -26,7 +26,9 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
+from affectmae.config import build_config
 from affectmae.errors import AffectMAEError
 from affectmae.io import atomic_write_text
 from affectmae.training.baselines import CHANCE_ROWS, chance_scores
@@ -41,7 +43,7 @@ from affectmae.training.report import (
 )
 from affectmae.training.temporal import TrainConfig, train_temporal
 
-__all__ = ["COLUMNS", "run_cv", "cv_from_args", "markdown_table", "scores_from_metrics", "au_tuned_header"]
+__all__ = ["COLUMNS", "cross_validate", "run_cv", "markdown_table", "scores_from_metrics", "au_tuned_header"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def _csv_lines(row: str, per_seed: dict[int, dict], seeds: list[int]) -> list[st
     return lines
 
 
-def run_cv(cfg: TrainConfig, tasks: list[str], out: str | Path, folds: list[int] | None = None,
+def cross_validate(cfg: TrainConfig, tasks: list[str], out: str | Path, folds: list[int] | None = None,
            seeds: list[int] | None = None, linear_baseline: bool = True, chance: bool = True) -> dict:
     """Train every task in ``tasks`` ("va", "expr", "au" or "multi") on every fold for every seed (default:
     ``cfg.seeds``, else ``[cfg.seed]``), plus the per-frame linear baseline (``linear_baseline``) and the
@@ -156,11 +158,11 @@ def run_cv(cfg: TrainConfig, tasks: list[str], out: str | Path, folds: list[int]
     return result
 
 
-def cv_from_args(config: str | None, overrides: list[str], tasks: list[str], out: str, folds: list[int] | None,
-                 seeds: list[int] | None = None, linear_baseline: bool = True, **settings) -> dict:
-    """CLI entry: config + overrides -> :func:`run_cv`."""
-    from affectmae.config import load_config, parse_overrides
-    from affectmae.training.temporal import resolve_config
-
-    cfg = load_config(TrainConfig, resolve_config(config), {**parse_overrides(overrides), **settings})
-    return run_cv(cfg, tasks, out, folds, seeds=seeds, linear_baseline=linear_baseline)
+def run_cv(config: str | Path | None = None, overrides: list[str] | dict | None = None, *, tasks: list[str],
+           out: str | Path, folds: list[int] | None = None, seeds: list[int] | None = None,
+           linear_baseline: bool = True, **explicit: Any) -> dict:
+    """Entry point: the temporal :class:`TrainConfig` (defaults < config file or packaged name < ``key=value``
+    overrides < named settings that are not None, e.g. ``features``, ``annotations``), then
+    :func:`cross_validate` into ``out``."""
+    cfg = build_config(TrainConfig, config, overrides, **explicit)
+    return cross_validate(cfg, tasks, out, folds, seeds=seeds, linear_baseline=linear_baseline)

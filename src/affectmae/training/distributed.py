@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from affectmae.device import select_device
 from affectmae.errors import AffectMAEError
-from affectmae.training.engine import step_seed
+from affectmae.training.seeds import step_seed
 
 log = logging.getLogger(__name__)
 

@@ -1,102 +1,53 @@
-"""Loop helpers shared by every training stage (pretrain, finetune, temporal training).
+"""The epoch loop shared by every training stage (pretrain, finetune, temporal ``train``).
 
-- :func:`progress`: a tqdm bar, shown on the main process only.
-- :class:`ScalarLogger`: TensorBoard scalars plus a ``metrics.jsonl`` line per record (main process only);
-  on resume, :meth:`ScalarLogger.truncate_after` drops records past the restored step so the curve in
-  the file continues as if the run had never stopped.
-- :func:`check_finite`: the NaN/inf guard; raises :class:`TrainingDivergedError` *before* the step is
-  applied or any checkpoint is written, so the last good checkpoint stays as it was.
-- :class:`CheckpointManager`: ``last_state.safetensors`` (resume) rewritten atomically, plus optional
-  numbered copies of which only the newest ``keep`` are kept.
-- :func:`step_seed`: device choice, bf16 autocast on GPUs that
-  support it (never on CPU, where bf16 is many times slower), deterministic per-(seed, epoch, index) seeds.
-- :func:`keep_freed_memory`: glibc malloc settings that stop a CPU training step from returning its
-  activation buffers to the kernel and faulting them back in on the next step.
+A stage is written as two parts, in the manner of a ``main_*`` / ``engine.train_one_epoch`` split:
+
+- a *setup* function (in the stage's module) checks the run folder, builds data, model and optimizer,
+  creates a :class:`TrainingRun` and restores it on ``--resume`` (:meth:`TrainingRun.restore`);
+- a :class:`Stage`: ``train_one_epoch(run) -> stats`` (one epoch of optimizer steps, a progress bar from
+  :meth:`TrainingRun.progress`, the NaN guard :func:`check_finite` before each step), and, where the stage
+  validates, ``evaluate(run) -> metrics`` with a ``score`` (higher is better) and ``save_best``.
+
+:func:`fit` then runs the epochs: after each one it validates (main process), keeps the best epoch
+(``best.json`` and the stage's best products), writes one ``epoch`` line to ``metrics.jsonl`` (and
+TensorBoard), rewrites ``last_state.safetensors`` and lets the stage write its per-epoch products. The run
+folder layout is described in :mod:`affectmae.training.checkpoints`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import math
-import os
-import re
-import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
-from affectmae.config import resolve_config  # noqa: F401  (re-exported until callers move)
+from affectmae.config import save_config
 from affectmae.errors import TrainingDivergedError
 from affectmae.io import atomic_write_text
-from affectmae.training.state import save_training_state
+from affectmae.training.checkpoints import BEST_RECORD_FILE, CONFIG_FILE, CheckpointManager, check_run_dir
+from affectmae.training.metrics_log import METRICS_FILE, ScalarLogger, read_metrics
+from affectmae.training.state import load_training_state
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "last_state.safetensors"
 
-
-def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True) -> tqdm:
-    """tqdm progress bar over ``iterable`` (disabled on non-main processes or with ``enabled=False``);
-    ``bar.set_postfix(loss=...)`` shows running values."""
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
-_malloc_tuned = False
-
-
-def keep_freed_memory(device: torch.device | None = None) -> bool:
-    """Keep freed heap memory in the process (glibc only; a no-op for a non-CPU ``device``, elsewhere, or
-    with AFFECTMAE_MALLOC_TUNING=0).
-
-    PyTorch's CPU allocator hands every tensor to malloc. With glibc's defaults, buffers of a few MB
-    (the activations of a ViT step) are ``mmap``-ed and returned to the kernel when freed, so each step
-    page-faults them in again. Serving allocations up to 32 MB from the heap and trimming the heap only
-    beyond 1 GB of free memory made the ViT-B MAE step of ``benchmarks/bench_pretrain.py`` 5-7 % faster
-    on a 2-core AMD EPYC (timed with and without, docs/benchmarks.md). The price is that the resident size stays at its peak, which
-    training reaches every step anyway; inference commands, whose memory must stay flat, do not call it.
-    """
-    global _malloc_tuned
-    if device is not None and device.type != "cpu":
-        return False
-    if _malloc_tuned:
-        return True
-    if os.environ.get("AFFECTMAE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other C libraries without mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _malloc_tuned = bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    log.debug("glibc malloc keeps freed memory: %s", _malloc_tuned)
-    return _malloc_tuned
-
-
-def make_adamw(param_groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel where this torch supports it (about 2x faster updates on CPU and GPU)."""
-    try:
-        return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas))
-
-
-def step_seed(seed: int, *parts: int) -> int:
-    """A 63-bit seed that depends only on ``seed`` and ``parts`` (e.g. epoch, sample index)."""
-    h = 1469598103934665603
-    for value in (seed, *parts):
-        h = ((h ^ (int(value) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % (1 << 64)
-    return h & 0x7FFFFFFFFFFFFFFF
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = True) -> tqdm:
+    """tqdm progress bar over ``iterable``: hidden with ``enabled=False`` (processes other than the main
+    one), shown only on a terminal with ``enabled=None``; ``bar.set_postfix(loss=...)`` shows running values."""
+    return tqdm(iterable, total=total, desc=desc, disable=None if enabled is None else not enabled,
+                dynamic_ncols=True, leave=False)
 
 
 def check_finite(loss: torch.Tensor | float, epoch: int, step: int, run_dir: str | Path | None = None) -> None:
-    """Raise :class:`TrainingDivergedError` if ``loss`` is NaN or infinite."""
+    """The NaN guard: raise :class:`TrainingDivergedError` if ``loss`` is NaN or infinite. Stages call it
+    before the optimizer step, so neither the step nor any checkpoint is written and the last good
+    checkpoint stays as it was."""
     value = float(loss)
     if not math.isfinite(value):
         where = f"; the last good checkpoint in {run_dir} is untouched" if run_dir is not None else ""
@@ -106,84 +57,135 @@ def check_finite(loss: torch.Tensor | float, epoch: int, step: int, run_dir: str
         )
 
 
-class ScalarLogger:
-    """TensorBoard scalars under ``run_dir/tensorboard`` and JSON lines in ``run_dir/metrics.jsonl``.
+def open_run_dir(run_dir: Path, cfg: Any, resume: bool, is_main: bool = True, refuse_existing: bool = True) -> None:
+    """Check the run folder (:func:`~affectmae.training.checkpoints.check_run_dir`), create it and write
+    ``config.yaml`` (main process)."""
+    check_run_dir(run_dir, resume, refuse_existing)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / CONFIG_FILE)
+        if not resume:  # a new run starts a new curve (a run that stopped before its first state leaves lines)
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
 
-    Only the main process writes (``enabled``). ``log(record, step)`` writes every numeric entry of
-    ``record`` as a scalar named ``<prefix>/<key>``.
+
+class TrainingRun:
+    """One run folder while it trains: counters, the metrics logger, the checkpoint manager, the best epoch.
+
+    ``epoch`` counts finished epochs (the one being trained is ``epoch``, 0-based); ``global_step`` counts
+    optimizer steps; ``step_in_epoch`` the steps of the current epoch (a mid-epoch checkpoint resumes there).
     """
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
-        self.run_dir = Path(run_dir)
-        self.enabled = enabled
-        self.path = self.run_dir / "metrics.jsonl"
-        self._writer = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, name: str, run_dir: str | Path, epochs: int, config: dict[str, Any], *, is_main: bool = True,
+                 tensorboard: bool = True, keep_checkpoints: int = 0, show_progress: bool | None = True):
+        self.name, self.run_dir, self.epochs, self.config = name, Path(run_dir), epochs, config
+        self.is_main = is_main
+        self.show_progress = show_progress if is_main else False
+        self.logger = ScalarLogger(self.run_dir, enabled=is_main, tensorboard=tensorboard)
+        self.checkpoints = CheckpointManager(self.run_dir, keep=keep_checkpoints, enabled=is_main)
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.best: dict[str, Any] = {"epoch": 0, "score": -math.inf}
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+    def counters(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step}
 
-    def log(self, record: dict[str, Any], step: int, prefix: str = "train") -> None:
-        if not self.enabled:
+    def progress(self, iterable: Iterable, total: int | None = None) -> tqdm:
+        return progress(iterable, total=total, desc=f"{self.name} epoch {self.epoch + 1}/{self.epochs}",
+                        enabled=self.show_progress)
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, compare_keys: tuple[str, ...],
+                renamed: dict[str, str] | None = None) -> dict[str, Any]:
+        """Load ``last_state.safetensors`` into model, optimizer and RNG; continue the counters, the best epoch
+        and ``metrics.jsonl`` from there. Returns the state's metadata."""
+        meta = load_training_state(self.checkpoints.last, model, optimizer, config=self.config,
+                                   compare_keys=compare_keys, renamed=renamed)
+        c, extra = meta["counters"], meta.get("extra") or {}
+        self.epoch, self.step_in_epoch = c["epoch"], c.get("step_in_epoch", 0)
+        self.global_step = c.get("global_step", c.get("step", 0))  # `train` states before the shared loop: "step"
+        if "best" in extra:
+            self.best = extra["best"]
+        elif "best_metrics" in extra:  # a `train` state written before the shared loop
+            self.best = {"epoch": c.get("best_epoch", 0), "score": c.get("best_score", -math.inf),
+                         "metrics": extra["best_metrics"]}
+            self._log_old_history(extra.get("history", []))
+        self.logger.truncate_after(self.global_step)
+        log.info("resumed %s at epoch %d, step %d (global step %d)", self.checkpoints.last, self.epoch,
+                 self.step_in_epoch, self.global_step)
+        return meta
+
+    def _log_old_history(self, history: list[dict]) -> None:
+        """Epoch lines for the history kept inside an older `train` state (it wrote no metrics.jsonl)."""
+        if read_metrics(self.run_dir, "epoch") or not history:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps({"kind": prefix, "global_step": step, **record}) + "\n")
-        if self._writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(f"{prefix}/{key}", value, step)
+        per_epoch = self.global_step / max(1, self.epoch)
+        for h in history:
+            self.logger.log({"epoch": h["epoch"], "train_loss": h["train_loss"], "val_score": h["val"]["score"],
+                             "val": h["val"]}, round(h["epoch"] * per_epoch), prefix="epoch")
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records with ``global_step > step`` (written after the checkpoint we resume from)."""
-        if not self.enabled or not self.path.is_file():
-            return
-        lines = self.path.read_text().splitlines()
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("global_step", 0) <= step]
-        if len(kept) != len(lines):
-            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
-            log.info("metrics.jsonl: dropped %d records written after the resumed checkpoint", len(lines) - len(kept))
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+    def epoch_records(self) -> list[dict[str, Any]]:
+        """The ``epoch`` lines of ``metrics.jsonl`` so far."""
+        return read_metrics(self.run_dir, "epoch")
 
 
-def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """Records of ``run_dir/metrics.jsonl`` (optionally only those of one ``kind``)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    return [r for r in rows if kind is None or r.get("kind") == kind]
+def _val_score(metrics: dict) -> dict:
+    return {"val_score": metrics["score"]}
 
 
-class CheckpointManager:
-    """Writes the resumable state of a run.
+@dataclass
+class Stage:
+    """One training stage as :func:`fit` sees it.
 
-    ``save(...)`` rewrites ``run_dir/last_state.safetensors`` atomically; with ``keep > 0`` and
-    ``numbered=True`` it also writes ``state_<step>.safetensors`` and deletes all but the newest ``keep``.
+    ``train_one_epoch(run)`` trains epoch ``run.epoch`` (advancing ``run.global_step``) and returns its stats;
+    ``evaluate(run)`` (main process) returns validation metrics with a ``score``; ``save_best(run, metrics)``
+    writes the stage's products of a new best epoch; ``val_record(metrics)`` the entries of the epoch line;
+    ``save_products(run, record)`` what the stage writes after every epoch's state (``record``: the epoch line); ``barrier`` waits for every process.
     """
 
-    def __init__(self, run_dir: str | Path, keep: int = 0, enabled: bool = True):
-        self.run_dir = Path(run_dir)
-        self.keep = keep
-        self.enabled = enabled
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_one_epoch: Callable[[TrainingRun], dict[str, Any]]
+    evaluate: Callable[[TrainingRun], dict[str, Any]] | None = None
+    save_best: Callable[[TrainingRun, dict[str, Any]], None] | None = None
+    val_record: Callable[[dict[str, Any]], dict[str, Any]] = _val_score
+    save_products: Callable[[TrainingRun, dict[str, Any]], None] | None = None
+    barrier: Callable[[], None] | None = None
+    numbered_states: bool = False  # the epoch-end state also as state_<step>.safetensors (keep_checkpoints)
 
-    @property
-    def last(self) -> Path:
-        return self.run_dir / STATE_FILE
 
-    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, counters: dict[str, Any],
-             config: dict[str, Any], extra: dict[str, Any] | None = None, numbered: bool = False) -> None:
-        if not self.enabled:
-            return
-        save_training_state(self.last, model, optimizer, counters, config, extra)
-        if numbered and self.keep > 0:
-            step = int(counters.get("global_step", 0))
-            save_training_state(self.run_dir / f"state_{step:08d}.safetensors", model, optimizer, counters, config, extra)
-            self._rotate()
+def fit(run: TrainingRun, stage: Stage) -> None:
+    """Train from ``run.epoch`` to ``run.epochs`` (see the module doc); closes the logger at the end or on error."""
+    try:
+        while run.epoch < run.epochs:
+            t0 = time.perf_counter()
+            stats = stage.train_one_epoch(run)
+            run.epoch += 1
+            run.step_in_epoch = 0
+            if run.is_main:
+                _end_epoch(run, stage, stats, t0)
+            if stage.barrier is not None:
+                stage.barrier()
+    finally:
+        run.logger.close()
 
-    def _rotate(self) -> None:
-        numbered = sorted(p for p in self.run_dir.glob("state_*.safetensors") if re.fullmatch(r"state_\d+\.safetensors", p.name))
-        for old in numbered[: max(0, len(numbered) - self.keep)]:
-            old.unlink()
+
+def _end_epoch(run: TrainingRun, stage: Stage, stats: dict[str, Any], t0: float) -> None:
+    metrics = stage.evaluate(run) if stage.evaluate is not None else None
+    record = {"epoch": run.epoch, **stats, **(stage.val_record(metrics) if metrics is not None else {}),
+              "seconds": time.perf_counter() - t0}
+    if metrics is not None and metrics["score"] > run.best["score"]:
+        run.best = {"epoch": run.epoch, "score": float(metrics["score"]), "metrics": metrics}
+        if stage.save_best is not None:
+            stage.save_best(run, metrics)
+    run.logger.log(record, run.global_step, prefix="epoch")
+    log.info("%s epoch %d/%d: %s", run.name, run.epoch, run.epochs,
+             ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and _is_number(v)))
+    extra = {"best": run.best} if metrics is not None else None
+    run.checkpoints.save(stage.model, stage.optimizer, run.counters(), run.config, extra=extra,
+                         numbered=stage.numbered_states)
+    if metrics is not None:
+        atomic_write_text(run.run_dir / BEST_RECORD_FILE, json.dumps(run.best, indent=2) + "\n")
+    if stage.save_products is not None:
+        stage.save_products(run, record)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

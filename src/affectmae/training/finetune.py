@@ -14,12 +14,11 @@ straight to ``extract``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,39 +27,32 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from affectmae.checkpoint import save_weights
-from affectmae.config import config_to_dict, load_config, save_config
+from affectmae.config import build_config, config_to_dict
 from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
-from affectmae.io import atomic_write_text
 from affectmae.models.vit import ViTEncoder, load_encoder, save_encoder
 from affectmae.tasks import TaskSpec, get_task
-from affectmae.training.distributed import GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
-from affectmae.training.engine import (
-    CheckpointManager,
-    ScalarLogger,
-    check_finite,
-    keep_freed_memory,
-    make_adamw,
-    progress,
-    resolve_config,
-    step_seed,
-)
+from affectmae.training.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
+from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, open_run_dir, progress
 from affectmae.training.losses import class_weights, task_loss
-from affectmae.training.optim import set_lr, warmup_cosine_lr
+from affectmae.training.memory import keep_freed_memory
+from affectmae.training.optim import make_adamw, set_lr, warmup_cosine_lr
 from affectmae.training.pretrain_data import plain_transform
-from affectmae.training.state import load_training_state
+from affectmae.training.seeds import step_seed
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class FinetuneConfig:
-    data: str = ""  # Aff-Wild2 root: annotation challenge folders and cropped_aligned/ somewhere below
-    frames: str | None = None  # cropped_aligned folder, when it is not under `data`
+    RENAMED: ClassVar[dict[str, str]] = {"data": "annotations", "out_dir": "out"}
+
+    annotations: str = ""  # Aff-Wild2 root: annotation challenge folders and cropped_aligned/ somewhere below
+    frames: str | None = None  # cropped_aligned folder, when it is not under `annotations`
     encoder: str = ""  # pretrain run / encoder.safetensors / reference-MAE .pth / timm state dict
-    out_dir: str = ""
+    out: str = ""  # run folder
     task: str = "expr"
     img_size: int | None = None  # default: the encoder's
     freeze_encoder: bool = False  # true: linear probe (head only)
@@ -95,7 +87,7 @@ class FinetuneConfig:
     resume: bool = False
 
 
-RESUME_KEYS = ("data", "encoder", "task", "img_size", "freeze_encoder", "batch_size", "seed", "frame_stride",
+RESUME_KEYS = ("annotations", "encoder", "task", "img_size", "freeze_encoder", "batch_size", "seed", "frame_stride",
                "max_steps", "overfit_batches", "head_only_steps")
 
 
@@ -190,62 +182,56 @@ def score(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray) -> dict:
     return evaluate(spec.name, pred, labels)
 
 
+@dataclass
+class Finetuning:
+    """What :func:`setup_finetuning` builds and :func:`train_one_epoch` / :func:`evaluate_epoch` use."""
+
+    cfg: FinetuneConfig
+    info: DistInfo
+    spec: TaskSpec
+    model: FinetuneModel
+    net: nn.Module  # the model, wrapped in DDP when several processes train
+    optimizer: torch.optim.Optimizer
+    train_set: AugmentedFrames
+    val_set: Dataset
+    sampler: GlobalBatchSampler
+    weights: torch.Tensor | None  # class weights of the loss
+    total_steps: int
+    warmup_steps: int
+
+
 def finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune (or linear-probe) the encoder; returns the run folder. Works under ``torchrun``."""
     with distributed_session(cfg.device) as info:
-        return _finetune(cfg, info)
+        f, run = setup_finetuning(cfg, info)
+        fit(run, Stage(f.model, f.optimizer, partial(train_one_epoch, f), evaluate=partial(evaluate_epoch, f),
+                       save_best=partial(_save_best, f), barrier=partial(barrier, info)))
+        return run.run_dir
 
 
-def _finetune(cfg: FinetuneConfig, info) -> Path:
-    from affectmae.datasets.affwild2 import AffWild2Frames
-
-    for name in ("data", "encoder", "out_dir"):
+def _check(cfg: FinetuneConfig) -> None:
+    for name in ("annotations", "encoder", "out"):
         if not getattr(cfg, name):
-            raise AffectMAEError(f"finetune needs {name} (--{name.replace('out_dir', 'out')})")
+            raise AffectMAEError(f"finetune needs {name} (--{name})")
     for name in ("max_steps", "warmup_steps", "overfit_batches", "head_only_steps"):
         if getattr(cfg, name) < 0:
             raise AffectMAEError(f"finetune: {name} must be >= 0, got {getattr(cfg, name)}")
-    spec = get_task(cfg.task)
-    run_dir = Path(cfg.out_dir)
-    state_path = run_dir / "last_state.safetensors"
-    if cfg.resume and not state_path.is_file():
-        raise AffectMAEError(f"--resume: no {state_path.name} in {run_dir}")
-    if not cfg.resume and state_path.is_file():
-        raise AffectMAEError(f"{run_dir} already holds a run; pass --resume to continue it or choose another -o folder")
-    device = info.device
-    cfg_dict = config_to_dict(dataclasses.replace(cfg, resume=False))
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
 
+
+def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, TrainingRun]:
+    """Check the run folder, load the encoder, add the head, build the frames and AdamW; restore on ``resume``."""
+    _check(cfg)
+    spec = get_task(cfg.task)
+    open_run_dir(Path(cfg.out), cfg, cfg.resume, info.is_main)
+    device = info.device
     torch.manual_seed(cfg.seed)
     encoder = load_encoder(cfg.encoder, img_size=cfg.img_size, drop_path_rate=0.0 if cfg.freeze_encoder else cfg.drop_path)
     encoder.pos_embed.requires_grad_(True)
-    img_size = encoder.arch["img_size"]
     keep_freed_memory(device)
     model = FinetuneModel(encoder, spec).to(device)
     if cfg.freeze_encoder:
         encoder.requires_grad_(False)
-
-    frames_root = cfg.frames or cfg.data
-    train_frames = AffWild2Frames(cfg.data, frames_root, spec.name, "train")
-    val_frames = AffWild2Frames(cfg.data, frames_root, spec.name, "val", transform=plain_transform(img_size))
-    from torchvision.transforms import v2
-
-    from affectmae.models.vit import IMAGENET_MEAN, IMAGENET_STD
-
-    aug = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=(cfg.crop_scale_min, 1.0), antialias=True)]
-    aug += [v2.RandomHorizontalFlip()] if cfg.hflip else []
-    aug += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)), v2.Compose(aug), cfg.seed)
-    val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
-    if cfg.overfit_batches:  # the same few training frames, unaugmented, for training and scoring
-        keep = _spread(len(train_frames), cfg.overfit_batches * cfg.batch_size)
-        train_frames.transform = plain_transform(img_size)
-        train_set = AugmentedFrames(Subset(train_frames, keep), _unchanged, cfg.seed)
-        val_set = Subset(train_frames, keep)
-        log.info("sanity mode: fitting %d fixed training frames (%d batches); the loss should fall towards 0",
-                 len(keep), cfg.overfit_batches)
+    train_frames, train_set, val_set = _frame_sets(cfg, spec, encoder.arch["img_size"])
     weights = None
     if cfg.class_weights:
         labels = np.stack([np.atleast_1d(train_frames.label(i).numpy()) for i in train_set.frames.indices])
@@ -256,84 +242,105 @@ def _finetune(cfg: FinetuneConfig, info) -> Path:
                                  shuffle=True, drop_last=False)
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    epochs = -(-total_steps // steps_per_epoch)
     warmup_steps = cfg.warmup_steps or cfg.warmup_epochs * steps_per_epoch
     optimizer = make_adamw(layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay), cfg.lr, cfg.betas)
     log.info("%s %s: %d train frames (stride %d), %d val frames, %d steps/epoch, %d steps", "linear probe"
              if cfg.freeze_encoder else "fine-tuning", spec.name, len(train_set), cfg.frame_stride, len(val_set),
              steps_per_epoch, total_steps)
 
-    logger = ScalarLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard)
-    ckpt = CheckpointManager(run_dir, enabled=info.is_main)
-    epoch, global_step, best = 0, 0, {"epoch": 0, "score": -float("inf")}
+    run = TrainingRun("finetune", cfg.out, -(-total_steps // steps_per_epoch),
+                      config_to_dict(dataclasses.replace(cfg, resume=False)), is_main=info.is_main,
+                      tensorboard=cfg.tensorboard)
     if cfg.resume:
-        meta = load_training_state(state_path, model, optimizer, config=cfg_dict, compare_keys=RESUME_KEYS)
-        epoch, global_step = meta["counters"]["epoch"], meta["counters"]["global_step"]
-        best = meta["extra"]["best"]
-        logger.truncate_after(global_step)
+        run.restore(model, optimizer, RESUME_KEYS, FinetuneConfig.RENAMED)
     net = model
     if info.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                         find_unused_parameters=cfg.head_only_steps > 0)
-    use_bf16 = cfg.bf16 and device.type == "cuda"
+    f = Finetuning(cfg, info, spec, model, net, optimizer, train_set, val_set, sampler, weights, total_steps, warmup_steps)
+    return f, run
 
-    while epoch < epochs:
-        model.train()
-        if cfg.freeze_encoder:
-            encoder.eval()
-        sampler.set_epoch(epoch)
-        train_set.epoch = epoch
-        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_skip_corrupt,
-                            pin_memory=device.type == "cuda")
-        t0, losses, skipped = time.perf_counter(), [], 0
-        bar = progress(loader, total=min(len(sampler), total_steps - global_step),
-                       desc=f"finetune epoch {epoch + 1}/{epochs}", enabled=info.is_main)
-        for step, (batch, n_bad) in enumerate(bar):
-            if global_step >= total_steps:
-                break
-            skipped += n_bad
-            if batch is None:
-                continue
-            lr = _set_step_lr(optimizer, cfg, global_step, total_steps, warmup_steps)
-            model.encoder_grad = global_step >= cfg.head_only_steps and not cfg.freeze_encoder
-            with autocast(device, use_bf16):
-                outputs = net(batch[0].to(device, non_blocking=True))
-            loss = frame_loss(spec, outputs.float(), batch[1].to(device), weights, cfg.label_smoothing)
-            loss_value = float(all_reduce_mean(loss.detach(), info))
-            check_finite(loss_value, epoch, step, run_dir)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            global_step += 1
-            losses.append(loss_value)
-            if info.is_main and global_step % cfg.log_every_steps == 0:
-                logger.log({"epoch": epoch, "step": step, "loss": loss_value, "lr": lr}, global_step)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-        epoch += 1
-        if skipped:
-            log.warning("epoch %d: skipped %d unreadable frames", epoch, skipped)
-        if info.is_main:
-            outputs, labels = predict_frames(model, val_set, min(cfg.batch_size, 256), device, cfg.num_workers)
-            metrics = score(spec, outputs, labels)
-            record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                      "val_score": metrics["score"], "skipped_frames": skipped,
-                      "seconds": time.perf_counter() - t0}
-            logger.log(record, global_step, prefix="epoch")
-            log.info("epoch %d/%d: train loss %.4f, %s %s %.4f", epoch, epochs, record["train_loss"],
-                     "score on the fitted frames" if cfg.overfit_batches else "val", spec.name, metrics["score"])
-            if metrics["score"] > best["score"]:
-                best = {"epoch": epoch, "score": float(metrics["score"]), "metrics": _jsonable(metrics)}
-                meta = {"stage": "finetune", "task": spec.name, "epoch": epoch, "val_score": best["score"],
-                        "freeze_encoder": cfg.freeze_encoder}
-                save_encoder(encoder, run_dir / "encoder.safetensors", meta)
-                save_weights(run_dir / f"head_{spec.name}.safetensors", model.head.state_dict(),
-                             {**meta, "kind": "linear_head", "in_features": encoder.embed_dim,
-                              "num_outputs": spec.num_outputs})
-            ckpt.save(model, optimizer, {"epoch": epoch, "global_step": global_step}, cfg_dict, extra={"best": best})
-            atomic_write_text(run_dir / "best.json", json.dumps(best, indent=2) + "\n")
-        barrier(info)
-    logger.close()
-    return run_dir
+
+def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int) -> tuple[Any, AugmentedFrames, Dataset]:
+    """(training frames, augmented training set, validation set); with ``overfit_batches`` a few fixed
+    training frames, unaugmented, for both training and scoring."""
+    from torchvision.transforms import v2
+
+    from affectmae.datasets.affwild2 import AffWild2Frames
+    from affectmae.models.vit import IMAGENET_MEAN, IMAGENET_STD
+
+    frames_root = cfg.frames or cfg.annotations
+    train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train")
+    val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=plain_transform(img_size))
+    aug = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=(cfg.crop_scale_min, 1.0), antialias=True)]
+    aug += [v2.RandomHorizontalFlip()] if cfg.hflip else []
+    aug += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)), v2.Compose(aug),
+                                cfg.seed)
+    val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
+    if cfg.overfit_batches:
+        keep = _spread(len(train_frames), cfg.overfit_batches * cfg.batch_size)
+        train_frames.transform = plain_transform(img_size)
+        train_set = AugmentedFrames(Subset(train_frames, keep), _unchanged, cfg.seed)
+        val_set = Subset(train_frames, keep)
+        log.info("sanity mode: fitting %d fixed training frames (%d batches); the loss should fall towards 0",
+                 len(keep), cfg.overfit_batches)
+    return train_frames, train_set, val_set
+
+
+def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
+    """One epoch of fine-tuning steps (stops at ``total_steps``); returns the mean loss and unreadable frames."""
+    cfg, info, device = f.cfg, f.info, f.info.device
+    f.model.train()
+    if cfg.freeze_encoder:
+        f.model.encoder.eval()
+    f.sampler.set_epoch(run.epoch)
+    f.train_set.epoch = run.epoch
+    loader = DataLoader(f.train_set, batch_sampler=f.sampler, num_workers=cfg.num_workers,
+                        collate_fn=collate_skip_corrupt, pin_memory=device.type == "cuda")
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    losses, skipped = [], 0
+    bar = run.progress(loader, total=min(len(f.sampler), f.total_steps - run.global_step))
+    for step, (batch, n_bad) in enumerate(bar):
+        if run.global_step >= f.total_steps:
+            break
+        skipped += n_bad
+        if batch is None:
+            continue
+        lr = _set_step_lr(f.optimizer, cfg, run.global_step, f.total_steps, f.warmup_steps)
+        f.model.encoder_grad = run.global_step >= cfg.head_only_steps and not cfg.freeze_encoder
+        with autocast(device, use_bf16):
+            outputs = f.net(batch[0].to(device, non_blocking=True))
+        loss = frame_loss(f.spec, outputs.float(), batch[1].to(device), f.weights, cfg.label_smoothing)
+        loss_value = float(all_reduce_mean(loss.detach(), info))
+        check_finite(loss_value, run.epoch, step, run.run_dir)
+        f.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        f.optimizer.step()
+        run.global_step += 1
+        losses.append(loss_value)
+        if info.is_main and run.global_step % cfg.log_every_steps == 0:
+            run.logger.log({"epoch": run.epoch, "step": step, "loss": loss_value, "lr": lr}, run.global_step)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+    if skipped:
+        log.warning("epoch %d: skipped %d unreadable frames", run.epoch + 1, skipped)
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "skipped_frames": skipped}
+
+
+def evaluate_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
+    """The task's official metric on the validation frames (the fitted frames with ``overfit_batches``)."""
+    outputs, labels = predict_frames(f.model, f.val_set, min(f.cfg.batch_size, 256), f.info.device, f.cfg.num_workers)
+    return _jsonable(score(f.spec, outputs, labels))
+
+
+def _save_best(f: Finetuning, run: TrainingRun, metrics: dict[str, Any]) -> None:
+    """The best epoch's encoder (what ``extract`` reads) and head."""
+    meta = {"stage": "finetune", "task": f.spec.name, "epoch": run.epoch, "val_score": run.best["score"],
+            "freeze_encoder": f.cfg.freeze_encoder}
+    save_encoder(f.model.encoder, run.run_dir / "encoder.safetensors", meta)
+    save_weights(run.run_dir / f"head_{f.spec.name}.safetensors", f.model.head.state_dict(),
+                 {**meta, "kind": "linear_head", "in_features": f.model.encoder.embed_dim,
+                  "num_outputs": f.spec.num_outputs})
 
 
 def _set_step_lr(optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, step: int, total_steps: int,
@@ -370,7 +377,7 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def run_finetune(config: str | None, overrides: list[str] | None, **explicit: Any) -> Path:
-    """CLI entry: config file (or packaged name), ``key=value`` overrides, then explicit arguments (non-None)."""
-    cfg = load_config(FinetuneConfig, resolve_config(config), overrides)
-    return finetune(dataclasses.replace(cfg, **{k: v for k, v in explicit.items() if v is not None}))
+def run_finetune(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit: Any) -> Path:
+    """Entry point: defaults < config file (or packaged name) < ``key=value`` overrides < named settings that
+    are not None (``annotations``, ``encoder``, ``out``...); then :func:`finetune`."""
+    return finetune(build_config(FinetuneConfig, config, overrides, **explicit))

@@ -1,8 +1,8 @@
 """Per-frame losses for the temporal model, with invalid labels and segment padding masked out.
 
 Every function takes outputs and labels shaped per frame, ``(B, T, ...)``, and a boolean ``mask``
-``(B, T)`` that is True only for frames that are real (not padding) *and* carry a valid label. Masked
-frames contribute nothing to the loss or its gradient. The task table (:data:`affectmae.tasks.TASKS`)
+``(B, T)`` that is True only for frames that are unpadded (part of the video, not segment padding) *and*
+carry a valid label. Masked frames contribute nothing to the loss or its gradient. The task table (:data:`affectmae.tasks.TASKS`)
 picks the loss by ``TaskSpec.kind``; nothing here is copied per task.
 
 CCC uses population statistics (divide by N), the same definition as :func:`affectmae.evaluation.metrics.ccc` and

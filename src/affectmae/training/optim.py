@@ -1,10 +1,27 @@
-"""AdamW parameter groups and the per-iteration warm-up + cosine learning-rate schedule."""
+"""The optimizer of every training stage: the AdamW factory, its parameter groups and the per-iteration
+warm-up + cosine learning-rate schedule."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+
+def make_adamw(param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+               fused: bool = True) -> torch.optim.AdamW:
+    """AdamW over ``param_groups`` (each group carries its ``weight_decay`` and ``lr_scale``).
+
+    ``fused=True`` runs the update as one kernel where this torch supports it (pretrain, finetune; faster,
+    docs/benchmarks.md). ``fused=False`` is torch's default implementation, which the temporal model has
+    always trained with: its numbers stay those of earlier runs (fused and unfused AdamW round differently).
+    """
+    if fused:
+        try:
+            return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas))
 
 
 def param_groups_weight_decay(

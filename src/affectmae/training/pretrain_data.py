@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from affectmae.io import atomic_path
 from affectmae.models.vit import IMAGENET_MEAN, IMAGENET_STD
-from affectmae.training.engine import step_seed
+from affectmae.training.seeds import step_seed
 
 
 def mae_transform(img_size: int, crop_scale_min: float = 0.2, hflip: bool = True) -> v2.Compose:

@@ -68,17 +68,22 @@ def load_training_state(
     optimizer: torch.optim.Optimizer | None,
     config: dict[str, Any] | None = None,
     compare_keys: tuple[str, ...] = (),
+    renamed: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Restore model, optimizer and RNG from ``path``; return the metadata (``counters``, ``extra``...).
 
     ``compare_keys`` names config entries that must match the saved run (e.g. model size, batch size):
-    resuming with a different value raises :class:`CheckpointError` naming each difference.
+    resuming with a different value raises :class:`CheckpointError` naming each difference. ``renamed``
+    (a config class's ``RENAMED``) maps setting names of runs saved before a rename to today's names.
     """
     tensors, meta = load_weights(path)
     if meta.get("kind") != "training_state":
         raise CheckpointError(f"{path}: not a training-state checkpoint (kind={meta.get('kind')!r})")
     if config is not None and compare_keys:
-        saved = meta.get("config", {})
+        saved = dict(meta.get("config", {}))
+        for old, new in (renamed or {}).items():
+            if old in saved and new not in saved:
+                saved[new] = saved.pop(old)
         # a key the saved run does not have was added later: the run used that setting's default then
         diffs = [f"{k}: saved {saved[k]!r}, now {config.get(k)!r}" for k in compare_keys
                  if k in saved and saved[k] != config.get(k)]

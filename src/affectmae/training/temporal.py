@@ -1,12 +1,13 @@
 """`affectmae train`: the temporal model on stored features, validated with the official per-frame protocol.
 
-Run folder (``cfg.out``)::
+Run folder (``cfg.out``): the layout of every stage (:mod:`affectmae.training.checkpoints`)::
 
     config.yaml            the merged config
+    metrics.jsonl          one "epoch" line per epoch (train loss, validation metrics), "train" lines per step
+    tensorboard/           the same scalars (``tensorboard=true``)
+    last_state.safetensors resumable state (model, AdamW, RNG, counters, best epoch); ``resume=true`` continues it
+    best.json              the best epoch and its validation metrics
     best.safetensors       best model so far (weights, architecture, window/stride, AU thresholds, val metrics)
-    last_state.safetensors resumable state (model, AdamW, RNG, epoch, history); ``resume=true`` continues it
-    metrics.json           per-epoch history and the best validation metrics
-    tb/                    TensorBoard logs
 
 Validation: every validation video is predicted in overlapping windows that are merged per frame, then
 all validation frames are concatenated and scored once (:func:`affectmae.evaluation.metrics.evaluate`), so each
@@ -23,40 +24,40 @@ thresholds); ``none`` keeps 0.5. The AU metrics always hold ``score`` (= ``score
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from affectmae.config import config_to_dict, save_config
+from affectmae.config import build_config, config_to_dict
 from affectmae.device import select_device
 from affectmae.errors import AffectMAEError
 from affectmae.features.store import FeatureStore
-from affectmae.io import atomic_write_text
 from affectmae.models.temporal import TemporalConfig, TemporalModel, predict_sequence, save_temporal
 from affectmae.tasks import TASKS, get_task
-from affectmae.training.engine import check_finite, resolve_config
+from affectmae.training.checkpoints import BEST_FILE
+from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, open_run_dir
 from affectmae.training.losses import class_weights, multitask_loss
-from affectmae.training.optim import param_groups_weight_decay, set_lr, warmup_cosine_lr
-from affectmae.training.state import load_training_state, save_training_state
+from affectmae.training.optim import make_adamw, param_groups_weight_decay, set_lr, warmup_cosine_lr
 from affectmae.training.temporal_data import LabelledVideo, SegmentBatches, load_labelled_videos, select_fold
 
 log = logging.getLogger(__name__)
 
-BEST_FILE = "best.safetensors"
-STATE_FILE = "last_state.safetensors"
 AU_THRESHOLD_SOURCES = ("train", "val", "none")
 
 
 @dataclass
 class TrainConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"data": "annotations"}
+
     features: str = ""  # features folder written by `affectmae extract`
-    data: str = ""  # Aff-Wild2 annotation root
+    annotations: str = ""  # Aff-Wild2 annotation root
     task: str = "va"  # va | expr | au | multi
     out: str = ""  # run folder
     fold: int = 0  # 0 = official train/val split; 1..n_folds-1 = seeded split by video
@@ -78,6 +79,7 @@ class TrainConfig:
     threads: int = 0  # torch threads, 0 = default
     device: str = "auto"  # auto = cuda when available, else cpu
     tensorboard: bool = True
+    log_every_steps: int = 1  # a "train" line in metrics.jsonl every n optimizer steps
     resume: bool = False
     model: TemporalConfig = field(default_factory=TemporalConfig)
 
@@ -179,21 +181,54 @@ def _score_at(cat: dict[str, np.ndarray], thresholds: list[float]) -> dict:
     return evaluate("au", cat["au"], cat["au/true"], cat["au/valid"], thresholds=thresholds)
 
 
-def _writer(cfg: TrainConfig, out: Path):
-    if not cfg.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
+RESUME_KEYS = ("task", "window", "stride", "batch_size", "model", "fold", "epochs")
 
-    return SummaryWriter(str(out / "tb"))
+
+@dataclass
+class TemporalTraining:
+    """What :func:`setup_temporal` builds and :func:`train_one_epoch` / :func:`evaluate_epoch` use."""
+
+    cfg: TrainConfig
+    tasks: list[str]
+    store: FeatureStore
+    train_videos: list[LabelledVideo]
+    val_videos: list[LabelledVideo]
+    model: TemporalModel
+    optimizer: torch.optim.Optimizer
+    batches: SegmentBatches
+    label_weights: dict[str, torch.Tensor] | None
+    device: torch.device
+    total_steps: int
+    warmup_steps: int
+    val_cat: dict[str, np.ndarray] = field(default_factory=dict)  # the last validation predictions (AU thresholds)
+    train_seconds: float = 0.0
+    train_segments: int = 0
+
+    @property
+    def fold_info(self) -> dict[str, Any]:
+        return {"fold": self.cfg.fold, "train_videos": [v.video for v in self.train_videos],
+                "val_videos": [v.video for v in self.val_videos]}
 
 
 def train_temporal(cfg: TrainConfig) -> dict:
     """Train one temporal model (one fold); returns ``{"best": metrics, "best_epoch", "history", "run_dir", ...}``."""
-    from tqdm import tqdm
+    t, run = setup_temporal(cfg)
+    fit(run, Stage(t.model, t.optimizer, partial(train_one_epoch, t), evaluate=partial(evaluate_epoch, t),
+                   save_best=partial(_save_best, t), val_record=partial(_val_record, t.tasks)))
+    best = run.best.get("metrics", {})
+    history = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "val": r["val"]} for r in run.epoch_records()]
+    return {"run_dir": str(run.run_dir), "task": t.cfg.task, "fold": t.cfg.fold, "best": best,
+            "best_epoch": run.best["epoch"], "history": history,
+            "au_thresholds": best.get("au", {}).get("thresholds"),
+            "train_segments_per_s": round(t.train_segments / t.train_seconds, 2) if t.train_seconds > 0 else None,
+            **t.fold_info}
 
+
+def setup_temporal(cfg: TrainConfig) -> tuple[TemporalTraining, TrainingRun]:
+    """Read the labels of the fold, write the run folder's config, build the model, AdamW and the training
+    windows; restore the state on ``resume``."""
     if not cfg.out:
         raise AffectMAEError("train needs an output folder (-o RUN_DIR)")
-    out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tasks = task_list(cfg.task)
@@ -201,118 +236,98 @@ def train_temporal(cfg: TrainConfig) -> dict:
         raise AffectMAEError(f"au_threshold_source must be one of {', '.join(AU_THRESHOLD_SOURCES)}, "
                              f"got {cfg.au_threshold_source!r}")
     store = FeatureStore(cfg.features)
-    videos = load_labelled_videos(store, cfg.data, tasks)
+    videos = load_labelled_videos(store, cfg.annotations, tasks)
     train_videos, val_videos = select_fold(videos, cfg.fold, cfg.n_folds, cfg.fold_seed)
     mcfg = TemporalConfig(**{**asdict(cfg.model), "input_dim": store.dim, "tasks": tasks})
-    cfg = TrainConfig(**{**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "model": mcfg})
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    cfg = dataclasses.replace(cfg, model=mcfg)
+    open_run_dir(Path(cfg.out), cfg, cfg.resume, refuse_existing=False)  # `train` has always rewritten its folder
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = select_device(cfg.device)
     model = TemporalModel(mcfg).to(device)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = make_adamw(param_groups_weight_decay(model, cfg.weight_decay), cfg.lr, fused=False)
     batches = SegmentBatches(store, train_videos, tasks, cfg.window, cfg.stride, cfg.batch_size)
     label_weights = _label_weights(train_videos, tasks, device) if cfg.class_weights else None
     steps_per_epoch = len(batches)
-    total_steps, warmup_steps = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
-    cfg_dict = config_to_dict(cfg)
-    counters = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1}
-    history: list[dict] = []
-    best_metrics: dict = {}
-    state_path = out / STATE_FILE
+    run = TrainingRun("train", cfg.out, cfg.epochs, config_to_dict(dataclasses.replace(cfg, resume=False)),
+                      tensorboard=cfg.tensorboard, show_progress=None)
     if cfg.resume:
-        if not state_path.is_file():
-            raise AffectMAEError(f"cannot resume: {state_path} does not exist")
-        meta = load_training_state(state_path, model, optimizer, cfg_dict,
-                                   compare_keys=("task", "window", "stride", "batch_size", "model", "fold", "epochs"))
-        counters, history = meta["counters"], meta["extra"].get("history", [])
-        best_metrics = meta["extra"].get("best_metrics", {})
-        log.info("resuming %s at epoch %d", out, counters["epoch"])
+        run.restore(model, optimizer, RESUME_KEYS, TrainConfig.RENAMED)
     log.info("training %s on %d videos (%d windows), validating on %d videos; fold %d", cfg.task, len(train_videos),
              len(batches.segments), len(val_videos), cfg.fold)
-    writer = _writer(cfg, out)
-    fold_info = {"fold": cfg.fold, "train_videos": [v.video for v in train_videos],
-                 "val_videos": [v.video for v in val_videos]}
-    t_train = 0.0
-    n_segments = 0
-    for epoch in range(counters["epoch"], cfg.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        losses = []
-        bar = tqdm(batches.epoch(epoch, cfg.seed), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=None, leave=False)
-        for batch in bar:
-            lr = warmup_cosine_lr(counters["step"], total_steps, warmup_steps, cfg.lr, cfg.min_lr)
-            set_lr(optimizer, lr)
-            outputs = model(batch.x.to(device), batch.present.to(device), batch.real.to(device),
-                            batch.reference.to(device))
-            loss, parts = multitask_loss(outputs, {t: v.to(device) for t, v in batch.targets.items()},
-                                         {t: v.to(device) for t, v in batch.masks.items()}, label_weights=label_weights)
-            if not torch.isfinite(loss) and writer is not None:
-                writer.close()
-            check_finite(loss.detach(), epoch + 1, counters["step"], out)  # raises TrainingDivergedError; checkpoints untouched
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            counters["step"] += 1
-            losses.append(float(loss.detach()))
-            n_segments += batch.x.shape[0]
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if writer is not None:
-                writer.add_scalar("train/loss", losses[-1], counters["step"])
-                writer.add_scalar("train/lr", lr, counters["step"])
-        t_train += time.perf_counter() - t0
-        metrics, cat = evaluate_videos(model, store, val_videos, cfg.window, cfg.stride)
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val": metrics}
-        history.append(record)
-        log.info("epoch %d: train loss %.4f, val score %.4f", epoch + 1, record["train_loss"], metrics["score"])
-        if writer is not None:
-            writer.add_scalar("val/score", metrics["score"], epoch + 1)
-            for name in tasks:
-                if name in metrics:
-                    writer.add_scalar(f"val/{name}", metrics[name]["score"], epoch + 1)
-        counters["epoch"] = epoch + 1
-        if metrics["score"] > counters["best_score"]:
-            counters["best_score"], counters["best_epoch"] = metrics["score"], epoch + 1
-            thresholds = au_thresholds_from(cfg.au_threshold_source, model, store, train_videos, cat,
-                                            cfg.window, cfg.stride)
-            if "au" in metrics:
-                metrics["au"]["thresholds_tuned_on"] = cfg.au_threshold_source if thresholds is not None else "none"
-                metrics["au"]["thresholds"] = thresholds
-                if thresholds is not None:  # the same validation predictions, scored at the tuned thresholds
-                    tuned = _score_at(cat, thresholds)
-                    metrics["au"]["score_tuned_thresholds"] = tuned["score"]
-                    metrics["au"]["f1_per_au_tuned_thresholds"] = tuned["f1_per_au"]
-            best_metrics = metrics
-            save_temporal(out / BEST_FILE, model, {
-                "tasks": tasks, "window": cfg.window, "stride": cfg.stride, "au_thresholds": thresholds,
-                "au_threshold_source": cfg.au_threshold_source if thresholds is not None else "none",
-                "val": metrics, "epoch": epoch + 1, "features": {k: store.meta.get(k) for k in ("encoder", "dim")},
-                **fold_info})
-        save_training_state(state_path, model, optimizer, counters, cfg_dict,
-                            extra={"history": history, "best_metrics": best_metrics})
-    if writer is not None:
-        writer.close()
-    result = {"run_dir": str(out), "task": cfg.task, "fold": cfg.fold, "best": best_metrics,
-              "best_epoch": counters["best_epoch"], "history": history,
-              "au_thresholds": best_metrics.get("au", {}).get("thresholds"),
-              "train_segments_per_s": round(n_segments / t_train, 2) if t_train > 0 else None, **fold_info}
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
-    return result
+    t = TemporalTraining(cfg, tasks, store, train_videos, val_videos, model, optimizer, batches, label_weights, device,
+                         cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    return t, run
 
 
-def train_from_args(config: str | None, overrides: list[str], *, baseline: str | None = None, fold: int | None = None,
-                    **settings) -> dict:
-    """The CLI entry: config file + ``key=value`` overrides + named settings -> :func:`train_temporal`."""
-    from affectmae.config import load_config, parse_overrides
+def train_one_epoch(t: TemporalTraining, run: TrainingRun) -> dict[str, Any]:
+    """One epoch over the shuffled training windows; returns the mean training loss."""
+    cfg, model, device = t.cfg, t.model, t.device
+    model.train()
+    t0 = time.perf_counter()
+    losses = []
+    bar = run.progress(t.batches.epoch(run.epoch, cfg.seed), total=len(t.batches))
+    for batch in bar:
+        lr = warmup_cosine_lr(run.global_step, t.total_steps, t.warmup_steps, cfg.lr, cfg.min_lr)
+        set_lr(t.optimizer, lr)
+        outputs = model(batch.x.to(device), batch.present.to(device), batch.unpadded.to(device),
+                        batch.reference.to(device))
+        loss, parts = multitask_loss(outputs, {k: v.to(device) for k, v in batch.targets.items()},
+                                     {k: v.to(device) for k, v in batch.masks.items()}, label_weights=t.label_weights)
+        check_finite(loss.detach(), run.epoch + 1, run.global_step, run.run_dir)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        t.optimizer.step()
+        run.global_step += 1
+        run.step_in_epoch += 1
+        losses.append(float(loss.detach()))
+        t.train_segments += batch.x.shape[0]
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if run.global_step % cfg.log_every_steps == 0:
+            run.logger.log({"epoch": run.epoch, "step": run.step_in_epoch, "loss": losses[-1], "lr": lr},
+                           run.global_step)
+    t.train_seconds += time.perf_counter() - t0
+    return {"train_loss": float(np.mean(losses))}
 
-    extra = {k: v for k, v in settings.items() if v is not None}
-    if fold is not None:
-        extra["fold"] = fold
+
+def evaluate_epoch(t: TemporalTraining, run: TrainingRun) -> dict[str, Any]:
+    """Official per-frame metrics over the fold's validation videos (:func:`evaluate_videos`)."""
+    metrics, t.val_cat = evaluate_videos(t.model, t.store, t.val_videos, t.cfg.window, t.cfg.stride)
+    return metrics
+
+
+def _val_record(tasks: list[str], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The epoch line's validation entries: the selection score, each task's score, all metrics."""
+    return {"val_score": metrics["score"], **{f"val_{name}": metrics[name]["score"] for name in tasks if name in metrics},
+            "val": metrics}
+
+
+def _save_best(t: TemporalTraining, run: TrainingRun, metrics: dict[str, Any]) -> None:
+    """A new best epoch: AU thresholds (``au_threshold_source``) added to ``metrics``, then ``best.safetensors``."""
+    cfg = t.cfg
+    thresholds = au_thresholds_from(cfg.au_threshold_source, t.model, t.store, t.train_videos, t.val_cat,
+                                    cfg.window, cfg.stride)
+    if "au" in metrics:
+        metrics["au"]["thresholds_tuned_on"] = cfg.au_threshold_source if thresholds is not None else "none"
+        metrics["au"]["thresholds"] = thresholds
+        if thresholds is not None:  # the same validation predictions, scored at the tuned thresholds
+            tuned = _score_at(t.val_cat, thresholds)
+            metrics["au"]["score_tuned_thresholds"] = tuned["score"]
+            metrics["au"]["f1_per_au_tuned_thresholds"] = tuned["f1_per_au"]
+    save_temporal(run.run_dir / BEST_FILE, t.model, {
+        "tasks": t.tasks, "window": cfg.window, "stride": cfg.stride, "au_thresholds": thresholds,
+        "au_threshold_source": cfg.au_threshold_source if thresholds is not None else "none",
+        "val": metrics, "epoch": run.epoch, "features": {k: t.store.meta.get(k) for k in ("encoder", "dim")},
+        **t.fold_info})
+
+
+def run_train(config: str | Path | None = None, overrides: list[str] | dict | None = None, *,
+              baseline: str | None = None, **explicit: Any) -> dict:
+    """Entry point: defaults < config file (or packaged name) < ``key=value`` overrides < named settings that
+    are not None (``features``, ``annotations``, ``task``, ``out``, ``fold``...); ``baseline="linear"`` trains the
+    per-frame linear model instead. Then :func:`train_temporal`."""
     if baseline:
-        extra["model.arch"] = baseline
-    cfg = load_config(TrainConfig, resolve_config(config), {**parse_overrides(overrides), **extra})
-    return train_temporal(cfg)
+        explicit["model.arch"] = baseline
+    return train_temporal(build_config(TrainConfig, config, overrides, **explicit))

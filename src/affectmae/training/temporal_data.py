@@ -132,13 +132,13 @@ def select_fold(videos: list[LabelledVideo], fold: int, n_folds: int, seed: int)
 
 @dataclass
 class Batch:
-    """x: (B, W, D) float32; present: (B, W) face found; real: (B, W) not padding;
-    targets[t]: (B, W, label_width); masks[t]: (B, W) real frame with a valid label for task t;
+    """x: (B, W, D) float32; present: (B, W) face found; unpadded: (B, W) a frame of the video, not padding;
+    targets[t]: (B, W, label_width); masks[t]: (B, W) unpadded frame with a valid label for task t;
     reference: (B, D) the mean feature of each segment's video (``TemporalConfig.person_norm``)."""
 
     x: torch.Tensor
     present: torch.Tensor
-    real: torch.Tensor
+    unpadded: torch.Tensor
     targets: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]
     reference: torch.Tensor
@@ -187,7 +187,7 @@ class SegmentBatches:
         w, d = self.window, self.store.dim
         x = np.zeros((len(segs), w, d), np.float32)
         present = np.zeros((len(segs), w), bool)
-        real = np.zeros((len(segs), w), bool)
+        unpadded = np.zeros((len(segs), w), bool)
         targets = {t: np.full((len(segs), w, get_task(t).label_width), get_task(t).invalid, np.float32) for t in self.tasks}
         masks = {t: np.zeros((len(segs), w), bool) for t in self.tasks}
         reference = np.stack([self._reference(seg.video) for seg in segs])
@@ -198,11 +198,11 @@ class SegmentBatches:
             x[j, : seg.length] = feats[sl]
             feats.close()
             present[j, : seg.length] = pres[sl]
-            real[j, : seg.length] = True
+            unpadded[j, : seg.length] = True
             for t in self.tasks:
                 if t in lv.labels:
                     targets[t][j, : seg.length] = lv.labels[t][sl]
                     masks[t][j, : seg.length] = lv.valid[t][sl]
         as_t = torch.from_numpy
-        return Batch(as_t(x), as_t(present), as_t(real), {t: as_t(v) for t, v in targets.items()},
+        return Batch(as_t(x), as_t(present), as_t(unpadded), {t: as_t(v) for t, v in targets.items()},
                      {t: as_t(v) for t, v in masks.items()}, as_t(reference))
