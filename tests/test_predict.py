@@ -13,7 +13,7 @@ from affectmae.features.store import FeatureStore
 from affectmae.inference.model import export_model_dir, load_model_dir, load_runs
 from affectmae.inference.predict import read_test_list
 from affectmae.models.vit import build_encoder, save_encoder
-from affectmae.training.temporal import train_from_args
+from affectmae.training.temporal import run_train
 from temporal_helpers import make_feature_dataset
 
 FAST = ["epochs=3"]
@@ -26,9 +26,9 @@ def trained(tmp_path_factory):
     runs = {}
     for task in ("va", "expr", "au"):
         runs[task] = root / f"run_{task}"
-        train_from_args("temporal_tiny", FAST, features=str(feats), data=str(ann), task=task, out=str(runs[task]))
+        run_train("temporal_tiny", FAST, features=str(feats), annotations=str(ann), task=task, out=str(runs[task]))
     runs["va2"] = root / "run_va2"
-    train_from_args("temporal_tiny", [*FAST, "seed=1"], features=str(feats), data=str(ann), task="va", out=str(runs["va2"]))
+    run_train("temporal_tiny", [*FAST, "seed=1"], features=str(feats), annotations=str(ann), task="va", out=str(runs["va2"]))
     encoder = root / "encoder.safetensors"
     save_encoder(build_encoder("tiny", img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2), encoder)
     return root, feats, ann, runs, encoder
@@ -56,11 +56,11 @@ def test_export_and_load_model_dir(trained, tmp_path):
     one, two = load_runs([runs["va"]]), load_runs([runs["va2"]])
     mean = (one.predict_sequence(f, present)["va"] + two.predict_sequence(f, present)["va"]) / 2
     np.testing.assert_allclose(out["va"], mean, atol=1e-6)
-    tuned = json.loads((runs["au"] / "metrics.json").read_text())
+    tuned = json.loads((runs["au"] / "best.json").read_text())["metrics"]
     assert model.au_thresholds.shape == (12,)
     # thresholds tuned on the training videos (not the scored validation ones) travel into the MODEL_DIR
-    assert tuned["best"]["au"]["thresholds_tuned_on"] == "train"
-    np.testing.assert_allclose(model.au_thresholds, tuned["au_thresholds"], atol=1e-12)
+    assert tuned["au"]["thresholds_tuned_on"] == "train"
+    np.testing.assert_allclose(model.au_thresholds, tuned["au"]["thresholds"], atol=1e-12)
     # a MODEL_DIR of another format version is refused with a clear message
     meta["format_version"] = 2
     (model_dir / "affectmae_model.json").write_text(json.dumps(meta))
@@ -85,7 +85,7 @@ def test_predict_then_score_end_to_end(trained, tmp_path, capsys):
                      "au": "AU_Detection_Challenge"}[task]
         assert main(["score", "--task", task, str(csv_path), str(ann / challenge / "Validation_Set")]) == 0
         scored = json.loads(capsys.readouterr().out)
-        best = json.loads((runs[task] / "metrics.json").read_text())["best"][task]
+        best = json.loads((runs[task] / "best.json").read_text())["metrics"][task]
         # the submission reproduces the validation score of the run (AU: with its tuned thresholds)
         expected = best["score_tuned_thresholds"] if task == "au" else best["score"]
         assert scored["score"] == pytest.approx(expected, abs=2e-4)
@@ -145,7 +145,7 @@ def test_synth_extract_train_predict_score_from_the_cli(tmp_path, capsys):
     assert json.loads((tmp_path / "model" / "affectmae_model.json").read_text())["align_margin"] == 1.3
     assert main(["predict", "--features", str(feats), "--model", str(tmp_path / "model"), "-o", str(tmp_path / "sub")]) == 0
     capsys.readouterr()
-    best = json.loads((tmp_path / "run" / "metrics.json").read_text())["best"]
+    best = json.loads((tmp_path / "run" / "best.json").read_text())["metrics"]
     n_frames = sum(np.load(p, mmap_mode="r").shape[0] for p in feats.glob("*.npy") if not p.name.endswith(".mask.npy"))
     for task, challenge in (("va", "VA_Estimation_Challenge"), ("expr", "EXPR_Recognition_Challenge"),
                             ("au", "AU_Detection_Challenge")):
@@ -155,3 +155,28 @@ def test_synth_extract_train_predict_score_from_the_cli(tmp_path, capsys):
         scored = json.loads(capsys.readouterr().out)
         expected = best[task].get("score_tuned_thresholds", best[task]["score"])
         assert scored["score"] == pytest.approx(expected, abs=2e-4)
+
+
+def test_predict_config_file_override_and_unknown_key(trained, tmp_path, capsys):
+    import yaml
+
+    root, feats, ann, runs, encoder = trained
+    model_dir = tmp_path / "model"
+    export_model_dir(encoder, [runs["va"], runs["expr"]], model_dir)
+    plain = tmp_path / "videos.txt"
+    plain.write_text("video01,7\n")
+    config = tmp_path / "predict.yaml"
+    # `model` is the old name of model_dir: it still loads
+    config.write_text(yaml.safe_dump({"features": str(feats), "model": str(model_dir), "tasks": ["va", "expr"]}))
+    out = tmp_path / "sub"
+    assert main(["predict", "--config", str(config), "-o", str(out), "tasks=[expr]", f"test_list={plain}"]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)) == ["expr"]  # the override, not the file's two tasks
+    assert not (out / "va_predictions.csv").exists()
+    lines = (out / "expr_predictions.csv").read_text().splitlines()
+    assert len(lines) == 1 + 7 and lines[-1].startswith("video01/00007.jpg,")
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["model_dir"], saved["tasks"], saved["test_list"]) == (str(model_dir), ["expr"], str(plain))
+    assert main(["predict", "--config", str(config), "-o", str(out), "modle=x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["affectmae predict: error: command line: unknown setting 'modle' for PredictConfig; known: "
+                   "features, model_dir, out, runs, tasks, test_list"]

@@ -15,6 +15,9 @@ other frame. A listed frame past the end of the features is an error naming the 
 except for exactly one frame (the known Aff-Wild2 off-by-one at the end of some videos), which gets the
 last frame's prediction.
 
+``run_predict(config, overrides, **settings)`` is the command's entry point (defaults < YAML file <
+``key=value`` < flags); the merged config is saved as ``OUT/config.yaml`` next to the CSV files.
+
 EXPR rows hold the arg-max class; AU rows hold 0/1 from the per-AU thresholds stored with the model
 (0.5 where none were tuned). Several runs (e.g. the CV folds) are ensembled by averaging VA values and
 class / AU probabilities.
@@ -27,9 +30,11 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from affectmae.config import build_config, save_config
 from affectmae.errors import AffectMAEError, InputFormatError
 from affectmae.features.store import FeatureStore
 from affectmae.inference.model import AffectModel, load_model_dir, load_runs
@@ -42,9 +47,11 @@ _LOCATION = re.compile(r"^(?P<video>.+)/(?P<number>\d+)\.jpg$")
 
 @dataclass
 class PredictConfig:
-    features: str = ""
+    RENAMED: ClassVar[dict[str, str]] = {"model": "model_dir"}
+
+    features: str = ""  # features folder of the videos to predict
     out: str = ""  # folder for the CSV files
-    model: str = ""  # MODEL_DIR (or give runs)
+    model_dir: str = ""  # MODEL_DIR (or give runs)
     runs: list[str] = field(default_factory=list)  # training run folders; several = ensemble
     tasks: list[str] = field(default_factory=list)  # default: every task the model has
     test_list: str = ""  # organisers' example CSV or a list of videos (see the module docstring)
@@ -100,9 +107,11 @@ def predict_submissions(cfg: PredictConfig) -> dict:
 
     if not cfg.out:
         raise AffectMAEError("predict needs an output folder (-o)")
-    if bool(cfg.model) == bool(cfg.runs):
+    if not cfg.features:
+        raise AffectMAEError("predict needs a features folder (--features)")
+    if bool(cfg.model_dir) == bool(cfg.runs):
         raise AffectMAEError("give either a MODEL_DIR (--model) or training runs (--run), not both or neither")
-    model: AffectModel = load_model_dir(cfg.model) if cfg.model else load_runs(cfg.runs)
+    model: AffectModel = load_model_dir(cfg.model_dir) if cfg.model_dir else load_runs(cfg.runs)
     tasks = [get_task(t).name for t in cfg.tasks] or model.tasks
     for t in tasks:
         if t not in model.tasks:
@@ -115,6 +124,7 @@ def predict_submissions(cfg: PredictConfig) -> dict:
         raise AffectMAEError(f"no videos to predict: {store.root} holds no features")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
     paths = {t: out / f"{t}_predictions.csv" for t in tasks}
     writers = {t: SubmissionWriter(t, paths[t]) for t in tasks}
     summary = {t: {"path": str(paths[t]), "rows": 0, "videos": 0} for t in tasks}
@@ -148,3 +158,8 @@ def predict_submissions(cfg: PredictConfig) -> dict:
         writers[t].__exit__(None, None, None)
     log.info("wrote %s", ", ".join(f"{s['path']} ({s['rows']} rows)" for s in summary.values()))
     return summary
+
+
+def run_predict(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit) -> dict:
+    """``affectmae predict``: defaults < config file < ``key=value`` overrides < ``explicit`` settings."""
+    return predict_submissions(build_config(PredictConfig, config, overrides, **explicit))
