@@ -17,7 +17,7 @@ from affectmae.models.fast_linear import (
 )
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.vit import build_encoder
-from affectmae.training import engine
+from affectmae.training import memory
 
 needs_onednn = pytest.mark.skipif(not fl.onednn_available(), reason="this PyTorch build has no oneDNN linear")
 
@@ -144,15 +144,15 @@ def test_int8_quantisation_still_sees_plain_linear_layers():
 
 
 def test_keep_freed_memory_can_be_turned_off(monkeypatch):
-    monkeypatch.setattr(engine, "_malloc_tuned", False)
+    monkeypatch.setattr(memory, "_malloc_tuned", False)
     monkeypatch.setenv("AFFECTMAE_MALLOC_TUNING", "0")
-    assert engine.keep_freed_memory() is False
+    assert memory.keep_freed_memory() is False
     monkeypatch.delenv("AFFECTMAE_MALLOC_TUNING")
-    assert engine.keep_freed_memory(torch.device("meta")) is False  # only CPU training churns malloc
+    assert memory.keep_freed_memory(torch.device("meta")) is False  # only CPU training churns malloc
     import sys
 
     if sys.platform.startswith("linux"):
         import platform
 
         expected = platform.libc_ver()[0] == "glibc"
-        assert engine.keep_freed_memory() is expected
+        assert memory.keep_freed_memory() is expected
