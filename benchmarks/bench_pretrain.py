@@ -37,7 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from affectmae.models.fast_linear import cpu_gemm_backend, fast_linear, onednn_available, onednn_linear, time_best
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.vit import build_encoder, sincos_pos_embed_2d
-from affectmae.training.engine import keep_freed_memory, make_adamw
+from affectmae.training.memory import keep_freed_memory
+from affectmae.training.optim import make_adamw
 
 
 class ReferenceStyleMAE(nn.Module):

@@ -63,7 +63,7 @@ def main() -> None:
     mae = args.work / "pretrain"
     if not (mae / "encoder.safetensors").is_file():
         run_pretrain("pretrain_tiny", [f"epochs={args.pretrain_epochs}", "tensorboard=false"],
-                     data=[str(data / "faces")], out=str(mae))
+                     images=[str(data / "faces")], out=str(mae))
     losses = [json.loads(ln) for ln in (mae / "metrics.jsonl").read_text().splitlines()]
     epoch_losses = [round(r["loss"], 4) for r in losses if r["kind"] == "epoch"]
     print(json.dumps({"result": "pretrain", "epoch_losses": epoch_losses, "seconds": round(time.perf_counter() - t0, 1)}))
@@ -74,7 +74,7 @@ def main() -> None:
     for name, extra in [("finetuned", [])] + [(f"probe_lr{lr}", ["freeze_encoder=true", f"lr={lr}"])
                                              for lr in args.probe_lrs.split(",")]:
         t0 = time.perf_counter()
-        run = run_finetune("finetune_tiny", common + extra, data=str(data), encoder=str(mae), out_dir=str(args.work / name),
+        run = run_finetune("finetune_tiny", common + extra, annotations=str(data), encoder=str(mae), out=str(args.work / name),
                            resume=(args.work / name / "last_state.safetensors").is_file() or None)
         best = json.loads((run / "best.json").read_text())
         results[name] = best["score"]

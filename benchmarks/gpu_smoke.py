@@ -143,7 +143,7 @@ def stage_pretrain(args, out: Path, smoke: Smoke) -> tuple[str, str]:
     from affectmae.training.pretrain import run_pretrain
 
     run = Path(run_pretrain("pretrain_tiny", _common(args) + ["recon_every_epochs=1000"],
-                            data=[str(out / "data" / "faces")], out=str(out / "pretrain")))
+                            images=[str(out / "data" / "faces")], out=str(out / "pretrain")))
     epochs = _metrics(run, "epoch")
     if len(epochs) != args.epochs:
         raise RuntimeError(f"{len(epochs)} epoch records in {run / 'metrics.jsonl'}, expected {args.epochs}")
@@ -155,8 +155,9 @@ def stage_pretrain(args, out: Path, smoke: Smoke) -> tuple[str, str]:
 def stage_finetune(args, out: Path, smoke: Smoke) -> tuple[str, str]:
     from affectmae.training.finetune import run_finetune
 
-    run = Path(run_finetune("finetune_tiny", _common(args) + ["max_steps=0", "head_only_steps=0"], data=str(out / "data"),
-                            encoder=str(smoke.outputs["pretrain"]), out_dir=str(out / "finetune")))
+    run = Path(run_finetune("finetune_tiny", _common(args) + ["max_steps=0", "head_only_steps=0"],
+                            annotations=str(out / "data"), encoder=str(smoke.outputs["pretrain"]),
+                            out=str(out / "finetune")))
     epochs = _metrics(run, "epoch")
     steps = _metrics(run, "train")
     if len(epochs) != args.epochs or not steps:
@@ -256,12 +257,11 @@ def stage_extract(args, out: Path, smoke: Smoke) -> tuple[str, str]:
 
 
 def stage_train(args, out: Path, smoke: Smoke) -> tuple[str, str]:
-    from affectmae.config import load_config
-    from affectmae.training.engine import resolve_config
+    from affectmae.config import build_config
     from affectmae.training.temporal import TrainConfig, train_temporal
 
-    cfg = load_config(TrainConfig, resolve_config("temporal_tiny"), [
-        f"features={out / 'features'}", f"data={out / 'data' / 'annotations'}", f"out={out / 'train'}", "task=multi",
+    cfg = build_config(TrainConfig, "temporal_tiny", [
+        f"features={out / 'features'}", f"annotations={out / 'data' / 'annotations'}", f"out={out / 'train'}", "task=multi",
         f"device={args.device}", f"epochs={args.epochs}"])
     result = train_temporal(cfg)
     smoke.outputs["run"] = Path(result["run_dir"])
@@ -285,16 +285,16 @@ def stage_temporal_bf16(args) -> tuple[str, str]:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-5)
     batch, window = 32, 300
     x = torch.randn(batch, window, 768, device=device)
-    valid = torch.ones(batch, window, dtype=torch.bool, device=device)
-    valid[-1, 200:] = False  # a padded last window
+    unpadded = torch.ones(batch, window, dtype=torch.bool, device=device)
+    unpadded[-1, 200:] = False  # a padded last window
     targets = {"va": torch.rand(batch, window, 2, device=device) * 2 - 1,
                "expr": torch.randint(0, 8, (batch, window, 1), device=device).float(),
                "au": torch.randint(0, 2, (batch, window, 12), device=device).float()}
-    masks = {t: valid for t in targets}
+    masks = {t: unpadded for t in targets}
 
     def step() -> float:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            outputs = model(x, None, valid)
+            outputs = model(x, None, unpadded)
         loss, _ = multitask_loss({k: v.float() for k, v in outputs.items()}, targets, masks)
         opt.zero_grad()
         loss.backward()

@@ -7,8 +7,8 @@ For every seed the whole learned pipeline is run again (the dataset stays the sa
 people unseen in training)::
 
     affectmae synth OUT/data --source photos --videos 16 --frames 300
-    affectmae pretrain --config pretrain_tiny -o OUT/s<k>/pretrain --data OUT/data/faces seed=k
-    affectmae finetune --config finetune_tiny --data OUT/data --encoder OUT/s<k>/pretrain -o OUT/s<k>/finetune seed=k
+    affectmae pretrain --config pretrain_tiny -o OUT/s<k>/pretrain --images OUT/data/faces seed=k
+    affectmae finetune --config finetune_tiny --annotations OUT/data --encoder OUT/s<k>/pretrain -o OUT/s<k>/finetune seed=k
     affectmae extract --encoder OUT/s<k>/finetune ...           (and the MAE encoder, random:<encoder> --seed k)
     affectmae extract --encoder pixels:24 ...                   (once)
     affectmae ablate --task multi --features ... --mae-features ... --pixel-features ... --random-features ... --seeds k
@@ -73,17 +73,17 @@ def _extract(encoder: str, out: Path, data: Path, seed: int, timings: dict) -> P
 def run_seed(seed: int, out: Path, data: Path, pixels: Path, args, timings: dict) -> dict:
     run = out / f"s{seed}"
     if not (run / "pretrain" / "encoder.safetensors").is_file():
-        _run(["pretrain", "--config", "pretrain_tiny", "-o", str(run / "pretrain"), "--data", str(data / "faces"),
+        _run(["pretrain", "--config", "pretrain_tiny", "-o", str(run / "pretrain"), "--images", str(data / "faces"),
               f"seed={seed}", *args.pretrain], timings, "pretrain")
     if not (run / "finetune" / "encoder.safetensors").is_file():
-        _run(["finetune", "--config", "finetune_tiny", "--data", str(data), "--encoder", str(run / "pretrain"),
+        _run(["finetune", "--config", "finetune_tiny", "--annotations", str(data), "--encoder", str(run / "pretrain"),
               "-o", str(run / "finetune"), f"seed={seed}", *args.finetune], timings, "finetune")
     ours = _extract(str(run / "finetune" / "encoder.safetensors"), run / "features", data, seed, timings)
     mae = _extract(str(run / "pretrain" / "encoder.safetensors"), run / "features_mae", data, seed, timings)
     rand = _extract(f"random:{run / 'finetune' / 'encoder.safetensors'}", run / "features_random", data, seed, timings)
     result = run / "ablate" / "ablation_results.json"
     if not result.is_file():
-        _run(["ablate", "--config", "temporal_tiny", "--features", str(ours), "--data", str(data / "annotations"),
+        _run(["ablate", "--config", "temporal_tiny", "--features", str(ours), "--annotations", str(data / "annotations"),
               "--task", "multi", "--mae-features", str(mae), "--pixel-features", str(pixels), "--random-features",
               str(rand), "--seeds", str(seed), "-o", str(run / "ablate"), *args.temporal], timings, "ablate")
     return json.loads(result.read_text())["results"]

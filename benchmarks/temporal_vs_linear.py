@@ -1,6 +1,6 @@
 """Temporal model (TCN + Transformer) vs a per-frame linear model on the same features, per task.
 
-    python benchmarks/temporal_vs_linear.py --features FEATURES --data ANNOTATIONS [-o OUT] [--config temporal_tiny]
+    python benchmarks/temporal_vs_linear.py --features FEATURES --annotations ANNOTATIONS [-o OUT] [--config temporal_tiny]
         [--quick] [key=value ...]
 
 ``--oracle-features SYNTH_ROOT`` first writes a features folder from the per-frame *observed* latents of
@@ -20,7 +20,7 @@ import platform
 import tempfile
 import time
 
-from affectmae.training.temporal import train_from_args
+from affectmae.training.temporal import run_train
 
 
 def oracle_feature_store(synth_root: str, out: str) -> str:
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--features", default=None)
     parser.add_argument("--oracle-features", default=None, metavar="SYNTH_ROOT",
                         help="use the observed latents of an `affectmae synth` dataset as features")
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--annotations", "--data", required=True)
     parser.add_argument("-o", "--out", default=None)
     parser.add_argument("--config", default="temporal_tiny")
     parser.add_argument("--quick", action="store_true", help="fewer epochs (epochs=4)")
@@ -69,9 +69,9 @@ def main() -> None:
     results = {}
     t0 = time.perf_counter()
     for task in args.tasks:
-        common = dict(features=args.features, data=args.data, task=task)
-        temporal = train_from_args(args.config, overrides, out=f"{out}/temporal_{task}", **common)["best"]["score"]
-        linear = train_from_args(args.config, overrides, out=f"{out}/linear_{task}", baseline="linear", **common)["best"]["score"]
+        common = dict(features=args.features, annotations=args.annotations, task=task)
+        temporal = run_train(args.config, overrides, out=f"{out}/temporal_{task}", **common)["best"]["score"]
+        linear = run_train(args.config, overrides, out=f"{out}/linear_{task}", baseline="linear", **common)["best"]["score"]
         results[task] = {"temporal": temporal, "linear": linear}
         rows.append(f"| {task} | {temporal:.4f} | {linear:.4f} | {temporal - linear:+.4f} |")
     print("\n".join(rows))

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from affectmae.config import load_config
+from affectmae.config import build_config
 from affectmae.training import ablate as ablate_mod
 from affectmae.training import cv as cv_mod
 from affectmae.training.baselines import chance_scores, majority_chance, uniform_chance
 from affectmae.training.report import mean_std
-from affectmae.training.temporal import TrainConfig, resolve_config
+from affectmae.training.temporal import TrainConfig
 from temporal_helpers import make_feature_dataset
 
 EXPR_TRUE = np.array([0, 0, 0, 1, 1, 2, -1, 4, 4, 0]).reshape(-1, 1)
@@ -62,7 +62,7 @@ def test_au_and_va_chance_by_hand_and_sklearn():
 
 
 def _tiny_cfg(feats, ann, **kw) -> TrainConfig:
-    cfg = load_config(TrainConfig, resolve_config("temporal_tiny"), {"features": str(feats), "data": str(ann)})
+    cfg = build_config(TrainConfig, "temporal_tiny", features=str(feats), annotations=str(ann))
     return dataclasses.replace(cfg, **kw)
 
 
@@ -100,7 +100,7 @@ def test_ablation_table_shows_mean_and_sample_std_over_seeds(tmp_path, monkeypat
 
     monkeypatch.setattr(ablate_mod, "train_temporal", fake_train)
     out = tmp_path / "abl"
-    result = ablate_mod.run_ablation(_tiny_cfg(feats, ann), ["multi"], out, seeds=[0, 1, 2])
+    result = ablate_mod.ablate(_tiny_cfg(feats, ann), ["multi"], out, seeds=[0, 1, 2])
     assert (0, "multi", str(out / "full" / "seed0" / "multi"), "temporal") in calls
     assert (2, "multi", str(out / "linear" / "seed2" / "multi"), "linear") in calls
     assert sorted({c[0] for c in calls}) == [0, 1, 2] and len(calls) == 3 * 4  # 4 rows run, 3 not run
@@ -129,7 +129,7 @@ def test_cv_mean_row_is_over_seeds_of_the_fold_means(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cv_mod, "train_temporal", fake_train)
     out = tmp_path / "cv"
-    result = cv_mod.run_cv(_tiny_cfg(feats, ann), ["va"], out, folds=[0, 1, 2], seeds=[0, 1, 2])
+    result = cv_mod.cross_validate(_tiny_cfg(feats, ann), ["va"], out, folds=[0, 1, 2], seeds=[0, 1, 2])
     lines = result["table"].splitlines()
     assert lines[2] == "| Fold 0 | 0.1000 ± 0.1000 | 0.1000 ± 0.1000 | - | 0.5000 ± 0.0000 | 0.5500 ± 0.0000 |"
     assert lines[4].startswith("| Fold 2 | 0.1200 ± 0.1000 |")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from affectmae.checkpoint import read_metadata
 from affectmae.cli import main
 from affectmae.training.temporal_data import LabelledVideo, make_folds
 from temporal_helpers import make_feature_dataset
@@ -41,7 +42,7 @@ def test_make_folds_split_by_video_deterministically():
 def test_cv_cli_writes_table_1(tmp_path, capsys):
     feats, ann = make_feature_dataset(tmp_path / "d", n_videos=6, lengths=(40, 60))
     out = tmp_path / "cv"
-    rc = main(["cv", "--features", str(feats), "--data", str(ann), "--task", "multi", "-o", str(out), *TINY])
+    rc = main(["cv", "--features", str(feats), "--annotations", str(ann), "--task", "multi", "-o", str(out), *TINY])
     assert rc == 0
     printed = capsys.readouterr().out
     lines = printed.splitlines()
@@ -53,13 +54,15 @@ def test_cv_cli_writes_table_1(tmp_path, capsys):
     assert lines[12].startswith("Seed 0 (one run per row, no standard deviation). AU thresholds are tuned on each run's")
     result = json.loads((out / "cv_results.json").read_text())
     for k in range(5):
-        run = json.loads((out / "multi" / f"fold{k}" / "metrics.json").read_text())
-        assert not set(run["train_videos"]) & set(run["val_videos"])
-        assert result["per_fold"][str(k)]["valence"] == pytest.approx(run["best"]["va"]["ccc_valence"])
-        assert result["per_fold"][str(k)]["au_f1"] == pytest.approx(run["best"]["au"]["score_at_0.5"])
-        assert result["per_fold"][str(k)]["au_f1_tuned"] == pytest.approx(run["best"]["au"]["score_tuned_thresholds"])
-        linear = json.loads((out / "baselines" / "linear" / "multi" / f"fold{k}" / "metrics.json").read_text())
-        assert result["baselines"]["linear"]["per_seed"]["0"][str(k)]["expr_f1"] == linear["best"]["expr"]["score"]
+        run = out / "multi" / f"fold{k}"
+        meta = read_metadata(run / "best.safetensors")
+        assert meta["fold"] == k and not set(meta["train_videos"]) & set(meta["val_videos"])
+        best = json.loads((run / "best.json").read_text())["metrics"]
+        assert result["per_fold"][str(k)]["valence"] == pytest.approx(best["va"]["ccc_valence"])
+        assert result["per_fold"][str(k)]["au_f1"] == pytest.approx(best["au"]["score_at_0.5"])
+        assert result["per_fold"][str(k)]["au_f1_tuned"] == pytest.approx(best["au"]["score_tuned_thresholds"])
+        linear = json.loads((out / "baselines" / "linear" / "multi" / f"fold{k}" / "best.json").read_text())["metrics"]
+        assert result["baselines"]["linear"]["per_seed"]["0"][str(k)]["expr_f1"] == linear["expr"]["score"]
     expected_mean = np.mean([result["per_fold"][str(k)]["au_f1"] for k in range(5)])
     assert result["mean"]["au_f1"] == pytest.approx(expected_mean)
     rows = list(csv.reader((out / "cv_results.csv").open()))
@@ -101,9 +104,9 @@ def test_ablate_cli_writes_table_5(tmp_path, capsys):
     assert lines[9] == "| chance: uniform random | 0.0000 | - | - | - |"
     result = json.loads((out / "ablation_results.json").read_text())
     for variant in ("full", "no_finetune", "no_tcn", "no_transformer", "linear", "pixels", "random_encoder"):
-        run = json.loads((out / variant / "va" / "metrics.json").read_text())
-        assert result["results"][variant]["va"] == pytest.approx(run["best"]["va"]["score"])
-        assert result["results"][variant]["per_seed"]["0"]["va"] == pytest.approx(run["best"]["va"]["score"])
+        best = json.loads((out / variant / "va" / "best.json").read_text())["metrics"]
+        assert result["results"][variant]["va"] == pytest.approx(best["va"]["score"])
+        assert result["results"][variant]["per_seed"]["0"]["va"] == pytest.approx(best["va"]["score"])
     cfg = (out / "no_tcn" / "va" / "config.yaml").read_text()
     assert "use_tcn: false" in cfg and "use_transformer: true" in cfg
     assert str(extra["m"]) in (out / "no_finetune" / "va" / "config.yaml").read_text()

@@ -17,9 +17,9 @@ from affectmae.evaluation.metrics import ccc
 from affectmae.models.vit import build_encoder, load_encoder, save_encoder
 from affectmae.synth.dataset import generate_affwild2
 from affectmae.tasks import TASKS
-from affectmae.training.metrics_log import read_metrics
 from affectmae.training.finetune import FinetuneModel, frame_loss, layer_decay_groups
 from affectmae.training.losses import class_weights
+from affectmae.training.metrics_log import read_metrics
 from affectmae.training.optim import set_lr
 
 

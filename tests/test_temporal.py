@@ -98,15 +98,15 @@ def test_tcn_receptive_field_both_ways_and_causal():
     assert parametrize.is_parametrized(model.tcn.blocks[0].conv1)
 
 
-def test_padding_does_not_change_real_frames():
+def test_padding_does_not_change_unpadded_frames():
     torch.manual_seed(0)
     model = TemporalModel(_cfg()).eval()
     x = torch.randn(1, 30, 6)
     padded = torch.cat([x, 100 * torch.randn(1, 10, 6)], 1)
-    valid = torch.zeros(1, 40, dtype=torch.bool)
-    valid[0, :30] = True
+    unpadded = torch.zeros(1, 40, dtype=torch.bool)
+    unpadded[0, :30] = True
     a = model(x)
-    b = model(padded, valid=valid)
+    b = model(padded, unpadded=unpadded)
     for task in ("va", "expr", "au"):
         torch.testing.assert_close(a[task], b[task][:, :30], atol=1e-5, rtol=1e-5)
     assert a["va"].abs().max() <= 1.0
@@ -193,6 +193,7 @@ def test_training_batches_carry_each_segments_video_reference(tmp_path):
     batches = SegmentBatches(store, videos, ["va"], window=16, stride=16, batch_size=64)
     batch = batches.collate(batches.segments)
     assert batch.reference.shape == (len(batches.segments), 16)
+    assert batch.unpadded.sum(1).tolist() == [seg.length for seg in batches.segments]  # False only on padding
     for j, seg in enumerate(batches.segments):
         rows, present = store.rows(videos[seg.video].video)
         expected = np.asarray(rows, np.float64)[present].mean(0)

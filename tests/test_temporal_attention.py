@@ -37,11 +37,11 @@ def gemm_backend(request):
     fl._backend = saved
 
 
-def _valid(lengths: list[int], t: int) -> torch.Tensor:
+def _unpadded(lengths: list[int], t: int) -> torch.Tensor:
     return torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
 
 
-def _attention_float64(x, w_in, b_in, w_out, b_out, heads, valid, causal):
+def _attention_float64(x, w_in, b_in, w_out, b_out, heads, unpadded, causal):
     """Softmax attention written out in float64. x: (B, T, C) -> (B, T, C)."""
     x, w_in, b_in, w_out, b_out = (t.detach().double() for t in (x, w_in, b_in, w_out, b_out))
     B, T, C = x.shape
@@ -50,8 +50,8 @@ def _attention_float64(x, w_in, b_in, w_out, b_out, heads, valid, causal):
     q, k, v = (z.reshape(B, T, heads, hs).permute(0, 2, 1, 3) for z in (q, k, v))  # (B, nh, T, hs)
     scores = q @ k.transpose(-1, -2) / math.sqrt(hs)  # (B, nh, T, T)
     allowed = torch.ones(B, 1, T, T, dtype=torch.bool)
-    if valid is not None:
-        allowed &= valid[:, None, None, :]
+    if unpadded is not None:
+        allowed &= unpadded[:, None, None, :]
     if causal:
         allowed &= torch.ones(T, T, dtype=torch.bool).tril()
     scores = scores.masked_fill(~allowed, float("-inf"))
@@ -60,11 +60,11 @@ def _attention_float64(x, w_in, b_in, w_out, b_out, heads, valid, causal):
 
 
 def test_attention_mask_values():
-    valid = _valid([3, 1], 3)
-    keys = attention_mask(valid, causal=False, length=3)
+    unpadded = _unpadded([3, 1], 3)
+    keys = attention_mask(unpadded, causal=False, length=3)
     assert keys.shape == (2, 1, 1, 3)
     assert keys[:, 0, 0].tolist() == [[True, True, True], [True, False, False]]
-    both = attention_mask(valid, causal=True, length=3)
+    both = attention_mask(unpadded, causal=True, length=3)
     assert both.shape == (2, 1, 3, 3)
     assert both[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
     assert both[1, 0].tolist() == [[True, False, False], [True, False, False], [True, False, False]]
@@ -84,19 +84,19 @@ def test_attention_equals_multihead_attention_and_float64(gemm_backend, padded, 
     ours.load_state_dict(mha.state_dict())  # same keys, same shapes
     temporal.use_fast_linear(ours)
     assert type(ours.out_proj) is FastLinear
-    valid = _valid(LENGTHS, T) if padded else None
+    unpadded = _unpadded(LENGTHS, T) if padded else None
 
     x = torch.randn(B, T, C)
     x_ref = x.clone().requires_grad_()
     x_ours = x.clone().requires_grad_()
     causal_mask = nn.Transformer.generate_square_subsequent_mask(T) if causal else None
-    ref, _ = mha(x_ref, x_ref, x_ref, key_padding_mask=None if valid is None else ~valid, attn_mask=causal_mask,
+    ref, _ = mha(x_ref, x_ref, x_ref, key_padding_mask=None if unpadded is None else ~unpadded, attn_mask=causal_mask,
                  need_weights=False)
-    got = ours(x_ours, attention_mask(valid, causal, T), is_causal=causal and valid is None)
+    got = ours(x_ours, attention_mask(unpadded, causal, T), is_causal=causal and unpadded is None)
     assert got.shape == (B, T, C)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     exact = _attention_float64(x, ours.in_proj_weight, ours.in_proj_bias, ours.out_proj.weight, ours.out_proj.bias,
-                               heads, valid, causal)
+                               heads, unpadded, causal)
     torch.testing.assert_close(got.double(), exact, atol=2e-6, rtol=1e-5)
 
     grad = torch.randn(B, T, C)
@@ -108,7 +108,7 @@ def test_attention_equals_multihead_attention_and_float64(gemm_backend, padded, 
     if padded:  # padded frames have no say in the real frames' outputs
         x2 = x.clone()
         x2[1, 7:] += 100 * torch.randn(5, C)
-        moved = ours(x2, attention_mask(valid, causal, T))
+        moved = ours(x2, attention_mask(unpadded, causal, T))
         assert torch.equal(moved[1, :7], got[1, :7].detach())
         assert not torch.allclose(moved[1, 7:], got[1, 7:].detach())
 
@@ -161,16 +161,16 @@ def test_model_outputs_and_gradients_unchanged_vs_torch_transformer(gemm_backend
     new.load_state_dict(old.state_dict())
     B, T = 3, 12
     x = torch.randn(B, T, 6)
-    for valid in (None, _valid(LENGTHS, T)):
+    for unpadded in (None, _unpadded(LENGTHS, T)):
         with torch.no_grad():  # eval + no_grad: nn.TransformerEncoder may take its fused inference path
-            a, b = old.eval()(x, valid=valid), new.eval()(x, valid=valid)
+            a, b = old.eval()(x, unpadded=unpadded), new.eval()(x, unpadded=unpadded)
         for task in ("va", "expr", "au"):
             assert b[task].shape == a[task].shape == (B, T, temporal.get_task(task).num_outputs)
             torch.testing.assert_close(b[task], a[task], atol=1e-5, rtol=1e-5)
         old.train(), new.train()
         old.zero_grad(), new.zero_grad()
-        sum(v.square().sum() for v in old(x, valid=valid).values()).backward()
-        sum(v.square().sum() for v in new(x, valid=valid).values()).backward()
+        sum(v.square().sum() for v in old(x, unpadded=unpadded).values()).backward()
+        sum(v.square().sum() for v in new(x, unpadded=unpadded).values()).backward()
         old_params = dict(old.named_parameters())
         for name, p in new.named_parameters():
             torch.testing.assert_close(p.grad, old_params[name].grad, atol=1e-4, rtol=1e-4, msg=name)
@@ -183,9 +183,9 @@ def test_checkpoint_written_with_torch_transformer_loads(tmp_path, monkeypatch):
     save_temporal(tmp_path / "old.safetensors", old, {"window": 12})
     loaded, meta = load_temporal(tmp_path / "old.safetensors")
     assert meta["window"] == 12 and isinstance(loaded.transformer, temporal.TransformerEncoder)
-    x, valid = torch.randn(3, 12, 6), _valid(LENGTHS, 12)
+    x, unpadded = torch.randn(3, 12, 6), _unpadded(LENGTHS, 12)
     with torch.no_grad():
-        a, b = old(x, valid=valid), loaded(x, valid=valid)
+        a, b = old(x, unpadded=unpadded), loaded(x, unpadded=unpadded)
     for task in a:
         torch.testing.assert_close(b[task], a[task], atol=1e-5, rtol=1e-5)
 
@@ -201,7 +201,7 @@ def test_transformer_calls_sdpa_once_per_layer(monkeypatch):
     monkeypatch.setattr(temporal.F, "scaled_dot_product_attention", counting_sdpa)
     model = TemporalModel(_cfg(transformer_layers=3, dropout=0.3, causal=True))
     model.train()(torch.randn(2, 5, 6))
-    model.eval()(torch.randn(2, 5, 6), valid=_valid([5, 3], 5))
+    model.eval()(torch.randn(2, 5, 6), unpadded=_unpadded([5, 3], 5))
     assert calls == [((2, 4, 5, 4), None, 0.3, True)] * 3 + [((2, 4, 5, 4), (2, 1, 5, 5), 0.0, False)] * 3
 
 
