@@ -180,3 +180,28 @@ def test_predict_config_file_override_and_unknown_key(trained, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["affectmae predict: error: command line: unknown setting 'modle' for PredictConfig; known: "
                    "features, model_dir, out, runs, tasks, test_list"]
+
+
+def test_export_config_file_override_and_unknown_key(trained, tmp_path, capsys):
+    import yaml
+
+    root, feats, ann, runs, encoder = trained
+    config = tmp_path / "export.yaml"
+    config.write_text(yaml.safe_dump({"encoder": str(encoder), "runs": [str(runs["va"]), str(runs["expr"])],
+                                      "align_margin": 1.1}))
+    out = tmp_path / "model"
+    assert main(["export", "--config", str(config), "-o", str(out), "align_margin=1.25"]) == 0
+    capsys.readouterr()
+    meta = json.loads((out / "affectmae_model.json").read_text())
+    assert meta["align_margin"] == 1.25 and sorted(meta["heads"]) == ["expr", "va"]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["align_margin"], saved["out"], len(saved["runs"])) == (1.25, str(out), 2)
+    assert load_model_dir(out).tasks == ["va", "expr"]
+    # a --run flag replaces the file's list
+    assert main(["export", "--config", str(config), "-o", str(tmp_path / "m2"), "--run", str(runs["au"])]) == 0
+    capsys.readouterr()
+    assert list(json.loads((tmp_path / "m2" / "affectmae_model.json").read_text())["heads"]) == ["au"]
+    assert main(["export", "--config", str(config), "-o", str(tmp_path / "m3"), "margin=1.2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "affectmae export: error: command line: unknown setting 'margin' for ExportConfig; known: align_margin, "
+        "encoder, out, runs"]

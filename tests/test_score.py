@@ -208,3 +208,25 @@ def test_score_wrong_task_names_annotation_file(va_dir, tmp_path, capsys):
     assert code == 2
     assert f"{va_dir / 'vidA.txt'}:1: wrong header for task expr" in err
     assert "(this is the header of a VA file)" in err
+
+
+def test_score_config_file_override_and_unknown_key(va_dir, tmp_path, capsys):
+    perfect = _write(tmp_path / "p.csv", VA_HEADER, [
+        "vidA/00001.jpg,0.1,0.2", "vidA/00002.jpg,0.3,0.4", "vidA/00004.jpg,0.5,0.0",
+        "vidB_left/00001.jpg,-0.2,0.6", "vidB_left/00002.jpg,0.4,-0.1"])
+    half = _write(tmp_path / "h.csv", VA_HEADER, [
+        "vidA/00001.jpg,0.1,0.1", "vidA/00002.jpg,0.3,0.2", "vidA/00004.jpg,0.5,0.0",
+        "vidB_left/00001.jpg,-0.2,0.3", "vidB_left/00002.jpg,0.4,-0.05"])
+    config = tmp_path / "score.yaml"
+    config.write_text(f"task: expr\npred_csv: {half}\nannotation_dir: {va_dir}\n")
+    # the file names the EXPR task and h.csv; key=value sets the task, the positional argument the CSV
+    code, out, err = _score(capsys, "--config", config, perfect, "task=va")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["task"] == "va" and result["score"] == pytest.approx(1.0) and result["rows"] == 5
+    code, out, err = _score(capsys, "--config", config, "task=va")
+    assert code == 0 and json.loads(out)["ccc_arousal"] < 0.99  # the file's h.csv
+    code, out, err = _score(capsys, "--config", config, "taks=va")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == ["affectmae score: error: command line: unknown setting 'taks' for "
+                                        "ScoreConfig; known: annotation_dir, pred_csv, task"]

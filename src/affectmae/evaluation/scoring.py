@@ -4,16 +4,21 @@ Every frame with a valid label must have a prediction row; rows for other frames
 label, a video without an annotation file, past the end of the annotations) are ignored and counted.
 The metric is the official one from :mod:`affectmae.evaluation.metrics`, computed once over all scored frames of
 all videos together (not per video, not per segment).
+
+``run_score(config, overrides, **settings)`` is the command's entry point (:class:`ScoreConfig`: defaults <
+YAML file < ``key=value`` < the command's arguments); it writes nothing, the score is its return value.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from affectmae.config import build_config
 from affectmae.datasets.annotations import read_annotation_file
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
@@ -94,3 +99,22 @@ def score_submission(task: str, pred_csv: str | Path, annotation_dir: str | Path
     }
     log.info("%s: %s score %.4f over %d frames of %d videos", pred_csv, spec.name, out["score"], frames_scored, len(files))
     return out
+
+
+@dataclass
+class ScoreConfig:
+    task: str = ""  # va | expr | au: which challenge the submission is for
+    pred_csv: str = ""  # ABAW submission CSV (image_location,...)
+    annotation_dir: str = ""  # folder of <video>.txt annotations of one task and split
+
+
+def score(cfg: ScoreConfig) -> dict:
+    """The ``affectmae score`` stage: :func:`score_submission` with the settings of ``cfg``."""
+    if not cfg.task or not cfg.pred_csv or not cfg.annotation_dir:
+        raise AffectMAEError("score needs a task (--task), a submission CSV and an annotation folder")
+    return score_submission(cfg.task, cfg.pred_csv, cfg.annotation_dir)
+
+
+def run_score(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit) -> dict:
+    """``affectmae score``: defaults < config file < ``key=value`` overrides < ``explicit`` settings."""
+    return score(build_config(ScoreConfig, config, overrides, **explicit))

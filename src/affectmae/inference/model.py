@@ -25,8 +25,9 @@ Layout (``format_version`` 1)::
 
 A head entry is one file or a list of files (an ensemble, e.g. the five CV folds: VA values and class /
 AU probabilities are averaged, AU thresholds too). Several tasks may name the same multi-task file; it is
-run once. :func:`export_model_dir` (``affectmae export``) assembles a MODEL_DIR from an encoder
-checkpoint and training run folders.
+run once. :func:`export_model_dir` assembles a MODEL_DIR from an encoder checkpoint and training run
+folders; ``affectmae export`` calls it through ``run_export(config, overrides, **settings)``
+(:class:`ExportConfig`), which also saves the merged settings as ``MODEL_DIR/config.yaml``.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from affectmae import __version__
+from affectmae.config import build_config, save_config
 from affectmae.errors import AffectMAEError, CheckpointError
 from affectmae.io import atomic_write_text
 from affectmae.tasks import TASKS
@@ -205,6 +208,28 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     atomic_write_text(out / MODEL_JSON, json.dumps(meta, indent=2))
     log.info("wrote MODEL_DIR %s (tasks %s)", out, ", ".join(meta["heads"]))
     return meta
+
+
+@dataclass
+class ExportConfig:
+    encoder: str = ""  # encoder checkpoint the features were extracted with
+    runs: list[str] = field(default_factory=list)  # `affectmae train` run folders (several per task: an ensemble)
+    out: str = ""  # MODEL_DIR to write
+    align_margin: float | None = None  # face-crop margin of the encoder's training frames (None: 1.0 in analyze)
+
+
+def export(cfg: ExportConfig) -> dict:
+    """The ``affectmae export`` stage: :func:`export_model_dir`, then ``MODEL_DIR/config.yaml``."""
+    if not cfg.encoder or not cfg.out:
+        raise AffectMAEError("export needs an encoder checkpoint (--encoder) and a MODEL_DIR to write (-o)")
+    meta = export_model_dir(cfg.encoder, cfg.runs, cfg.out, align_margin=cfg.align_margin)
+    save_config(cfg, Path(cfg.out) / "config.yaml")
+    return meta
+
+
+def run_export(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit) -> dict:
+    """``affectmae export``: defaults < config file < ``key=value`` overrides < ``explicit`` settings."""
+    return export(build_config(ExportConfig, config, overrides, **explicit))
 
 
 def _tasks_of(path: Path) -> list[str]:
