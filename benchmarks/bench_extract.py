@@ -26,7 +26,7 @@ from affectmae.models.fast_linear import onednn_available, onednn_linear
 def gemm_gflops(seconds: float = 3.0) -> float:
     """The machine's fp32 matmul rate with ViT-B-like shapes (tokens x 768 @ 768 x 3072): the faster of
     PyTorch's ``a @ b`` (MKL on x86) and oneDNN's matmul, each run for half of ``seconds``. On AMD CPUs
-    with AVX-512, MKL takes its AVX2 path at about half of oneDNN's rate, and our encoder's linear layers
+    with AVX-512, MKL takes its slower AVX2 path (docs/benchmarks.md), and our encoder's linear layers
     use oneDNN there (``affectmae.models.fast_linear``), so ``a @ b`` alone would understate the bound."""
     a, b = torch.randn(32 * 50, 768), torch.randn(768, 3072)
     bt = b.t().contiguous()

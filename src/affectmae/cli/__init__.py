@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "omp_passive", False):
         # Before the subcommand loads PyTorch: its idle OpenMP workers busy-wait and slow the face detector
-        # 5-40x on small machines. Only commands that run the detector ask for this (set_defaults), since it
-        # slows pure PyTorch work (training, extract) by 7-19 % (docs/analyze.md). A user's own setting wins.
+        # badly on small machines. Only commands that run the detector ask for this (set_defaults), since it
+        # slows pure PyTorch work (training, extract); measurements in docs/analyze.md. A user's own setting wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
