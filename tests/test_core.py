@@ -18,7 +18,7 @@ from affectmae.config import load_config, save_config
 from affectmae.errors import AffectMAEError, CheckpointError, InputFormatError
 from affectmae.io import atomic_path
 from affectmae.tasks import TASKS, get_task
-from affectmae.training.optim import param_groups_weight_decay, set_lr, warmup_cosine_lr
+from affectmae.training.optim import make_adamw, param_groups_weight_decay, set_lr, warmup_cosine_lr
 from affectmae.training.state import load_training_state, save_training_state
 
 
@@ -152,6 +152,13 @@ def test_resume_with_incompatible_config_is_refused(tmp_path):
     save_training_state(tmp_path / "s.safetensors", m, None, {"epoch": 1}, {"size": "tiny", "batch": 8})
     with pytest.raises(CheckpointError, match=r"incompatible config \(batch: saved 8, now 16\)"):
         load_training_state(tmp_path / "s.safetensors", m, None, {"size": "tiny", "batch": 16}, ("size", "batch"))
+    # a run saved before a setting was renamed: its old name is compared under the new one
+    save_training_state(tmp_path / "old.safetensors", m, None, {"epoch": 1}, {"data": "/a", "batch": 8})
+    with pytest.raises(CheckpointError, match=r"incompatible config \(annotations: saved '/a', now '/b'\)"):
+        load_training_state(tmp_path / "old.safetensors", m, None, {"annotations": "/b", "batch": 8},
+                            ("annotations", "batch"), renamed={"data": "annotations"})
+    load_training_state(tmp_path / "old.safetensors", m, None, {"annotations": "/a", "batch": 8},
+                        ("annotations", "batch"), renamed={"data": "annotations"})
 
 
 def test_param_groups_and_schedule():
@@ -163,6 +170,8 @@ def test_param_groups_and_schedule():
     assert warmup_cosine_lr(9, 100, 10, 1.0) == pytest.approx(1.0)
     assert warmup_cosine_lr(55, 100, 10, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert warmup_cosine_lr(100, 100, 10, 1.0, min_lr=0.01) == pytest.approx(0.01)
+    plain = make_adamw(groups, lr=1.0, fused=False)  # `train`: torch's default update, as before the factory
+    assert plain.state_dict()["param_groups"] == torch.optim.AdamW(groups, lr=1.0).state_dict()["param_groups"]
     opt = torch.optim.AdamW(groups, lr=1.0)
     opt.param_groups[0]["lr_scale"] = 0.5
     set_lr(opt, 2e-3)
