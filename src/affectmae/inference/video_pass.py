@@ -124,9 +124,8 @@ def _process_chunk(chunk: list, chunk_cuts: list[bool], analyzer, tracker: FaceT
             encoder.add(crop)
 
 
-def _frame_pass(video, analyzer, timings: dict, progress) -> tuple[_Detections, list[float], np.ndarray, dict,
-                                                                   FaceTracker]:
-    """Stream the frames once; returns (detections, time of every decoded frame, crop features (M, D),
+def _frame_pass(video, analyzer, timings: dict, progress) -> tuple:
+    """Stream the frames once; returns (detections, time of every decoded frame, crop features (M, D) float16,
     video summary, tracker)."""
     cfg = analyzer.config
     tracker = FaceTracker(max_age=cfg.max_age, min_appearance=cfg.reid_min_appearance)
