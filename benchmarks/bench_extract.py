@@ -77,7 +77,8 @@ def main() -> None:
 
     from affectmae.features.extract import ExtractConfig, extract_features, quantize_encoder
     from affectmae.features.store import FeatureStore
-    from affectmae.models.vit import build_encoder, preprocess_frames, save_encoder
+    from affectmae.models.preprocess import preprocess_frames
+    from affectmae.models.vit import build_encoder, save_encoder
 
     torch.manual_seed(0)
     encoder = build_encoder(args.size, img_size=args.img_size).eval()

@@ -116,7 +116,7 @@ def test_predictions_match_an_independent_recomputation(work):
     from affectmae.face.detect import get_detector
     from affectmae.inference.model import load_model_dir
     from affectmae.media.video import VideoReader
-    from affectmae.models.vit import preprocess_frames
+    from affectmae.models.preprocess import preprocess_frames
 
     root, model_dir, truth = work
     df = analyze_video(truth.path, model_dir, batch_size=5, detect_every=1)  # a full detection on every frame

@@ -13,7 +13,8 @@ from affectmae.cli import main
 from affectmae.errors import AffectMAEError
 from affectmae.features.store import FeatureStore
 from affectmae.models.baseline_encoders import PixelEncoder, build_extract_encoder, random_encoder
-from affectmae.models.vit import build_encoder, preprocess_frames, save_encoder
+from affectmae.models.preprocess import preprocess_frames
+from affectmae.models.vit import build_encoder, save_encoder
 from test_features import _write_dataset
 
 

@@ -13,7 +13,8 @@ from affectmae.cli import main
 from affectmae.errors import AffectMAEError
 from affectmae.features.extract import ExtractConfig, extract_features
 from affectmae.features.store import FeatureStore, fill_missing
-from affectmae.models.vit import build_encoder, load_encoder, preprocess_frames, save_encoder
+from affectmae.models.preprocess import preprocess_frames
+from affectmae.models.vit import build_encoder, load_encoder, save_encoder
 
 
 def _write_dataset(root, lengths, missing=(), corrupt=(), extra_images=()):

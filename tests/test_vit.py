@@ -12,7 +12,8 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 
 from affectmae.checkpoint import save_weights
 from affectmae.errors import CheckpointError
-from affectmae.models.vit import build_encoder, load_encoder, preprocess_frames, save_encoder, sincos_pos_embed_2d
+from affectmae.models.preprocess import preprocess_frames
+from affectmae.models.vit import build_encoder, load_encoder, save_encoder, sincos_pos_embed_2d
 
 
 def _timm_reference(img_size: int, depth: int = 2) -> torch.nn.Module:

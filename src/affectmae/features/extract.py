@@ -100,7 +100,7 @@ def _frame_encoder(encoder, device, size: int):
     """uint8 images (B, S, S, 3) -> pooled features (B, D) float32 numpy."""
     import torch
 
-    from affectmae.models.vit import preprocess_frames
+    from affectmae.models.preprocess import preprocess_frames
 
     @torch.inference_mode()
     def encode(images: np.ndarray) -> np.ndarray:

@@ -66,9 +66,8 @@ def video_frame_counts(frame_index, annotation_root: str | Path | None = None,
 
 def _decode_batch(frame_index, video: str, ks: list[int], present: np.ndarray, size: int) -> tuple[np.ndarray, list[int], int]:
     """Decode frames ``ks`` that exist; returns (uint8 (B, size, size, 3), decoded ks, corrupt count)."""
-    from PIL import Image
-
     from affectmae.datasets.images import load_rgb
+    from affectmae.models.preprocess import resize_frame
 
     images, done, corrupt = [], [], 0
     for k in ks:
@@ -80,9 +79,7 @@ def _decode_batch(frame_index, video: str, ks: list[int], present: np.ndarray, s
             log.warning("%s", err)
             corrupt += 1
             continue
-        if img.shape[:2] != (size, size):
-            img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
-        images.append(img)
+        images.append(resize_frame(img, size))
         done.append(k)
     arr = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return arr, done, corrupt

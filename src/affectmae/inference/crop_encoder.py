@@ -30,7 +30,7 @@ class CropEncoder:
 
     def __init__(self, encoder: torch.nn.Module, device: torch.device, batch_size: int, timings: dict,
                  overlap: bool = False):
-        from affectmae.models.vit import preprocess_frames
+        from affectmae.models.preprocess import preprocess_frames
 
         self.encoder = encoder.to(device).eval()
         self.device = device

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from affectmae.errors import AffectMAEError
-from affectmae.models.vit import IMAGENET_MEAN, IMAGENET_STD, ViTEncoder, encoder_metadata, load_encoder
+from affectmae.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from affectmae.models.vit import ViTEncoder, encoder_metadata, load_encoder
 
 PIXEL_SIZE = 24
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
@@ -29,7 +30,7 @@ GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 class PixelEncoder(torch.nn.Module):
     """Frames -> grey S x S pixels, each frame standardised to mean 0 and standard deviation 1.
 
-    Input is what :func:`affectmae.models.vit.preprocess_frames` gives (ImageNet-normalised RGB); it is
+    Input is what :func:`affectmae.models.preprocess.preprocess_frames` gives (ImageNet-normalised RGB); it is
     mapped back to [0, 1], turned grey with BT.601 weights, resized to S x S (bilinear, antialiased; a
     no-op when the frames already are S x S) and flattened row by row. A constant frame gives zeros.
     """

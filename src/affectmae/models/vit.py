@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
@@ -35,8 +34,6 @@ from affectmae.models.fast_linear import use_fast_linear
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 ENCODER_FILE = "encoder.safetensors"
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -274,24 +271,3 @@ def encoder_metadata(path: str | Path) -> dict[str, Any]:
     """Metadata of one of our encoder files (empty for foreign files)."""
     path = _resolve_path(Path(path))
     return read_metadata(path) if path.suffix == ".safetensors" else {}
-
-
-# ------------------------------------------------------------------------------------------ preprocessing
-
-
-def preprocess_frames(frames: np.ndarray | torch.Tensor, img_size: int) -> torch.Tensor:
-    """frames: uint8 (B, H, W, 3) RGB -> float32 (B, 3, S, S), S = ``img_size``, ImageNet-normalised.
-
-    Frames of another size are resized (bilinear, antialiased).
-    """
-    x = torch.as_tensor(frames)
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"frames must be (B, H, W, 3) RGB, got shape {tuple(x.shape)}")
-    if x.dtype != torch.uint8:
-        raise ValueError(f"frames must be uint8, got {x.dtype}")
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
-    if x.shape[-2:] != (img_size, img_size):
-        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std

@@ -39,7 +39,6 @@ from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, ope
 from affectmae.training.losses import class_weights, task_loss
 from affectmae.training.memory import keep_freed_memory
 from affectmae.training.optim import make_adamw, set_lr, warmup_cosine_lr
-from affectmae.training.pretrain_data import plain_transform
 from affectmae.training.seeds import step_seed
 
 log = logging.getLogger(__name__)
@@ -264,23 +263,18 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
 def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int) -> tuple[Any, AugmentedFrames, Dataset]:
     """(training frames, augmented training set, validation set); with ``overfit_batches`` a few fixed
     training frames, unaugmented, for both training and scoring."""
-    from torchvision.transforms import v2
-
     from affectmae.datasets.affwild2 import AffWild2Frames
-    from affectmae.models.vit import IMAGENET_MEAN, IMAGENET_STD
+    from affectmae.models.preprocess import eval_transform, train_transform
 
     frames_root = cfg.frames or cfg.annotations
     train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train")
-    val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=plain_transform(img_size))
-    aug = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=(cfg.crop_scale_min, 1.0), antialias=True)]
-    aug += [v2.RandomHorizontalFlip()] if cfg.hflip else []
-    aug += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)), v2.Compose(aug),
-                                cfg.seed)
+    val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=eval_transform(img_size))
+    train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)),
+                                train_transform(img_size, cfg.crop_scale_min, cfg.hflip), cfg.seed)
     val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
     if cfg.overfit_batches:
         keep = _spread(len(train_frames), cfg.overfit_batches * cfg.batch_size)
-        train_frames.transform = plain_transform(img_size)
+        train_frames.transform = eval_transform(img_size)
         train_set = AugmentedFrames(Subset(train_frames, keep), _unchanged, cfg.seed)
         val_set = Subset(train_frames, keep)
         log.info("sanity mode: fitting %d fixed training frames (%d batches); the loss should fall towards 0",

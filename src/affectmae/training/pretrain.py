@@ -30,6 +30,7 @@ from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.models.mae import MaskedAutoencoder
+from affectmae.models.preprocess import train_transform
 from affectmae.models.vit import build_encoder, load_encoder, save_encoder
 from affectmae.training.distributed import (
     DistInfo,
@@ -42,7 +43,7 @@ from affectmae.training.distributed import (
 from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, open_run_dir
 from affectmae.training.memory import keep_freed_memory
 from affectmae.training.optim import make_adamw, param_groups_weight_decay, set_lr, warmup_cosine_lr
-from affectmae.training.pretrain_data import MAEAugmented, fixed_batch, mae_transform, save_reconstruction_figure
+from affectmae.training.pretrain_data import MAEAugmented, fixed_batch, save_reconstruction_figure
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining,
     optimizer = make_adamw(groups, cfg.effective_lr, cfg.betas)
 
     images = build_face_dataset(list(cfg.images))
-    dataset = MAEAugmented(images, mae_transform(cfg.img_size, cfg.crop_scale_min, cfg.hflip),
+    dataset = MAEAugmented(images, train_transform(cfg.img_size, cfg.crop_scale_min, cfg.hflip),
                            model.encoder.num_patches, cfg.seed)
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, info.rank, info.world_size, cfg.accum_steps,
                                  seed=cfg.seed, shuffle=True, drop_last=True)

@@ -16,29 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from affectmae.io import atomic_path
-from affectmae.models.vit import IMAGENET_MEAN, IMAGENET_STD
+from affectmae.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from affectmae.training.seeds import step_seed
-
-
-def mae_transform(img_size: int, crop_scale_min: float = 0.2, hflip: bool = True) -> v2.Compose:
-    """MAE augmentation: RandomResizedCrop(scale=(min, 1)) + horizontal flip, then ImageNet normalisation."""
-    steps: list[Any] = [v2.ToImage(),
-                        v2.RandomResizedCrop(img_size, scale=(crop_scale_min, 1.0),
-                                             interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return v2.Compose(steps)
-
-
-def plain_transform(img_size: int) -> v2.Compose:
-    """Resize + normalise, no randomness (figures, validation)."""
-    return v2.Compose([v2.ToImage(), v2.Resize((img_size, img_size), interpolation=v2.InterpolationMode.BICUBIC,
-                                               antialias=True),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def _image_of(item: Any) -> Any:
@@ -75,7 +56,7 @@ class MAEAugmented(Dataset):
 
 def fixed_batch(images: Dataset, img_size: int, count: int) -> torch.Tensor:
     """The first ``count`` readable images, resized and normalised: (N, 3, S, S) (for figures)."""
-    transform = plain_transform(img_size)
+    transform = eval_transform(img_size)
     out = []
     for i in range(len(images)):
         item = images[i]

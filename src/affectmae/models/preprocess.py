@@ -1,0 +1,78 @@
+"""How a face image becomes the encoder's input: the one definition used by every stage.
+
+Pretraining crops, fine-tuning crops, feature extraction and ``analyze`` all go through this module, so an
+encoder sees its inputs prepared the same way in training and in use:
+
+1. RGB, scaled to float32 in [0, 1];
+2. resized to ``img_size`` x ``img_size`` with :data:`INTERPOLATION` (bicubic, antialiased, on the float
+   image, as the reference MAE recipe resizes bicubically); a random resized crop in training;
+3. normalised with the encoder's mean and standard deviation (ImageNet's, as the reference MAE).
+
+``preprocess_frames`` takes batches of uint8 frames (extraction, analysis); ``eval_transform`` and
+``train_transform`` take single images (PIL or uint8 arrays) for the training datasets. For an image that
+already has the encoder's size, ``eval_transform`` and ``preprocess_frames`` give the same tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATION = v2.InterpolationMode.BICUBIC
+
+
+def _normalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    shape = (1, 3, 1, 1) if x.ndim == 4 else (3, 1, 1)
+    return (x - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
+def preprocess_frames(frames: np.ndarray | torch.Tensor, img_size: int, mean=IMAGENET_MEAN,
+                      std=IMAGENET_STD) -> torch.Tensor:
+    """frames: uint8 (B, H, W, 3) RGB -> float32 (B, 3, S, S), S = ``img_size``, resized and normalised."""
+    x = torch.as_tensor(frames)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"frames must be (B, H, W, 3) RGB, got shape {tuple(x.shape)}")
+    if x.dtype != torch.uint8:
+        raise ValueError(f"frames must be uint8, got {x.dtype}")
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-2:] != (img_size, img_size):
+        x = F.interpolate(x, size=(img_size, img_size), mode=INTERPOLATION.value, align_corners=False,
+                          antialias=True)
+    return _normalise(x, mean, std)
+
+
+def resize_frame(image: np.ndarray, img_size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (S, S, 3) with the same interpolation, for batching frames of other sizes."""
+    if image.shape[:2] == (img_size, img_size):
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(img_size, img_size), mode=INTERPOLATION.value, align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def _to_float() -> list[Any]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+
+
+def eval_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+    """One image -> float32 (3, S, S): resize and normalise, no randomness (validation, figures)."""
+    return v2.Compose([*_to_float(), v2.Resize((img_size, img_size), interpolation=INTERPOLATION, antialias=True),
+                       v2.Normalize(mean, std)])
+
+
+def train_transform(img_size: int, crop_scale_min: float, hflip: bool, mean=IMAGENET_MEAN,
+                    std=IMAGENET_STD) -> v2.Compose:
+    """One image -> float32 (3, S, S): a random resized crop covering ``crop_scale_min``-1 of the area, an
+    optional horizontal flip, then the normalisation (MAE pretraining and fine-tuning alike)."""
+    steps: list[Any] = [*_to_float(), v2.RandomResizedCrop(img_size, scale=(crop_scale_min, 1.0),
+                                                           interpolation=INTERPOLATION, antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.Normalize(mean, std))
+    return v2.Compose(steps)
