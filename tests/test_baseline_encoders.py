@@ -13,7 +13,7 @@ from affectmae.cli import main
 from affectmae.errors import AffectMAEError
 from affectmae.features.store import FeatureStore
 from affectmae.models.baseline_encoders import PixelEncoder, build_extract_encoder, random_encoder
-from affectmae.models.preprocess import preprocess_frames
+from affectmae.models.preprocess import preprocess_frames, resize_frame
 from affectmae.models.vit import build_encoder, save_encoder
 from test_features import _write_dataset
 
@@ -56,8 +56,9 @@ def test_extract_pixels_goes_through_the_same_path(tmp_path):
     assert meta["encoder"] == "pixels:4" and meta["dim"] == 16 and meta["encoder_meta"]["kind"] == "pixels"
     feats, present = FeatureStore(out).load("a", mmap=False)
     assert feats.shape == (5, 16) and present.tolist() == [True, True, False, True, True]
-    img = Image.open(tmp_path / "cropped_aligned" / "a" / "00001.jpg").convert("RGB").resize((4, 4), Image.BILINEAR)
-    grey = np.asarray(img, np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
+    # frames are resized to the encoder's size by the one input definition (models/preprocess.py)
+    img = resize_frame(np.asarray(Image.open(tmp_path / "cropped_aligned" / "a" / "00001.jpg").convert("RGB")), 4)
+    grey = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
     expected = (grey.ravel() - grey.mean()) / grey.std()
     np.testing.assert_allclose(feats[0].astype(np.float64), expected, atol=5e-3)  # float16 storage
     np.testing.assert_allclose(feats[2], (feats[1].astype(np.float32) + feats[3]) / 2, atol=2e-3)  # filled
