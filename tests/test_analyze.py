@@ -105,7 +105,10 @@ def test_prediction_columns_are_consistent(cli_run):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
     assert (faces["expression"] == np.array(EXPRESSIONS)[probs.argmax(axis=1)]).all()
     au = faces[AU_PROB_COLUMNS].to_numpy()
-    np.testing.assert_array_equal(faces[list(ACTION_UNITS)].to_numpy(), (au >= np.array(THRESHOLDS)).astype(int))
+    clear = np.abs(au - np.array(THRESHOLDS)) > 1e-4  # the CSV keeps 5 significant digits of each probability
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(faces[list(ACTION_UNITS)].to_numpy()[clear],
+                                  (au >= np.array(THRESHOLDS)).astype(int)[clear])
     assert faces["valence"].between(-1, 1).all() and faces["det_score"].between(0.5, 1).all()
 
 
