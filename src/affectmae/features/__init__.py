@@ -1,1 +1,1 @@
-"""Per-frame encoder features: the on-disk store and the extraction job that fills it."""
+"""Per-frame encoder features: the on-disk store (store), frame counts and decoding (frames), and the extraction job that fills the store (extract)."""
