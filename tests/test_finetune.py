@@ -142,7 +142,7 @@ def test_sanity_mode_fits_a_fixed_batch(synth, tmp_path, caplog):
     epochs = read_metrics(run, "epoch")
     assert len(epochs) == 60
     assert epochs[0]["train_loss"] > 1.0 and epochs[-1]["train_loss"] < 0.05  # a fixed batch is memorised
-    with pytest.raises(AffectMAEError, match="finetune: max_steps must be >= 0, got -1"):
+    with pytest.raises(AffectMAEError, match="command line: max_steps must be >= 0, got -1"):
         from affectmae.training.finetune import run_finetune
 
         run_finetune("finetune_tiny", ["max_steps=-1"], annotations=str(data), encoder=str(mae), out=str(tmp_path / "x"))

@@ -5,6 +5,14 @@ checks every key and type, so a typo in a YAML file or an override fails with th
 The merged config is written into each run folder with ``save_config``. A dataclass may map old setting
 names to new ones in a ``RENAMED`` class attribute (``{"out_dir": "out"}``): an old name still works,
 with a warning, so YAML files and run folders written before a rename keep loading.
+
+Allowed values are declared on the fields, as ``field(default=32, metadata={"min": 1})``, and checked here
+for every value that a file or an override sets, so a bad number fails before any work with the allowed
+range in the message (``command line: batch_size must be >= 1, got 0``). Metadata keys: ``min`` / ``max``
+(inclusive), ``gt`` / ``lt`` (exclusive), ``choices``, and ``path``: ``"dir"`` (an input folder),
+``"file"`` (an input file), ``"out_dir"`` (an output folder); a path setting naming something of the
+other kind is refused. Settings that depend on each other are checked by the dataclass's own
+``check(prefix)`` method, called on the merged config (and on every nested config).
 """
 
 from __future__ import annotations
@@ -65,9 +73,73 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def _apply(cfg: Any, updates: dict[str, Any], source: str) -> Any:
+def _describe(meta: typing.Mapping[str, Any]) -> str | None:
+    """The allowed values a field's metadata declares, in words: ``>= 1``, ``in [0, 1)``, ``one of a, b``."""
+    if "choices" in meta:
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    low = ("[", meta["min"]) if "min" in meta else ("(", meta["gt"]) if "gt" in meta else None
+    high = (meta["max"], "]") if "max" in meta else (meta["lt"], ")") if "lt" in meta else None
+    if low and high:
+        return f"in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high:
+        return f"{'<=' if high[1] == ']' else '<'} {high[0]}"
+    return None
+
+
+def _allowed(value: Any, meta: typing.Mapping[str, Any]) -> bool:
+    if "choices" in meta:
+        return value in meta["choices"]
+    return not (("min" in meta and value < meta["min"]) or ("gt" in meta and value <= meta["gt"])
+                or ("max" in meta and value > meta["max"]) or ("lt" in meta and value >= meta["lt"]))
+
+
+_PATH_KINDS = {"dir": ("a folder", Path.is_file, "file"), "out_dir": ("a folder", Path.is_file, "file"),
+               "file": ("a file", Path.is_dir, "folder")}
+
+
+def check_value(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    """Raise AffectMAEError ``"<name> must be <allowed>, got <value>"`` when ``value`` breaks ``meta``
+    (a field's metadata). None (an unset optional setting) and "" (an unset path) always pass; a list is
+    checked item by item."""
+    if value is None or value == "":
+        return
+    if isinstance(value, (list, tuple)) and "path" not in meta:
+        for item in value:
+            check_value(name, item, meta)
+        return
+    kind = meta.get("path")
+    if kind is not None:
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            want, wrong, noun = _PATH_KINDS[kind]
+            if wrong(Path(item)):
+                raise AffectMAEError(f"{name} must be {want}, got the {noun} {item}")
+        return
+    allowed = _describe(meta)
+    if allowed is not None and not _allowed(value, meta):
+        raise AffectMAEError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_config(cfg: Any, prefix: str = "") -> None:
+    """Every field of ``cfg`` (and of its nested configs) against its metadata, then the dataclass's own
+    ``check(prefix)`` for settings that depend on each other. Stages built without :func:`load_config`
+    (a dataclass made in code) call this before they start."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_config(value, f"{prefix}{f.name}.")
+        else:
+            check_value(f"{prefix}{f.name}", value, f.metadata)
+    check = getattr(cfg, "check", None)
+    if callable(check):
+        check(prefix)
+
+
+def _apply(cfg: Any, updates: dict[str, Any], source: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(type(cfg))
-    names = {f.name for f in dataclasses.fields(cfg)}
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    names = set(fields)
     renamed = getattr(type(cfg), "RENAMED", {})
     changes = {}
     for key, value in updates.items():
@@ -82,9 +154,13 @@ def _apply(cfg: Any, updates: dict[str, Any], source: str) -> Any:
         current = getattr(cfg, head)
         if dataclasses.is_dataclass(current):
             nested = {rest: value} if rest else dict(value or {})
-            changes[head] = _apply(current, nested, source)
+            changes[head] = _apply(current, nested, source, f"{prefix}{head}.")
         else:
             changes[head] = _coerce(value, hints[head], f"{source}: {key}")
+            try:
+                check_value(f"{prefix}{head}", changes[head], fields[head].metadata)
+            except AffectMAEError as err:
+                raise AffectMAEError(f"{source}: {err}") from None
     return dataclasses.replace(cfg, **changes)
 
 
@@ -118,6 +194,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not isinstance(overrides, dict):
             overrides = parse_overrides(overrides)
         cfg = _apply(cfg, overrides, "command line")
+    check_config(cfg)
     return cfg
 
 

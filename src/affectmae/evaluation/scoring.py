@@ -12,7 +12,7 @@ YAML file < ``key=value`` < the command's arguments); it writes nothing, the sco
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +103,9 @@ def score_submission(task: str, pred_csv: str | Path, annotation_dir: str | Path
 
 @dataclass
 class ScoreConfig:
-    task: str = ""  # va | expr | au: which challenge the submission is for
-    pred_csv: str = ""  # ABAW submission CSV (image_location,...)
-    annotation_dir: str = ""  # folder of <video>.txt annotations of one task and split
+    task: str = field(default="", metadata={"choices": ("va", "expr", "au")})  # which challenge the submission is for
+    pred_csv: str = field(default="", metadata={"path": "file"})  # ABAW submission CSV (image_location,...)
+    annotation_dir: str = field(default="", metadata={"path": "dir"})  # folder of <video>.txt annotations of one task and split
 
 
 def score(cfg: ScoreConfig) -> dict:

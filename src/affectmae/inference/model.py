@@ -214,8 +214,8 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
 class ExportConfig:
     encoder: str = ""  # encoder checkpoint the features were extracted with
     runs: list[str] = field(default_factory=list)  # `affectmae train` run folders (several per task: an ensemble)
-    out: str = ""  # MODEL_DIR to write
-    align_margin: float | None = None  # face-crop margin of the encoder's training frames (None: 1.0 in analyze)
+    out: str = field(default="", metadata={"path": "out_dir"})  # MODEL_DIR to write
+    align_margin: float | None = field(default=None, metadata={"min": 0.2, "max": 5})  # face-crop margin of the encoder's training frames (None: 1.0 in analyze)
 
 
 def export(cfg: ExportConfig) -> dict:

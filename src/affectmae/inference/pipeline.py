@@ -62,7 +62,7 @@ class AnalyzeConfig:
 
     inputs: list[str] = field(default_factory=list)  # video files, folders of videos or glob patterns
     model_dir: str = ""  # MODEL_DIR from `affectmae export` or `demo`
-    out: str = ""  # output folder
+    out: str = field(default="", metadata={"path": "out_dir"})  # output folder
     batch_size: int = 32  # crops per encoder forward pass (the only frames-sized buffer)
     stride: int = 1  # analyse every k-th frame, interpolate the rest
     device: str = "auto"  # cpu | cuda | auto

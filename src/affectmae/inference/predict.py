@@ -49,12 +49,12 @@ _LOCATION = re.compile(r"^(?P<video>.+)/(?P<number>\d+)\.jpg$")
 class PredictConfig:
     RENAMED: ClassVar[dict[str, str]] = {"model": "model_dir"}
 
-    features: str = ""  # features folder of the videos to predict
-    out: str = ""  # folder for the CSV files
-    model_dir: str = ""  # MODEL_DIR (or give runs)
-    runs: list[str] = field(default_factory=list)  # training run folders; several = ensemble
-    tasks: list[str] = field(default_factory=list)  # default: every task the model has
-    test_list: str = ""  # organisers' example CSV or a list of videos (see the module docstring)
+    features: str = field(default="", metadata={"path": "dir"})  # features folder of the videos to predict
+    out: str = field(default="", metadata={"path": "out_dir"})  # folder for the CSV files
+    model_dir: str = field(default="", metadata={"path": "dir"})  # MODEL_DIR (or give runs)
+    runs: list[str] = field(default_factory=list, metadata={"path": "dir"})  # training run folders; several = ensemble
+    tasks: list[str] = field(default_factory=list, metadata={"choices": tuple(TASKS)})  # default: every task the model has
+    test_list: str = field(default="", metadata={"path": "file"})  # organisers' example CSV or a list of videos (see the module docstring)
 
 
 def read_test_list(path: str | Path) -> "OrderedDict[str, np.ndarray | int | None]":

@@ -33,27 +33,41 @@ from affectmae.tasks import get_task
 
 @dataclass
 class TemporalConfig:
-    arch: str = "temporal"  # "temporal" (TCN + Transformer + MLP) | "linear" (per-frame baseline)
-    input_dim: int = 768  # set from the feature store when training
+    arch: str = field(default="temporal", metadata={"choices": ("temporal", "linear")})  # "temporal" (TCN + Transformer + MLP) | "linear" (per-frame baseline)
+    input_dim: int = field(default=768, metadata={"min": 1})  # set from the feature store when training
     tasks: list[str] = field(default_factory=lambda: ["va"])
     use_tcn: bool = True  # ablation "w/o TCN": a linear projection to the TCN's output width instead
-    tcn_channels: list[int] = field(default_factory=lambda: [512, 256])
-    tcn_kernel: int = 3
-    tcn_dilations: list[int] = field(default_factory=list)  # empty: 1, 2, 4, ... per block
+    tcn_channels: list[int] = field(default_factory=lambda: [512, 256], metadata={"min": 1})
+    tcn_kernel: int = field(default=3, metadata={"min": 1})
+    tcn_dilations: list[int] = field(default_factory=list, metadata={"min": 1})  # empty: 1, 2, 4, ... per block
     causal: bool = False
     weight_norm: bool = True
     use_transformer: bool = True  # ablation "w/o Transformer"
-    transformer_layers: int = 2
-    transformer_heads: int = 4
-    transformer_ff: int = 512
-    head_hidden: int = 128
-    dropout: float = 0.3
+    transformer_layers: int = field(default=2, metadata={"min": 1})
+    transformer_heads: int = field(default=4, metadata={"min": 1})  # must divide the width, tcn_channels[-1]
+    transformer_ff: int = field(default=512, metadata={"min": 1})
+    head_hidden: int = field(default=128, metadata={"min": 1})
+    dropout: float = field(default=0.3, metadata={"min": 0, "lt": 1})
     missing_embedding: bool = False
     # Person-specific normalisation (as OpenFace's AU models do): every frame also carries its feature minus
     # the mean feature of its video (face track) over frames with a face, so what changes within a person
     # is separated from who the person is. The input width doubles; the reference comes from
     # `person_reference` over the whole sequence, in training, validation, predict and analyze alike.
     person_norm: bool = False
+
+    def check(self, prefix: str = "") -> None:
+        """Settings that depend on each other (checked by affectmae.config when a config is built)."""
+        from affectmae.errors import AffectMAEError
+
+        if not self.tcn_channels:
+            raise AffectMAEError(f"{prefix}tcn_channels must name at least one width")
+        if self.tcn_dilations and len(self.tcn_dilations) != len(self.tcn_channels):
+            raise AffectMAEError(f"{prefix}tcn_dilations has {len(self.tcn_dilations)} entries but "
+                                 f"{prefix}tcn_channels has {len(self.tcn_channels)}")
+        width = self.tcn_channels[-1]
+        if self.arch == "temporal" and self.use_transformer and width % self.transformer_heads:
+            raise AffectMAEError(f"{prefix}transformer_heads must divide the transformer width "
+                                 f"({prefix}tcn_channels[-1] = {width}), got {self.transformer_heads}")
 
 
 def _conv(cin: int, cout: int, kernel: int, dilation: int, use_wn: bool) -> nn.Module:

@@ -84,12 +84,12 @@ class SynthConfig:
     """Settings of ``affectmae synth`` (the arguments of :func:`generate_affwild2`)."""
 
     out: str | None = None  # output folder (must be empty or absent, unless overwrite)
-    videos: int = 10  # annotation stems, a _left/_right pair counting as two
-    frames: int = 300  # mean frames per video; each is 0.75-1.25x this
+    videos: int = field(default=10, metadata={"min": 1})  # annotation stems, a _left/_right pair counting as two
+    frames: int = field(default=300, metadata={"min": 1})  # mean frames per video; each is 0.75-1.25x this
     seed: int = 0
-    faces: int = 300  # single face images in out/faces for pretraining
-    size: int = 112  # image side in pixels, as Aff-Wild2 crops
-    source: str = "cartoon"  # cartoon | photos
+    faces: int = field(default=300, metadata={"min": 0})  # single face images in out/faces for pretraining
+    size: int = field(default=112, metadata={"min": 16})  # image side in pixels, as Aff-Wild2 crops
+    source: str = field(default="cartoon", metadata={"choices": ("cartoon", "photos")})  # cartoon | photos
     photos: list[str] = field(default_factory=list)  # folders or files of face photographs for source=photos
     overwrite: bool = False  # replace a dataset previously written by `affectmae synth`
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,38 +51,38 @@ class FinetuneConfig:
     annotations: str = ""  # Aff-Wild2 root: annotation challenge folders and cropped_aligned/ somewhere below
     frames: str | None = None  # cropped_aligned folder, when it is not under `annotations`
     encoder: str = ""  # pretrain run / encoder.safetensors / reference-MAE .pth / timm state dict
-    out: str = ""  # run folder
-    task: str = "expr"
-    img_size: int | None = None  # default: the encoder's
+    out: str = field(default="", metadata={"path": "out_dir"})  # run folder
+    task: str = field(default="expr", metadata={"choices": ("va", "expr", "au")})
+    img_size: int | None = field(default=None, metadata={"min": 16})  # default: the encoder's
     freeze_encoder: bool = False  # true: linear probe (head only)
-    epochs: int = 10  # not stated in the paper
-    max_steps: int = 0  # > 0: train for exactly this many optimizer steps instead (the last epoch may be partial)
-    warmup_epochs: int = 1
-    warmup_steps: int = 0  # > 0: replaces warmup_epochs (use with max_steps)
+    epochs: int = field(default=10, metadata={"min": 1})  # not stated in the paper
+    max_steps: int = field(default=0, metadata={"min": 0})  # > 0: train for exactly this many optimizer steps instead (the last epoch may be partial)
+    warmup_epochs: int = field(default=1, metadata={"min": 0})
+    warmup_steps: int = field(default=0, metadata={"min": 0})  # > 0: replaces warmup_epochs (use with max_steps)
     # Linear probe, then fine-tune (LP-FT): the first head_only_steps of max_steps/epochs train the head alone at
     # `lr` (the encoder gets no update), so a random head's first gradients do not distort the pretrained features;
     # warm-up and cosine then run over the remaining steps.
-    head_only_steps: int = 0
-    batch_size: int = 256  # global batch per optimizer step
-    lr: float = 1e-4  # absolute (paper), no batch scaling
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
+    head_only_steps: int = field(default=0, metadata={"min": 0})
+    batch_size: int = field(default=256, metadata={"min": 1})  # global batch per optimizer step
+    lr: float = field(default=1e-4, metadata={"gt": 0})  # absolute (paper), no batch scaling
+    min_lr: float = field(default=1e-6, metadata={"min": 0})
+    weight_decay: float = field(default=0.05, metadata={"min": 0})
     betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float = 1.0  # < 1: layer-wise lr decay (block i gets lr * decay^(depth + 1 - (i + 1)))
-    drop_path: float = 0.1
+    layer_decay: float = field(default=1.0, metadata={"gt": 0, "max": 1})  # < 1: layer-wise lr decay (block i gets lr * decay^(depth + 1 - (i + 1)))
+    drop_path: float = field(default=0.1, metadata={"min": 0, "lt": 1})
     class_weights: bool = False  # inverse-frequency class weights (EXPR) / positive weights (AU)
-    label_smoothing: float = 0.0
-    crop_scale_min: float = 0.8
+    label_smoothing: float = field(default=0.0, metadata={"min": 0, "lt": 1})
+    crop_scale_min: float = field(default=0.8, metadata={"gt": 0, "max": 1})
     hflip: bool = True
-    frame_stride: int = 1  # train on every n-th usable frame (Aff-Wild2 neighbours are near-duplicates)
-    val_stride: int = 1
+    frame_stride: int = field(default=1, metadata={"min": 1})  # train on every n-th usable frame (Aff-Wild2 neighbours are near-duplicates)
+    val_stride: int = field(default=1, metadata={"min": 1})
     seed: int = 0
     device: str = "auto"
     bf16: bool = True
-    num_workers: int = 4
-    log_every_steps: int = 10
+    num_workers: int = field(default=4, metadata={"min": 0})
+    log_every_steps: int = field(default=10, metadata={"min": 1})
     tensorboard: bool = True
-    overfit_batches: int = 0  # sanity mode: > 0 trains on that many fixed batches (no augmentation), scored on them
+    overfit_batches: int = field(default=0, metadata={"min": 0})  # sanity mode: > 0 trains on that many fixed batches (no augmentation), scored on them
     resume: bool = False
 
 

@@ -53,43 +53,49 @@ class PretrainConfig:
     RENAMED: ClassVar[dict[str, str]] = {"data": "images", "out_dir": "out"}
 
     images: list[str] = field(default_factory=list)  # face-image specs: folder:/p, fer2013:/p/fer2013.csv, /plain/folder
-    out: str = ""  # run folder
+    out: str = field(default="", metadata={"path": "out_dir"})  # run folder
     # encoder
-    model_size: str = "base"
-    img_size: int = 112
-    depth: int | None = None  # override the size's depth (tests, demo)
+    model_size: str = field(default="base", metadata={"choices": ("tiny", "small", "base", "large")})
+    img_size: int = field(default=112, metadata={"min": 16})
+    depth: int | None = field(default=None, metadata={"min": 1})  # override the size's depth (tests, demo)
     init_encoder: str | None = None  # start from an encoder checkpoint (e.g. an ImageNet MAE .pth)
     # decoder and masking (reference MAE)
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    mask_ratio: float = 0.75
+    decoder_dim: int = field(default=512, metadata={"min": 1})
+    decoder_depth: int = field(default=8, metadata={"min": 1})
+    decoder_heads: int = field(default=16, metadata={"min": 1})  # must divide decoder_dim
+    mask_ratio: float = field(default=0.75, metadata={"gt": 0, "lt": 1})
     norm_pix_loss: bool = True
     # optimisation
-    epochs: int = 500
-    warmup_epochs: int = 40
-    batch_size: int = 1024  # global batch per optimizer step
-    accum_steps: int = 1
-    base_lr: float = 1.25e-4  # lr = base_lr * batch_size / 256 = 5e-4 at batch 1024
-    lr: float | None = None  # absolute lr; overrides base_lr scaling
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
+    epochs: int = field(default=500, metadata={"min": 1})
+    warmup_epochs: int = field(default=40, metadata={"min": 0})
+    batch_size: int = field(default=1024, metadata={"min": 1})  # global batch per optimizer step
+    accum_steps: int = field(default=1, metadata={"min": 1})
+    base_lr: float = field(default=1.25e-4, metadata={"gt": 0})  # lr = base_lr * batch_size / 256 = 5e-4 at batch 1024
+    lr: float | None = field(default=None, metadata={"gt": 0})  # absolute lr; overrides base_lr scaling
+    min_lr: float = field(default=0.0, metadata={"min": 0})
+    weight_decay: float = field(default=0.05, metadata={"min": 0})
     betas: tuple[float, float] = (0.9, 0.95)
     # augmentation
-    crop_scale_min: float = 0.2
+    crop_scale_min: float = field(default=0.2, metadata={"gt": 0, "max": 1})
     hflip: bool = True
     # run
     seed: int = 0
     device: str = "auto"
     bf16: bool = True  # autocast on GPUs with bf16 support; never on CPU
-    num_workers: int = 4
-    log_every_steps: int = 10
+    num_workers: int = field(default=4, metadata={"min": 0})
+    log_every_steps: int = field(default=10, metadata={"min": 1})
     tensorboard: bool = True
-    checkpoint_every_steps: int = 0  # 0: checkpoint at epoch ends only
-    keep_checkpoints: int = 0  # numbered copies state_<step>.safetensors kept (0: only last_state)
-    recon_every_epochs: int = 20
-    recon_images: int = 8
+    checkpoint_every_steps: int = field(default=0, metadata={"min": 0})  # 0: checkpoint at epoch ends only
+    keep_checkpoints: int = field(default=0, metadata={"min": 0})  # numbered copies state_<step>.safetensors kept (0: only last_state)
+    recon_every_epochs: int = field(default=20, metadata={"min": 0})
+    recon_images: int = field(default=8, metadata={"min": 0})
     resume: bool = False
+
+    def check(self, prefix: str = "") -> None:
+        """Settings that depend on each other (checked by affectmae.config when a config is built)."""
+        if self.decoder_dim % self.decoder_heads:
+            raise AffectMAEError(f"{prefix}decoder_heads must divide {prefix}decoder_dim ({self.decoder_dim}), "
+                                 f"got {self.decoder_heads}")
 
     @property
     def effective_lr(self) -> float:

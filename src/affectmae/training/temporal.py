@@ -56,30 +56,30 @@ AU_THRESHOLD_SOURCES = ("train", "val", "none")
 class TrainConfig:
     RENAMED: ClassVar[dict[str, str]] = {"data": "annotations"}
 
-    features: str = ""  # features folder written by `affectmae extract`
-    annotations: str = ""  # Aff-Wild2 annotation root
-    task: str = "va"  # va | expr | au | multi
-    out: str = ""  # run folder
-    fold: int = 0  # 0 = official train/val split; 1..n_folds-1 = seeded split by video
-    n_folds: int = 5
+    features: str = field(default="", metadata={"path": "dir"})  # features folder written by `affectmae extract`
+    annotations: str = field(default="", metadata={"path": "dir"})  # Aff-Wild2 annotation root
+    task: str = field(default="va", metadata={"choices": ("va", "expr", "au", "multi")})
+    out: str = field(default="", metadata={"path": "out_dir"})  # run folder
+    fold: int = field(default=0, metadata={"min": 0})  # 0 = official train/val split; 1..n_folds-1 = seeded split by video
+    n_folds: int = field(default=5, metadata={"min": 1})
     fold_seed: int = 0
     seed: int = 0
     seeds: list[int] = field(default_factory=list)  # cv / ablate: one run per seed (empty: [seed]); train uses seed
-    window: int = 300
-    stride: int = 200
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 3e-5
-    min_lr: float = 0.0
-    weight_decay: float = 1e-5
-    warmup_epochs: float = 1.0
-    grad_clip: float = 0.0  # 0 = off
+    window: int = field(default=300, metadata={"min": 1})
+    stride: int = field(default=200, metadata={"min": 1})
+    epochs: int = field(default=20, metadata={"min": 1})
+    batch_size: int = field(default=32, metadata={"min": 1})
+    lr: float = field(default=3e-5, metadata={"gt": 0})
+    min_lr: float = field(default=0.0, metadata={"min": 0})
+    weight_decay: float = field(default=1e-5, metadata={"min": 0})
+    warmup_epochs: float = field(default=1.0, metadata={"min": 0})
+    grad_clip: float = field(default=0.0, metadata={"min": 0})  # 0 = off
     class_weights: bool = False  # EXPR: inverse class frequency; AU: positive weights (negatives / positives)
-    au_threshold_source: str = "train"  # train | val | none: where per-AU thresholds are tuned (see module doc)
-    threads: int = 0  # torch threads, 0 = default
+    au_threshold_source: str = field(default="train", metadata={"choices": AU_THRESHOLD_SOURCES})  # train | val | none: where per-AU thresholds are tuned (see module doc)
+    threads: int = field(default=0, metadata={"min": 0})  # torch threads, 0 = default
     device: str = "auto"  # auto = cuda when available, else cpu
     tensorboard: bool = True
-    log_every_steps: int = 1  # a "train" line in metrics.jsonl every n optimizer steps
+    log_every_steps: int = field(default=1, metadata={"min": 1})  # a "train" line in metrics.jsonl every n optimizer steps
     resume: bool = False
     model: TemporalConfig = field(default_factory=TemporalConfig)
 
