@@ -5,7 +5,13 @@
 
 Frames come from :mod:`affectmae.features.frames` (frame counts, decoding); the features go into the
 layout of :mod:`affectmae.features.store`, one video at a time, so an interrupted run resumes where it
-stopped (finished videos are skipped). The merged config is saved as ``FEATURES/config.yaml``.
+stopped (finished videos are skipped; a damaged one, see :func:`affectmae.features.store.video_problem`,
+is extracted again). The merged config is saved as ``FEATURES/config.yaml``.
+
+Before any work: a video to extract without a single frame image under ``frames`` is an error naming it
+(its features would be filler only), unless ``allow_missing_videos=true``, which skips it; when no video
+has frames, ``frames`` is wrong and that is said. The encoder's fingerprint (sha256 of its weights) goes
+into ``features.json`` as ``encoder_sha256``.
 
 ``encoder`` names a checkpoint (ours, reference-MAE ``.pth`` or timm) or a baseline of the ablation table
 (``pixels[:S]``, ``random:<checkpoint>``; :mod:`affectmae.models.baseline_encoders`), all through this
@@ -18,19 +24,20 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from affectmae.config import build_config, save_config
+from affectmae.config import build_config, check_config, save_config
 from affectmae.errors import AffectMAEError
 from affectmae.features.frames import iter_decoded, video_frame_counts
 from affectmae.features.store import (
     FEATURES_FORMAT,
     FEATURES_VERSION,
     MISSING_METHODS,
+    video_problem,
     write_features_meta,
     write_video_features,
 )
@@ -46,16 +53,21 @@ class ExtractConfig:
 
     encoder: str = ""  # encoder checkpoint (ours, reference MAE .pth, timm), or pixels[:S] / random:<checkpoint>
     seed: int = 0  # weights of a random:<checkpoint> encoder (models/baseline_encoders.py)
-    frames: str = ""  # cropped_aligned/ root: <frames>/<video>/00001.jpg
-    out: str = ""  # features folder
-    annotations: str = ""  # optional Aff-Wild2 annotation root (frame counts); "" = count from the frame folders
+    frames: str = field(default="", metadata={"path": "dir"})  # cropped_aligned/ root: <frames>/<video>/00001.jpg
+    out: str = field(default="", metadata={"path": "out_dir"})  # features folder
+    # optional Aff-Wild2 annotation root (frame counts); "" = count from the frame folders
+    annotations: str = field(default="", metadata={"path": "dir"})
     videos: list[str] | None = None  # optional subset of videos
-    batch_size: int = 32
-    decode_threads: int = -1  # -1 auto: 0 on CPU (decode between batches), 2 on GPU (decode ahead); see iter_decoded
-    missing: str = "linear"  # linear | nearest | zero
-    threads: int = 0  # torch threads; 0 = torch default
+    # annotated videos without a single frame image: an error naming them, unless true (then they are skipped)
+    allow_missing_videos: bool = False
+    batch_size: int = field(default=32, metadata={"min": 1})
+    # -1 auto: 0 on CPU (decode between batches), 2 on GPU (decode ahead); see iter_decoded
+    decode_threads: int = field(default=-1, metadata={"min": -1})
+    missing: str = field(default="linear", metadata={"choices": MISSING_METHODS})  # linear | nearest | zero
+    threads: int = field(default=0, metadata={"min": 0})  # torch threads; 0 = torch default
     device: str = "auto"  # auto = cuda when available, else cpu
-    quantize: str = "none"  # none | int8: dynamic int8 Linear layers (CPU only; see docs/benchmarks.md)
+    # none | int8: dynamic int8 Linear layers (CPU only; see docs/benchmarks.md)
+    quantize: str = field(default="none", metadata={"choices": QUANTIZE_MODES})
 
 
 def quantize_encoder(encoder, mode: str):
@@ -76,15 +88,16 @@ def quantize_encoder(encoder, mode: str):
 
 
 def _check_settings(cfg: ExtractConfig) -> None:
-    if cfg.missing not in MISSING_METHODS:
-        raise AffectMAEError(f"unknown missing-frame method {cfg.missing!r}; choose one of {', '.join(MISSING_METHODS)}")
+    check_config(cfg)  # also when the config was made in code rather than by build_config
     if not cfg.encoder or not cfg.frames or not cfg.out:
         raise AffectMAEError("extract needs an encoder checkpoint, a frames folder and an output folder")
 
 
 def load_extract_encoder(cfg: ExtractConfig, device):
     """The encoder ``cfg`` names, in eval mode on ``device`` (quantised when asked); returns
-    ``(encoder, identifier, metadata)`` as :func:`affectmae.models.baseline_encoders.build_extract_encoder`."""
+    ``(encoder, identifier, metadata)`` as :func:`affectmae.models.baseline_encoders.build_extract_encoder`,
+    with the fingerprint of the weights (before any quantisation) in ``metadata["sha256"]``."""
+    from affectmae.features.fingerprint import encoder_fingerprint
     from affectmae.models.baseline_encoders import build_extract_encoder
 
     if cfg.quantize not in QUANTIZE_MODES:
@@ -93,6 +106,7 @@ def load_extract_encoder(cfg: ExtractConfig, device):
         if device.type != "cpu":
             raise AffectMAEError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
     built, enc_id, enc_meta = build_extract_encoder(cfg.encoder, cfg.seed)
+    enc_meta = {**enc_meta, "sha256": encoder_fingerprint(built)}
     return quantize_encoder(built.eval().to(device), cfg.quantize), enc_id, enc_meta
 
 
@@ -125,6 +139,7 @@ def extract_features(cfg: ExtractConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     frame_index = FrameIndex(cfg.frames)
     counts = video_frame_counts(frame_index, cfg.annotations or None, list(cfg.videos) if cfg.videos else None)
+    counts, without_frames = _videos_with_frames(frame_index, counts, cfg.allow_missing_videos)
     device = select_device(cfg.device)
     encoder, enc_id, enc_meta = load_extract_encoder(cfg, device)
     decode_threads = cfg.decode_threads if cfg.decode_threads >= 0 else (0 if device.type == "cpu" else 2)
@@ -134,11 +149,32 @@ def extract_features(cfg: ExtractConfig) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     write_features_meta(root, {
         "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "encoder": enc_id, "encoder_meta": enc_meta,
+        "encoder_sha256": enc_meta["sha256"],
         "dim": dim, "dtype": "float16", "img_size": size, "missing": cfg.missing, "quantize": cfg.quantize,
         "mask": "present: True where the frame image existed and decoded"})
     save_config(cfg, root / "config.yaml")
     encode = _frame_encoder(encoder, device, size)
-    return _extract_videos(cfg, frame_index, counts, root, dim, size, encode, decode_threads)
+    summary = _extract_videos(cfg, frame_index, counts, root, dim, size, encode, decode_threads)
+    return {**summary, "without_frames": without_frames}
+
+
+def _videos_with_frames(frame_index, counts: dict[str, int], allow_missing: bool) -> tuple[dict[str, int], list[str]]:
+    """``counts`` without the videos that have no frame image at all, and those videos' names. Such videos
+    are an error (their features would be all filler), unless ``allow_missing`` (then they are skipped)."""
+    without = [v for v in counts if frame_index.frame_numbers(v).size == 0]
+    if not without:
+        return counts, []
+    where = frame_index.root
+    if len(without) == len(counts):
+        raise AffectMAEError(f"{where}: no frame images for any of the {len(counts)} videos to extract (looked for "
+                             f"{where / without[0] / '00001.jpg'}); give the cropped_aligned folder as --frames")
+    names = ", ".join(without[:5]) + (f" and {len(without) - 5} more" if len(without) > 5 else "")
+    if not allow_missing:
+        raise AffectMAEError(f"{where}: {len(without)} of the {len(counts)} videos to extract have no frame images: "
+                             f"{names}; fix --frames, or set allow_missing_videos=true to skip them")
+    log.warning("%s: %d videos have no frame images and are skipped (allow_missing_videos): %s",
+                where, len(without), names)
+    return {v: n for v, n in counts.items() if v not in without}, without
 
 
 def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], root: Path, dim: int, size: int,
@@ -146,7 +182,7 @@ def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], roo
     """The videos of ``counts`` that ``root`` does not hold yet, one after the other; returns the summary."""
     from tqdm import tqdm
 
-    todo = [v for v in counts if not (root / f"{v}.npy").is_file()]
+    todo = [v for v in counts if _needs_extraction(root, v, counts[v], dim)]
     summary = {"videos": len(counts), "skipped_done": len(counts) - len(todo), "extracted": 0, "frames": 0,
                "missing": 0, "corrupt": 0, "per_video": {}}
     if summary["skipped_done"]:
@@ -179,6 +215,16 @@ def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], roo
     log.info("extracted %d videos (%d frames, %d without image filled by %s) into %s",
              summary["extracted"], summary["frames"], summary["missing"], cfg.missing, root)
     return summary
+
+
+def _needs_extraction(root: Path, video: str, n: int, dim: int) -> bool:
+    """True unless ``root`` holds a finished, undamaged ``video`` of ``n`` frames (a damaged one is logged)."""
+    if not (root / f"{video}.npy").is_file():
+        return True
+    found = video_problem(root, video, dim, n)
+    if found is not None:
+        log.warning("%s: damaged (%s); extracting %s again", found[0], found[1], video)
+    return found is not None
 
 
 def run_extract(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit) -> dict:

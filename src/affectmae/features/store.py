@@ -3,9 +3,16 @@
 Layout of a features folder::
 
     FEATURES/features.json        {"format": "affectmae-features", "version": 1, "encoder": ..., "encoder_meta": ...,
+                                   "encoder_sha256": ...,
                                    "dim": D, "dtype": "float16", "missing": "linear", "mask": "present"}
     FEATURES/<video>.npy          (N, D) float16, one row per frame (frame k is image %05d.jpg % (k + 1))
     FEATURES/<video>.mask.npy     (N,) bool, True where the frame image existed and was decoded
+
+``encoder_sha256`` is the encoder's fingerprint (:func:`affectmae.features.fingerprint.encoder_fingerprint`,
+the sha256 of its weights): training runs record it and ``predict`` / ``export`` refuse features, runs and
+encoders whose fingerprints differ. A video's two files count as finished only when their headers and
+sizes match features.json (:func:`video_problem`); ``extract`` redoes a damaged video, and reading one
+is a one-line error naming the file.
 
 ``encoder`` in features.json names what made the features: the resolved checkpoint path, ``pixels:<S>``
 (grey S x S pixels) or ``random:<checkpoint>@seed<k>`` (that architecture with random weights); the
@@ -43,6 +50,51 @@ MISSING_METHODS = ("linear", "nearest", "zero")
 
 
 # ----------------------------------------------------------------------------------------------- reading
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, offset of the data) from a ``.npy`` file's header, without reading the
+    data; InputFormatError naming the file when it is not a ``.npy`` file."""
+    with open(path, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy version {version}")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+        except ValueError as err:
+            raise InputFormatError(path, f"not a .npy file ({err})") from None
+        return tuple(shape), bool(fortran), np.dtype(dtype), fh.tell()
+
+
+def _array_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """What is wrong with the ``.npy`` file at ``path`` against the expected shape and dtype, or None."""
+    if not path.is_file():
+        return "missing"
+    got_shape, fortran, got_dtype, offset = read_npy_header(path)
+    if got_dtype != dtype:
+        return f"dtype {got_dtype}, expected {dtype}"
+    if fortran or len(got_shape) != len(shape) or any(w >= 0 and g != w for g, w in zip(got_shape, shape, strict=True)):
+        want = tuple("N" if w < 0 else w for w in shape)
+        return f"shape {got_shape}{' (Fortran order)' if fortran else ''}, expected {want}".replace("'", "")
+    size, expected = path.stat().st_size, offset + int(np.prod(got_shape)) * dtype.itemsize
+    if size != expected:
+        return f"{'truncated' if size < expected else 'too long'}: {size} bytes, the header needs {expected}"
+    return None
+
+
+def video_problem(root: Path, video: str, dim: int, n: int | None = None,
+                  dtype: str = "float16") -> tuple[Path, str] | None:
+    """Whether ``root/<video>.npy`` and its mask form a finished, undamaged video: None if so, else
+    ``(file, what is wrong)``. Checked from the headers and file sizes: dtype, ``(N, dim)`` shape (``N == n``
+    when ``n`` is given), a data part as long as the header says, and a ``(N,)`` bool mask beside it."""
+    feats = root / f"{video}.npy"
+    problem = _array_problem(feats, (-1 if n is None else n, dim), np.dtype(dtype))
+    if problem is not None:
+        return feats, problem
+    mask = root / f"{video}.mask.npy"
+    problem = _array_problem(mask, (read_npy_header(feats)[0][0],), np.dtype(bool))
+    return None if problem is None else (mask, problem)
+
+
 class NpyRows:
     """Rows of a 2-D ``.npy`` file read and written with ``pread``/``pwrite``, never memory-mapped, so
     the process's resident memory does not grow with the file (a memory map keeps every page it touched).
@@ -53,19 +105,11 @@ class NpyRows:
 
     def __init__(self, path: str | Path, mode: str = "r"):
         self.path = Path(path)
-        self._fh = open(self.path, "rb" if mode == "r" else "r+b")
-        try:
-            version = np.lib.format.read_magic(self._fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(self._fh)
-        except ValueError as err:
-            self._fh.close()
-            raise InputFormatError(self.path, f"not a .npy file ({err})") from None
+        shape, fortran, dtype, self._offset = read_npy_header(self.path)
         if len(shape) != 2 or fortran:
-            self._fh.close()
             raise InputFormatError(self.path, f"expected a C-ordered (N, D) array, got shape {shape}")
+        self._fh = open(self.path, "rb" if mode == "r" else "r+b")
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), 2
-        self._offset = self._fh.tell()
         self._row_bytes = self.shape[1] * self.dtype.itemsize
 
     def __len__(self) -> int:
@@ -111,6 +155,8 @@ class FeatureStore:
 
     ``load(video) -> (features (N, D) float16 memory map, present (N,) bool)``; ``rows(video)`` gives the
     same features as :class:`NpyRows` (read on demand, flat memory), which training and predict use.
+    Every access checks the video's files first (:meth:`check`), so a truncated or otherwise damaged file
+    is a one-line error naming it, never a crash or wrong numbers.
     """
 
     def __init__(self, root: str | Path):
@@ -124,7 +170,11 @@ class FeatureStore:
             raise InputFormatError(meta_path, f"invalid JSON ({err.msg})", line=err.lineno) from None
         if self.meta.get("format") != FEATURES_FORMAT or self.meta.get("version", 0) > FEATURES_VERSION:
             raise InputFormatError(meta_path, f"not an affectmae features file of version <= {FEATURES_VERSION}")
-        self.dim = int(self.meta["dim"])
+        try:
+            self.dim = int(self.meta["dim"])
+        except (KeyError, TypeError, ValueError):
+            raise InputFormatError(meta_path, f"no feature size: 'dim' is {self.meta.get('dim')!r}") from None
+        self.dtype = str(self.meta.get("dtype", "float16"))
 
     def videos(self) -> list[str]:
         """Videos whose extraction finished, sorted."""
@@ -133,32 +183,32 @@ class FeatureStore:
     def __contains__(self, video: str) -> bool:
         return (self.root / f"{video}.npy").is_file()
 
-    def load(self, video: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """features: (N, D) float16 (memory-mapped unless ``mmap=False``); present: (N,) bool."""
+    def check(self, video: str) -> int:
+        """The number of frames of ``video``, after checking its two files (:func:`video_problem`):
+        AffectMAEError when it has no features, InputFormatError naming the damaged file otherwise."""
         path = self.root / f"{video}.npy"
         if not path.is_file():
             raise AffectMAEError(f"no features for video {video!r} in {self.root} (expected {path.name})")
-        feats = np.load(path, mmap_mode="r" if mmap else None)
+        found = video_problem(self.root, video, self.dim, dtype=self.dtype)
+        if found is not None:
+            raise InputFormatError(found[0], f"damaged feature file ({found[1]}); run `affectmae extract` "
+                                             f"again to redo this video")
+        return read_npy_header(path)[0][0]
+
+    def load(self, video: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """features: (N, D) float16 (memory-mapped unless ``mmap=False``); present: (N,) bool."""
+        self.check(video)
+        feats = np.load(self.root / f"{video}.npy", mmap_mode="r" if mmap else None)
         present = np.load(self.root / f"{video}.mask.npy")
-        if feats.ndim != 2 or feats.shape[1] != self.dim or present.shape != (feats.shape[0],):
-            raise InputFormatError(path, f"shape {feats.shape} / mask {present.shape} do not match dim {self.dim}")
         return feats, present.astype(bool)
 
     def rows(self, video: str) -> tuple["NpyRows", np.ndarray]:
         """features: (N, D) float16 rows read on demand; present: (N,) bool."""
-        feats, present = self.load(video)
-        n = feats.shape[0]
-        del feats
-        rows = NpyRows(self.root / f"{video}.npy")
-        if len(rows) != n:  # pragma: no cover - same file
-            raise InputFormatError(rows.path, "changed while reading")
-        return rows, present
+        self.check(video)
+        return NpyRows(self.root / f"{video}.npy"), np.load(self.root / f"{video}.mask.npy").astype(bool)
 
     def n_frames(self, video: str) -> int:
-        path = self.root / f"{video}.npy"
-        if not path.is_file():
-            raise AffectMAEError(f"no features for video {video!r} in {self.root} (expected {path.name})")
-        return len(NpyRows(path))
+        return self.check(video)
 
 
 # ------------------------------------------------------------------------------------- missing frames
@@ -242,12 +292,14 @@ def write_video_features(root: Path, video: str, n: int, dim: int, batches, enco
 
 def write_features_meta(root: Path, meta: dict) -> None:
     """Write ``root/features.json``; a folder already holding features of another encoder (other identifier,
-    feature size or quantisation) is refused, so one folder never mixes two encoders' features."""
+    weights, feature size or quantisation) is refused, so one folder never mixes two encoders' features."""
     meta_path = root / "features.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        if (old.get("encoder") != meta["encoder"] or old.get("dim") != meta["dim"]
+        same_weights = old.get("encoder_sha256", meta.get("encoder_sha256")) == meta.get("encoder_sha256")
+        if (old.get("encoder") != meta["encoder"] or old.get("dim") != meta["dim"] or not same_weights
                 or old.get("quantize", "none") != meta["quantize"]):
             raise AffectMAEError(f"{root} already holds features of another encoder ({old.get('encoder')}, dim "
-                                 f"{old.get('dim')}, quantize {old.get('quantize', 'none')}); use a new output folder")
+                                 f"{old.get('dim')}, quantize {old.get('quantize', 'none')}, sha256 "
+                                 f"{str(old.get('encoder_sha256'))[:12]}); use a new output folder")
     atomic_write_text(meta_path, json.dumps(meta, indent=2))

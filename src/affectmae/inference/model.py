@@ -78,6 +78,8 @@ class AffectModel:
         if len(dims) != 1:
             raise CheckpointError(f"the temporal heads expect different feature sizes: {sorted(dims)}")
         self.feature_dim = dims.pop()
+        # sha256 of the encoder whose features each head was trained on (features.json; None in older runs)
+        self.trained_on = {f: (meta.get("features") or {}).get("encoder_sha256") for f, (_, meta) in self._models.items()}
         thr = [np.asarray(self._models[f][1]["au_thresholds"], dtype=np.float64)
                for f in self.heads.get("au", []) if self._models[f][1].get("au_thresholds") is not None]
         self.au_thresholds = np.mean(thr, axis=0) if thr else np.full(len(TASKS["au"].columns), 0.5)
@@ -192,6 +194,7 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
                 n = sum(1 for v in names.values() if v.startswith(stem))
                 names[f] = f"{stem}{'' if n == 0 else f'_{n}'}.safetensors"
     model = AffectModel(heads)  # validates heads (tasks present, same feature size)
+    fingerprint = _check_trained_on(model, enc, encoder)
     if model.feature_dim != enc.embed_dim:
         raise CheckpointError(f"the temporal heads expect {model.feature_dim}-d features but the encoder {encoder} "
                               f"gives {enc.embed_dim}-d; export the encoder the features were extracted with")
@@ -201,6 +204,7 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     entry = {t: ([names[f] for f in files] if len(files) > 1 else names[files[0]]) for t, files in heads.items()}
     meta = {"format_version": MODEL_FORMAT_VERSION, "affectmae_version": __version__, "encoder": "encoder.safetensors",
             "heads": {t: entry[t] for t in TASKS if t in entry}, "runs": [str(r) for r in runs]}
+    meta["encoder_sha256"] = fingerprint
     if align_margin is not None:
         if not 0.2 <= float(align_margin) <= 5:
             raise AffectMAEError(f"align_margin must be in [0.2, 5], got {align_margin}")
@@ -230,6 +234,20 @@ def export(cfg: ExportConfig) -> dict:
 def run_export(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit) -> dict:
     """``affectmae export``: defaults < config file < ``key=value`` overrides < ``explicit`` settings."""
     return export(build_config(ExportConfig, config, overrides, **explicit))
+
+
+def _check_trained_on(model: AffectModel, enc, source) -> str:
+    """The encoder's fingerprint, after checking that every head whose run recorded one was trained on
+    features of this encoder (same weights, not only the same size)."""
+    from affectmae.features.fingerprint import encoder_fingerprint
+
+    fingerprint = encoder_fingerprint(enc)
+    for head, trained_on in model.trained_on.items():
+        if trained_on is not None and trained_on != fingerprint:
+            raise CheckpointError(f"{head}: trained on features of another encoder (sha256 {trained_on[:12]}) than "
+                                  f"{source} (sha256 {fingerprint[:12]}); export the encoder the features were "
+                                  f"extracted with")
+    return fingerprint
 
 
 def _tasks_of(path: Path) -> list[str]:

@@ -99,6 +99,18 @@ def _frames_for(video: str, wanted, n_features: int) -> np.ndarray:
     return frames
 
 
+def check_same_encoder(store: FeatureStore, model: AffectModel) -> None:
+    """Refuse features of another encoder than the one the model's heads were trained on: the fingerprints
+    (sha256 of the encoder weights) in features.json and in each head's run differ. Features or runs made
+    before fingerprints were recorded are not checked."""
+    fingerprint = store.meta.get("encoder_sha256")
+    for head, trained_on in model.trained_on.items():
+        if fingerprint and trained_on and fingerprint != trained_on:
+            raise AffectMAEError(f"{store.root / 'features.json'}: features of encoder {store.meta.get('encoder')} "
+                                 f"(sha256 {fingerprint[:12]}), but {head} was trained on features of another encoder "
+                                 f"(sha256 {trained_on[:12]}); extract with the model's encoder")
+
+
 def predict_submissions(cfg: PredictConfig) -> dict:
     """Write ``<out>/<task>_predictions.csv`` per task; returns ``{task: {"path", "rows", "videos"}}``."""
     from tqdm import tqdm
@@ -119,9 +131,12 @@ def predict_submissions(cfg: PredictConfig) -> dict:
     store = FeatureStore(cfg.features)
     if store.dim != model.feature_dim:
         raise AffectMAEError(f"features in {store.root} are {store.dim}-d but the model expects {model.feature_dim}-d")
+    check_same_encoder(store, model)
     wanted = read_test_list(cfg.test_list) if cfg.test_list else OrderedDict((v, None) for v in store.videos())
     if not wanted:
         raise AffectMAEError(f"no videos to predict: {store.root} holds no features")
+    for video in wanted:  # every listed video's files, before anything is written
+        store.check(video)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

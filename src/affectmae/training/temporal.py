@@ -319,7 +319,7 @@ def _save_best(t: TemporalTraining, run: TrainingRun, metrics: dict[str, Any]) -
     save_temporal(run.run_dir / BEST_FILE, t.model, {
         "tasks": t.tasks, "window": cfg.window, "stride": cfg.stride, "au_thresholds": thresholds,
         "au_threshold_source": cfg.au_threshold_source if thresholds is not None else "none",
-        "val": metrics, "epoch": run.epoch, "features": {k: t.store.meta.get(k) for k in ("encoder", "dim")},
+        "val": metrics, "epoch": run.epoch, "features": {k: t.store.meta.get(k) for k in ("encoder", "dim", "encoder_sha256")},
         **t.fold_info})
 
 
