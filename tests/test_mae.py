@@ -78,6 +78,6 @@ def test_reference_checkpoint_loads_into_encoder(tmp_path):
     sd = mae.state_dict_reference()
     assert "decoder_blocks.0.attn.qkv.weight" in sd and "mask_token" in sd and "blocks.0.norm1.weight" in sd
     torch.save({"model": sd}, tmp_path / "checkpoint-0.pth")
-    enc = load_encoder(tmp_path / "checkpoint-0.pth").eval()
+    enc = load_encoder(tmp_path / "checkpoint-0.pth", pooling="mean").eval()  # ours pools the mean
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(enc(x), mae.encoder(x))

@@ -53,6 +53,10 @@ class ExtractConfig:
 
     encoder: str = ""  # encoder checkpoint (ours, reference MAE .pth, timm), or pixels[:S] / random:<checkpoint>
     seed: int = 0  # weights of a random:<checkpoint> encoder (models/baseline_encoders.py)
+    # encoder input size (px); None: the checkpoint's. Another size resamples the position embedding once
+    img_size: int | None = field(default=None, metadata={"min": 16})
+    pooling: str | None = None  # cls | mean | mae_global; None: the checkpoint's (models/vit.py)
+    num_heads: int | None = None  # attention heads of a foreign checkpoint that does not name them
     frames: str = field(default="", metadata={"path": "dir"})  # cropped_aligned/ root: <frames>/<video>/00001.jpg
     out: str = field(default="", metadata={"path": "out_dir"})  # features folder
     # optional Aff-Wild2 annotation root (frame counts); "" = count from the frame folders
@@ -105,7 +109,8 @@ def load_extract_encoder(cfg: ExtractConfig, device):
     if cfg.quantize != "none":
         if device.type != "cpu":
             raise AffectMAEError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
-    built, enc_id, enc_meta = build_extract_encoder(cfg.encoder, cfg.seed)
+    built, enc_id, enc_meta = build_extract_encoder(cfg.encoder, cfg.seed, img_size=cfg.img_size,
+                                                    pooling=cfg.pooling, num_heads=cfg.num_heads)
     enc_meta = {**enc_meta, "sha256": encoder_fingerprint(built)}
     return quantize_encoder(built.eval().to(device), cfg.quantize), enc_id, enc_meta
 
@@ -114,11 +119,13 @@ def _frame_encoder(encoder, device, size: int):
     """uint8 images (B, S, S, 3) -> pooled features (B, D) float32 numpy."""
     import torch
 
-    from affectmae.models.preprocess import preprocess_frames
+    from affectmae.models.preprocess import encoder_normalisation, preprocess_frames
+
+    mean, std = encoder_normalisation(encoder)
 
     @torch.inference_mode()
     def encode(images: np.ndarray) -> np.ndarray:
-        x = preprocess_frames(images, size).to(device)
+        x = preprocess_frames(images, size, mean, std).to(device)
         return encoder.forward_features(x)["pooled"].float().cpu().numpy()
 
     return encode

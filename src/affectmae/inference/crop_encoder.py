@@ -30,12 +30,13 @@ class CropEncoder:
 
     def __init__(self, encoder: torch.nn.Module, device: torch.device, batch_size: int, timings: dict,
                  overlap: bool = False):
-        from affectmae.models.preprocess import preprocess_frames
+        from affectmae.models.preprocess import encoder_normalisation, preprocess_frames
 
         self.encoder = encoder.to(device).eval()
         self.device = device
         self.img_size = int(getattr(encoder, "arch", {}).get("img_size", CROP_SIZE))
         self.preprocess = preprocess_frames
+        self.normalisation = encoder_normalisation(encoder)  # (mean, std) the encoder was trained with
         self.batch_size = batch_size
         self.overlap = overlap
         self.crops: list[np.ndarray] = []
@@ -72,7 +73,7 @@ class CropEncoder:
     @torch.inference_mode()
     def _encode(self, batch: np.ndarray) -> None:
         start = time.perf_counter()
-        x = self.preprocess(batch, self.img_size).to(self.device)  # (B, 3, S, S)
+        x = self.preprocess(batch, self.img_size, *self.normalisation).to(self.device)  # (B, 3, S, S)
         pooled = self.encoder.forward_features(x)["pooled"]  # (B, D)
         self.blocks.append(pooled.to(torch.float16).cpu().numpy())
         self.timings["encode"] += time.perf_counter() - start

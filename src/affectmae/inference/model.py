@@ -169,12 +169,14 @@ def load_model_dir(path: str | Path) -> AffectModel:
 
 
 def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Path,
-                     align_margin: float | None = None) -> dict:
+                     align_margin: float | None = None, **encoder_options) -> dict:
     """Assemble MODEL_DIR ``out`` from an encoder checkpoint and ``affectmae train`` run folders.
 
     The encoder is stored as our safetensors (any format :func:`load_encoder` reads is accepted) and
     checked against the feature size of every head. ``align_margin`` (optional) records the face-crop
     margin the encoder's training frames used, for ``analyze`` (absent = 1.0, Aff-Wild2 crops).
+    ``encoder_options`` (``img_size``, ``pooling``, ``num_heads``; :func:`load_encoder`) must be those the
+    features were extracted with; the encoder is stored at that input size, with its pooling and normalisation.
     Returns the written ``affectmae_model.json`` content.
     """
     from affectmae.models.vit import load_encoder, save_encoder
@@ -184,7 +186,7 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     heads = _heads_from_runs(runs)
-    enc = load_encoder(encoder)
+    enc = load_encoder(encoder, **{k: v for k, v in encoder_options.items() if v is not None})
     names: dict[Path, str] = {}
     for files in heads.values():
         for f in files:
@@ -220,13 +222,17 @@ class ExportConfig:
     runs: list[str] = field(default_factory=list)  # `affectmae train` run folders (several per task: an ensemble)
     out: str = field(default="", metadata={"path": "out_dir"})  # MODEL_DIR to write
     align_margin: float | None = field(default=None, metadata={"min": 0.2, "max": 5})  # face-crop margin of the encoder's training frames (None: 1.0 in analyze)
+    img_size: int | None = field(default=None, metadata={"min": 16})  # encoder input size (px) used by extract; None: the checkpoint's
+    pooling: str | None = None  # cls | mean | mae_global, as for extract; None: the checkpoint's
+    num_heads: int | None = None  # attention heads of a foreign checkpoint that does not name them
 
 
 def export(cfg: ExportConfig) -> dict:
     """The ``affectmae export`` stage: :func:`export_model_dir`, then ``MODEL_DIR/config.yaml``."""
     if not cfg.encoder or not cfg.out:
         raise AffectMAEError("export needs an encoder checkpoint (--encoder) and a MODEL_DIR to write (-o)")
-    meta = export_model_dir(cfg.encoder, cfg.runs, cfg.out, align_margin=cfg.align_margin)
+    meta = export_model_dir(cfg.encoder, cfg.runs, cfg.out, align_margin=cfg.align_margin, img_size=cfg.img_size,
+                            pooling=cfg.pooling, num_heads=cfg.num_heads)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     return meta
 

@@ -63,13 +63,14 @@ class PixelEncoder(torch.nn.Module):
         return self.forward_features(x)["pooled"]
 
 
-def random_encoder(source: str | Path, seed: int = 0) -> ViTEncoder:
+def random_encoder(source: str | Path, seed: int = 0, **options: Any) -> ViTEncoder:
     """A ViT with the architecture of the encoder at ``source`` and random weights (timm's init, seeded).
 
-    The global torch RNG is left as it was; the same ``seed`` gives the same weights.
+    ``options`` (``img_size``, ``pooling``, ``num_heads``) as for :func:`load_encoder`. The global torch RNG
+    is left as it was; the same ``seed`` gives the same weights.
     """
     with torch.random.fork_rng(devices=[]):  # building the source encoder draws from the RNG too
-        arch = dict(load_encoder(source).arch)
+        arch = dict(load_encoder(source, **options).arch)
         arch.pop("drop_path_rate", None)
         torch.manual_seed(int(seed))
         return ViTEncoder(arch)
@@ -88,13 +89,21 @@ def parse_encoder_spec(spec: str) -> tuple[str, str]:
     return "checkpoint", spec
 
 
-def build_extract_encoder(spec: str, seed: int = 0) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+def build_extract_encoder(spec: str, seed: int = 0, img_size: int | None = None, pooling: str | None = None,
+                          num_heads: int | None = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:
     """The encoder named by ``spec`` (see the module doc) -> (encoder, identity string, metadata).
 
-    The identity string goes into ``features.json`` as ``encoder`` (a resumed extraction must match it);
-    the metadata as ``encoder_meta``.
+    ``img_size``, ``pooling`` and ``num_heads`` (None: the checkpoint's) go to :func:`load_encoder`; set
+    ones are part of the identity string, which goes into ``features.json`` as ``encoder`` (a resumed
+    extraction must match it); the metadata (with the architecture used) as ``encoder_meta``.
     """
     kind, arg = parse_encoder_spec(spec)
+    options = {k: v for k, v in {"img_size": img_size, "pooling": pooling, "num_heads": num_heads}.items()
+               if v is not None}
+    suffix = "".join(f"&{k}={v}" for k, v in options.items()).replace("&", "?", 1)
+    if kind == "pixels" and options:
+        raise AffectMAEError(f"encoder {spec!r}: {', '.join(options)} apply to ViT encoders; the pixel baseline "
+                             f"takes its size from the spec (pixels:<size>)")
     if kind == "pixels":
         try:
             size = int(arg) if arg else PIXEL_SIZE
@@ -105,7 +114,11 @@ def build_extract_encoder(spec: str, seed: int = 0) -> tuple[torch.nn.Module, st
                                            "standardised": "per frame, population std"}
     if kind == "random":
         source = str(Path(arg).resolve())
-        encoder = random_encoder(arg, seed)
-        return encoder, f"random:{source}@seed{int(seed)}", {"kind": "random", "arch_from": source,
-                                                              "seed": int(seed), "arch": encoder.arch}
-    return load_encoder(spec), str(Path(spec).resolve()), encoder_metadata(spec)
+        encoder = random_encoder(arg, seed, **options)
+        return encoder, f"random:{source}@seed{int(seed)}{suffix}", {"kind": "random", "arch_from": source,
+                                                                      "seed": int(seed), "arch": encoder.arch}
+    encoder = load_encoder(spec, **options)
+    meta = {**encoder_metadata(spec), "arch": encoder.arch}
+    if encoder.load_info:
+        meta["loaded_from"] = encoder.load_info
+    return encoder, f"{Path(spec).resolve()}{suffix}", meta

@@ -6,7 +6,9 @@ encoder sees its inputs prepared the same way in training and in use:
 1. RGB, scaled to float32 in [0, 1];
 2. resized to ``img_size`` x ``img_size`` with :data:`INTERPOLATION` (bicubic, antialiased, on the float
    image, as the reference MAE recipe resizes bicubically); a random resized crop in training;
-3. normalised with the encoder's mean and standard deviation (ImageNet's, as the reference MAE).
+3. normalised with the encoder's mean and standard deviation: the ones recorded in its architecture
+   (:func:`encoder_normalisation`; ImageNet's for this project's encoders and reference-MAE checkpoints,
+   a timm checkpoint's own from its ``config.json``).
 
 ``preprocess_frames`` takes batches of uint8 frames (extraction, analysis); ``eval_transform`` and
 ``train_transform`` take single images (PIL or uint8 arrays) for the training datasets. For an image that
@@ -25,6 +27,13 @@ from torchvision.transforms import v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATION = v2.InterpolationMode.BICUBIC
+
+
+def encoder_normalisation(encoder: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) an encoder was trained with: recorded in ``encoder.arch``; ImageNet's when absent
+    (the pixel baseline, encoders saved before the normalisation was recorded)."""
+    arch = getattr(encoder, "arch", None) or {}
+    return tuple(arch.get("mean") or IMAGENET_MEAN), tuple(arch.get("std") or IMAGENET_STD)
 
 
 def _normalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

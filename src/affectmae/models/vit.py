@@ -5,15 +5,30 @@ initialisation, as in MAE), pre-norm blocks and a final LayerNorm. ``forward_fea
 class token, the patch tokens and the pooled frame feature by name, so MAE, fine-tuning and feature
 extraction never index into submodules.
 
+The frame feature (``pooled``) is one of :data:`POOLINGS`, recorded in the architecture:
+
+- ``cls``: the class token after the final norm (the reference MAE's linear probe; timm's ViT default);
+- ``mean``: the mean of the patch tokens after the final norm (this project's encoders);
+- ``mae_global``: a separate ``fc_norm`` over the mean of the un-normalised patch tokens (the reference
+  MAE's fine-tuning recipe, ``global_pool``; timm's ``global_pool='avg'`` with ``fc_norm``).
+
+The architecture also records the input normalisation (``mean``/``std``) the encoder was trained with;
+:func:`affectmae.models.preprocess.encoder_normalisation` reads it for every stage that feeds the encoder.
+
 Checkpoints accepted by :func:`load_encoder` (format detected from the content):
 
 - ours: ``encoder.safetensors`` written by :func:`save_encoder` (architecture in the metadata), or a
   run directory / MODEL_DIR that contains one;
-- reference MAE (facebookresearch/mae): ``{'model': state_dict}`` in a ``.pth``, encoder-only or with
-  the decoder (``decoder_*``, ``mask_token`` are dropped);
-- a plain timm ViT state dict (``.pth``/``.bin``/``.safetensors``; ``head.*`` is dropped).
+- reference MAE (facebookresearch/mae): what its training scripts save (``{'model', 'optimizer',
+  'epoch', 'scaler', 'args'}``, ``args`` an ``argparse.Namespace``) or ``{'model': state_dict}``, encoder
+  only or with the decoder (``decoder_*`` and ``mask_token`` are dropped), pretrained or fine-tuned;
+- a timm ViT state dict (``.pth``/``.bin``/``.safetensors``; ``head.*`` is dropped), with the Hub's
+  ``config.json`` beside it when there is one.
 
-Foreign files are read with ``torch.load(weights_only=True)``; nothing is unpickled.
+Foreign files are read by :mod:`affectmae.models.foreign`: nothing but tensors and the reference
+scripts' ``argparse.Namespace`` is unpickled. Heads, pooling and normalisation of a foreign checkpoint
+come from its ``args`` or ``config.json`` when they say (see :func:`affectmae.models.foreign.checkpoint_hints`);
+the reasons are kept in ``encoder.load_info`` and in the metadata of a saved copy.
 """
 
 from __future__ import annotations
@@ -25,12 +40,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from affectmae.checkpoint import load_state_strict, load_weights, read_metadata, save_weights
 from affectmae.errors import CheckpointError
 from affectmae.models.fast_linear import use_fast_linear
+from affectmae.models.foreign import POOLINGS, WIDTH_HEADS, checkpoint_hints, read_hub_config, read_torch_file
+from affectmae.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +58,29 @@ SIZES: dict[str, dict[str, Any]] = {
     "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
-ARCH_KEYS = ("size", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "global_pool", "fc_norm")
+ARCH_KEYS = ("size", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "global_pool", "fc_norm",
+             "pooling", "mean", "std")
+# pooling -> timm's (global_pool, fc_norm)
+POOL_ARCH = {"cls": ("token", False), "mean": ("avg", False), "mae_global": ("avg", True)}
+
+
+def complete_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """``arch`` with ``pooling``, ``global_pool``, ``fc_norm``, ``mean`` and ``std`` consistent and present.
+
+    An explicit ``pooling`` decides ``global_pool``/``fc_norm``; an architecture saved before pooling was
+    recorded gets the pooling its ``global_pool``/``fc_norm`` compute, and ImageNet normalisation.
+    """
+    arch = dict(arch)
+    pooling = arch.get("pooling")
+    if pooling is None:
+        pooling = "cls" if arch.get("global_pool") == "token" else ("mae_global" if arch.get("fc_norm") else "mean")
+    if pooling not in POOLINGS:
+        raise CheckpointError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    arch["pooling"] = pooling
+    arch["global_pool"], arch["fc_norm"] = POOL_ARCH[pooling]
+    arch["mean"] = [float(v) for v in arch.get("mean") or IMAGENET_MEAN]
+    arch["std"] = [float(v) for v in arch.get("std") or IMAGENET_STD]
+    return arch
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid: int, cls_token: bool = True) -> torch.Tensor:
@@ -74,7 +112,9 @@ class ViTEncoder(VisionTransformer):
     """
 
     def __init__(self, arch: dict[str, Any]):
-        self.arch = dict(arch)
+        arch = complete_arch(arch)
+        self.arch = arch
+        self.load_info: dict[str, Any] = {}
         super().__init__(
             img_size=arch["img_size"],
             patch_size=arch["patch_size"],
@@ -107,8 +147,8 @@ class ViTEncoder(VisionTransformer):
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """x: (B, 3, H, W) normalised images -> {"cls": (B, D), "patch": (B, L, D), "pooled": (B, D)}.
 
-        ``pooled`` (mean of the patch tokens, or the class token with ``global_pool="token"``) is the
-        frame feature used downstream.
+        ``pooled`` (the architecture's ``pooling``, see the module docstring) is the frame feature used
+        downstream.
         """
         tokens = super().forward_features(x)  # (B, 1+L, D)
         pooled = self.forward_head(tokens, pre_logits=True)  # (B, D)
@@ -154,6 +194,7 @@ def make_arch(size: str = "base", img_size: int = 112, **overrides: Any) -> dict
     if unknown:
         raise CheckpointError(f"unknown encoder settings: {', '.join(sorted(unknown))}; known: {', '.join(ARCH_KEYS)}")
     arch.update(overrides)
+    arch = complete_arch(arch)
     if arch["img_size"] % arch["patch_size"]:
         raise CheckpointError(f"img_size {arch['img_size']} is not a multiple of patch_size {arch['patch_size']}")
     return arch
@@ -164,34 +205,45 @@ def build_encoder(size: str = "base", img_size: int = 112, **overrides: Any) -> 
     return ViTEncoder(make_arch(size, img_size, **overrides))
 
 
+def init_like_reference_mae(encoder: ViTEncoder) -> ViTEncoder:
+    """Re-initialise ``encoder`` with the reference MAE's rules (models_mae.initialize_weights), in place.
+
+    Fixed 2-D sin-cos position embedding; the patch embedding initialised as a linear layer (xavier-uniform
+    on its (D, 3*p*p) view); class token N(0, 0.02); every linear layer xavier-uniform with zero bias;
+    every LayerNorm weight 1, bias 0. The patch embedding's bias keeps PyTorch's default, as there.
+    """
+    with torch.no_grad():
+        encoder.pos_embed.copy_(sincos_pos_embed_2d(encoder.embed_dim, encoder.grid_size))
+        weight = encoder.patch_embed.proj.weight
+        torch.nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+        torch.nn.init.normal_(encoder.cls_token, std=0.02)
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+            elif isinstance(module, torch.nn.LayerNorm):
+                torch.nn.init.ones_(module.weight)
+                torch.nn.init.zeros_(module.bias)
+    return encoder
+
+
 def save_encoder(encoder: ViTEncoder, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
-    """Write the encoder weights + architecture to ``path`` (safetensors, atomic)."""
+    """Write the encoder weights + architecture to ``path`` (safetensors, atomic); how a foreign
+    checkpoint's settings were chosen (``encoder.load_info``) is kept as ``loaded_from``."""
     meta = {**(metadata or {}), "kind": "encoder", "arch": encoder.arch}
+    if getattr(encoder, "load_info", None):
+        meta["loaded_from"] = encoder.load_info
     save_weights(path, encoder.state_dict(), meta)
 
 
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _read_foreign(path: Path) -> dict[str, torch.Tensor]:
-    """A ``.pth``/``.pt``/``.bin`` file -> flat state dict, never unpickling arbitrary objects."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        raise CheckpointError(f"{path}: cannot read as a PyTorch weights file ({type(err).__name__}: {err})") from None
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors (or {{'model': state_dict}})")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def filter_foreign_state(state: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
-    """Map a reference-MAE / timm state dict onto our key names (they already agree) and drop the parts
-    the encoder does not have: the MAE decoder (``decoder_*``), ``mask_token`` and classifier heads."""
+    """Drop what the encoder does not have from a reference-MAE / timm state dict: the MAE decoder
+    (``decoder_*``), ``mask_token`` and classifier heads. The rest already has our (timm's) key names;
+    timm's ``checkpoint_filter_fn`` then adapts it (see :func:`load_encoder`)."""
     dropped = [k for k in state if k.startswith(("decoder_", "mask_token", "head.", "head_dist."))]
     if dropped:
         log.info("%s: ignoring %d keys the encoder does not use (e.g. %s)", source, len(dropped), dropped[0])
@@ -199,24 +251,26 @@ def filter_foreign_state(state: dict[str, torch.Tensor], source: str | Path) -> 
 
 
 def infer_arch(state: dict[str, torch.Tensor], source: str | Path) -> dict[str, Any]:
-    """Architecture of a ViT state dict from its tensor shapes (heads: 64 channels each, timm's convention)."""
+    """Architecture of a ViT state dict from its tensor shapes; heads are timm's count for the width
+    (the weights do not tell: :func:`affectmae.models.foreign.checkpoint_hints` decides)."""
     try:
-        proj = state["patch_embed.proj.weight"]  # (D, 3, p, p)
+        proj = state["patch_embed.proj.weight"]  # (D, 3, p, p), or (D, 3*p*p) in old linear-patchify files
         pos = state["pos_embed"]  # (1, 1+L, D)
     except KeyError as err:
         raise CheckpointError(f"{source}: not a ViT checkpoint (no {err.args[0]!r}; keys: {', '.join(list(state)[:8])}...)") from None
-    embed_dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+    embed_dim = int(proj.shape[0])
+    patch = int(proj.shape[-1]) if proj.ndim == 4 else int(round((proj.shape[1] / 3) ** 0.5))
     depth = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     grid = int(round((pos.shape[1] - 1) ** 0.5))
     if grid * grid != pos.shape[1] - 1:
         raise CheckpointError(f"{source}: pos_embed of {pos.shape[1]} tokens is not 1 class token + a square grid")
     size = next((n for n, s in SIZES.items() if s["embed_dim"] == embed_dim and s["depth"] == depth), "custom")
-    heads = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}.get(embed_dim, max(1, embed_dim // 64))
     fc1 = state.get("blocks.0.mlp.fc1.weight")
     mlp_ratio = float(fc1.shape[0]) / embed_dim if fc1 is not None else 4.0
     fc_norm = "fc_norm.weight" in state and "norm.weight" not in state
     return {"size": size, "img_size": grid * patch, "patch_size": patch, "embed_dim": embed_dim, "depth": depth,
-            "num_heads": heads, "mlp_ratio": mlp_ratio, "global_pool": "avg", "fc_norm": fc_norm}
+            "num_heads": WIDTH_HEADS.get(embed_dim, max(1, embed_dim // 64)), "mlp_ratio": mlp_ratio,
+            "global_pool": "avg", "fc_norm": fc_norm}
 
 
 def _resolve_path(path: Path) -> Path:
@@ -230,40 +284,74 @@ def _resolve_path(path: Path) -> Path:
     return path
 
 
-def load_encoder(path: str | Path, img_size: int | None = None, drop_path_rate: float = 0.0) -> ViTEncoder:
+def read_checkpoint(path: Path, num_heads: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict]:
+    """Any supported file -> (state dict with our key names, architecture, how its settings were chosen)."""
+    args: dict[str, Any] = {}
+    if path.suffix == ".safetensors":
+        state, meta = load_weights(path)
+        if meta.get("kind") == "training_state":
+            raise CheckpointError(f"{path}: a training state (for --resume), not an encoder; use encoder.safetensors")
+        if meta.get("arch") is not None:  # ours: the architecture is recorded
+            arch = complete_arch(meta["arch"])
+            if num_heads and int(num_heads) != arch["num_heads"]:
+                raise CheckpointError(f"{path}: this encoder was trained with {arch['num_heads']} attention heads, "
+                                      f"not num_heads={num_heads}")
+            return state, arch, dict(meta.get("loaded_from") or {})
+    else:
+        state, args = read_torch_file(path)
+    state = filter_foreign_state(state, path)
+    arch = infer_arch(state, path)
+    config = read_hub_config(path)
+    hints, why = checkpoint_hints(state, arch["embed_dim"], args, config, num_heads)
+    arch.update(hints)
+    kind = "facebookresearch/mae training script" if args else ("timm (config.json)" if config else "state dict")
+    return state, complete_arch(arch), {"format": kind, **why}
+
+
+def _set_pooling(state: dict[str, torch.Tensor], arch: dict[str, Any], pooling: str, source: Path):
+    """Switch a checkpoint to another pooling: to ``mae_global`` from a final-norm encoder the norm is
+    dropped and ``fc_norm`` starts as the identity (weight 1, bias 0), as the reference MAE fine-tuning
+    starts from a pretrained encoder; a global-pool encoder has no final norm for ``cls``/``mean``."""
+    if pooling not in POOLINGS:
+        raise CheckpointError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    has_norm = "norm.weight" in state
+    if pooling == "mae_global" and "fc_norm.weight" not in state:
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+        state["fc_norm.weight"] = torch.ones(arch["embed_dim"])
+        state["fc_norm.bias"] = torch.zeros(arch["embed_dim"])
+        log.info("%s: pooling mae_global: a new fc_norm (identity at start) replaces the final norm", source)
+    elif pooling != "mae_global" and not has_norm:
+        raise CheckpointError(f"{source}: pooling={pooling} needs the final norm, but this encoder was trained with "
+                              f"global pooling (fc_norm, no final norm); use pooling=mae_global")
+    return state, complete_arch(dict(arch, pooling=pooling))
+
+
+def load_encoder(path: str | Path, img_size: int | None = None, drop_path_rate: float = 0.0,
+                 pooling: str | None = None, num_heads: int | None = None) -> ViTEncoder:
     """Build an encoder from any supported checkpoint (format auto-detected, see the module docstring).
 
-    ``img_size`` (optional) resizes the position embedding when it differs from the checkpoint's
-    (bicubic, as timm does), e.g. a 224 px MAE checkpoint used on 112 px Aff-Wild2 crops.
+    ``img_size`` (optional) runs the encoder at another input size: timm's ``checkpoint_filter_fn``
+    resamples the position embedding (bicubic), e.g. a 224 px MAE checkpoint on 112 px Aff-Wild2 crops.
+    ``pooling`` (optional, one of :data:`POOLINGS`) replaces the checkpoint's own; ``num_heads`` sets the
+    attention heads of a foreign checkpoint whose ``args``/``config.json`` do not name them.
     ``drop_path_rate`` (stochastic depth, for fine-tuning) has no effect in eval mode.
     """
     path = _resolve_path(Path(path))
-    if path.suffix == ".safetensors":
-        state, meta = load_weights(path)
-        arch = meta.get("arch")
-        if meta.get("kind") == "training_state":
-            raise CheckpointError(f"{path}: a training state (for --resume), not an encoder; use encoder.safetensors")
-        if arch is None:  # a foreign safetensors file (e.g. timm's)
-            state = filter_foreign_state(state, path)
-            arch = infer_arch(state, path)
-    else:
-        state = filter_foreign_state(_read_foreign(path), path)
-        arch = infer_arch(state, path)
-    arch = dict(arch)
+    state, arch, info = read_checkpoint(path, num_heads)
+    if pooling is not None and pooling != arch["pooling"]:
+        state, arch = _set_pooling(state, arch, pooling, path)
+        info["pooling"] = f"set by pooling={pooling}"
     if img_size is not None and int(img_size) != arch["img_size"]:
         if int(img_size) % arch["patch_size"]:
             raise CheckpointError(f"img_size {img_size} is not a multiple of patch size {arch['patch_size']}")
-        old = arch["img_size"] // arch["patch_size"]
-        new = int(img_size) // arch["patch_size"]
-        state = dict(state)
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=[new, new], old_size=[old, old],
-                                                    num_prefix_tokens=1)
-        log.info("%s: position embedding resized from %dx%d to %dx%d patches", path, old, old, new, new)
+        log.info("%s: position embedding resampled from %d to %d px", path, arch["img_size"], int(img_size))
+        info["img_size"] = f"position embedding resampled from {arch['img_size']} px"
         arch["img_size"] = int(img_size)
     if drop_path_rate:
         arch["drop_path_rate"] = float(drop_path_rate)
     encoder = ViTEncoder(arch)
-    load_state_strict(encoder, state, path)
+    load_state_strict(encoder, checkpoint_filter_fn(state, encoder), path)
+    encoder.load_info = info
     return encoder
 
 

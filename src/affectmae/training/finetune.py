@@ -32,13 +32,20 @@ from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
+from affectmae.models.preprocess import encoder_normalisation
 from affectmae.models.vit import ViTEncoder, load_encoder, save_encoder
 from affectmae.tasks import TaskSpec, get_task
 from affectmae.training.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
 from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, open_run_dir, progress
 from affectmae.training.losses import class_weights, task_loss
 from affectmae.training.memory import keep_freed_memory
-from affectmae.training.optim import make_adamw, set_lr, warmup_cosine_lr
+from affectmae.training.optim import (
+    make_adamw,
+    param_groups_layer_decay,
+    set_lr,
+    vit_layer_matcher,
+    warmup_cosine_lr,
+)
 from affectmae.training.seeds import step_seed
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,8 @@ class FinetuneConfig:
     out: str = field(default="", metadata={"path": "out_dir"})  # run folder
     task: str = field(default="expr", metadata={"choices": ("va", "expr", "au")})
     img_size: int | None = field(default=None, metadata={"min": 16})  # default: the encoder's
+    pooling: str | None = None  # cls | mean | mae_global; None: the encoder checkpoint's (models/vit.py)
+    num_heads: int | None = None  # attention heads of a foreign checkpoint that does not name them
     freeze_encoder: bool = False  # true: linear probe (head only)
     epochs: int = field(default=10, metadata={"min": 1})  # not stated in the paper
     max_steps: int = field(default=0, metadata={"min": 0})  # > 0: train for exactly this many optimizer steps instead (the last epoch may be partial)
@@ -86,7 +95,7 @@ class FinetuneConfig:
     resume: bool = False
 
 
-RESUME_KEYS = ("annotations", "encoder", "task", "img_size", "freeze_encoder", "batch_size", "seed", "frame_stride",
+RESUME_KEYS = ("annotations", "encoder", "task", "img_size", "pooling", "num_heads", "freeze_encoder", "batch_size", "seed", "frame_stride",
                "max_steps", "overfit_batches", "head_only_steps")
 
 
@@ -127,22 +136,14 @@ class AugmentedFrames(Dataset):
 
 
 def layer_decay_groups(model: FinetuneModel, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW groups with ``lr_scale`` = layer_decay^(depth + 1 - layer) and no decay on 1-D params/tokens."""
-    depth = len(model.encoder.blocks)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        head = not name.startswith("encoder.")
-        layer = depth + 1 if head else model.encoder.layer_id(name[len("encoder."):])
-        no_decay = param.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token"))
-        key = (layer, no_decay)
-        if key not in groups:
-            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                           "lr_scale": layer_decay ** (depth + 1 - layer), "head": False}
-        groups[key]["params"].append(param)
-        groups[key]["head"] |= head  # holds head parameters (trained during head_only_steps)
-    return [groups[k] for k in sorted(groups)]
+    """AdamW groups with ``lr_scale`` = layer_decay^(depth + 1 - layer) and no decay on 1-D params/tokens
+    (timm's layer-decay helper, training/optim.py); ``head`` marks the groups trained during head_only_steps."""
+    groups = param_groups_layer_decay(model, weight_decay, layer_decay, vit_layer_matcher("encoder."),
+                                      no_decay_names=(".bias", "pos_embed", "cls_token"))
+    head = {id(p) for name, p in model.named_parameters() if not name.startswith("encoder.")}
+    for group in groups:
+        group["head"] = any(id(p) in head for p in group["params"])
+    return groups
 
 
 def frame_loss(spec: TaskSpec, outputs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
@@ -224,13 +225,14 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
     open_run_dir(Path(cfg.out), cfg, cfg.resume, info.is_main)
     device = info.device
     torch.manual_seed(cfg.seed)
-    encoder = load_encoder(cfg.encoder, img_size=cfg.img_size, drop_path_rate=0.0 if cfg.freeze_encoder else cfg.drop_path)
+    encoder = load_encoder(cfg.encoder, img_size=cfg.img_size, drop_path_rate=0.0 if cfg.freeze_encoder else cfg.drop_path,
+                           pooling=cfg.pooling, num_heads=cfg.num_heads)
     encoder.pos_embed.requires_grad_(True)
     keep_freed_memory(device)
     model = FinetuneModel(encoder, spec).to(device)
     if cfg.freeze_encoder:
         encoder.requires_grad_(False)
-    train_frames, train_set, val_set = _frame_sets(cfg, spec, encoder.arch["img_size"])
+    train_frames, train_set, val_set = _frame_sets(cfg, spec, encoder.arch["img_size"], encoder_normalisation(encoder))
     weights = None
     if cfg.class_weights:
         labels = np.stack([np.atleast_1d(train_frames.label(i).numpy()) for i in train_set.frames.indices])
@@ -260,21 +262,21 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
     return f, run
 
 
-def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int) -> tuple[Any, AugmentedFrames, Dataset]:
+def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int, norm: tuple = ()) -> tuple[Any, AugmentedFrames, Dataset]:
     """(training frames, augmented training set, validation set); with ``overfit_batches`` a few fixed
-    training frames, unaugmented, for both training and scoring."""
+    training frames, unaugmented, for both training and scoring. ``norm``: the encoder's (mean, std)."""
     from affectmae.datasets.affwild2 import AffWild2Frames
     from affectmae.models.preprocess import eval_transform, train_transform
 
     frames_root = cfg.frames or cfg.annotations
     train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train")
-    val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=eval_transform(img_size))
+    val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=eval_transform(img_size, *norm))
     train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)),
-                                train_transform(img_size, cfg.crop_scale_min, cfg.hflip), cfg.seed)
+                                train_transform(img_size, cfg.crop_scale_min, cfg.hflip, *norm), cfg.seed)
     val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
     if cfg.overfit_batches:
         keep = _spread(len(train_frames), cfg.overfit_batches * cfg.batch_size)
-        train_frames.transform = eval_transform(img_size)
+        train_frames.transform = eval_transform(img_size, *norm)
         train_set = AugmentedFrames(Subset(train_frames, keep), _unchanged, cfg.seed)
         val_set = Subset(train_frames, keep)
         log.info("sanity mode: fitting %d fixed training frames (%d batches); the loss should fall towards 0",

@@ -31,7 +31,7 @@ from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.preprocess import train_transform
-from affectmae.models.vit import build_encoder, load_encoder, save_encoder
+from affectmae.models.vit import build_encoder, init_like_reference_mae, load_encoder, save_encoder
 from affectmae.training.distributed import (
     DistInfo,
     GlobalBatchSampler,
@@ -111,7 +111,7 @@ def build_mae(cfg: PretrainConfig) -> MaskedAutoencoder:
         encoder = load_encoder(cfg.init_encoder, img_size=cfg.img_size)
     else:
         overrides = {"depth": cfg.depth} if cfg.depth is not None else {}
-        encoder = build_encoder(cfg.model_size, cfg.img_size, **overrides)
+        encoder = init_like_reference_mae(build_encoder(cfg.model_size, cfg.img_size, **overrides))
     return MaskedAutoencoder(encoder, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.norm_pix_loss)
 
 
