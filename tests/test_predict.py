@@ -118,7 +118,7 @@ def test_predict_with_organisers_list_and_plain_list(trained, tmp_path):
         from affectmae.inference.predict import PredictConfig, predict_submissions
 
         predict_submissions(PredictConfig(features=str(feats), out=str(out), runs=[str(runs["va"])],
-                                          test_list=str(too_long)))
+                                          test_list=str(too_long), overwrite=True))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     with pytest.raises(AffectMAEError, match="names no video"):
@@ -179,7 +179,7 @@ def test_predict_config_file_override_and_unknown_key(trained, tmp_path, capsys)
     assert main(["predict", "--config", str(config), "-o", str(out), "modle=x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["affectmae predict: error: command line: unknown setting 'modle' for PredictConfig; known: "
-                   "features, model_dir, out, runs, tasks, test_list"]
+                   "features, model_dir, out, overwrite, runs, tasks, test_list"]
 
 
 def test_export_config_file_override_and_unknown_key(trained, tmp_path, capsys):
@@ -204,4 +204,4 @@ def test_export_config_file_override_and_unknown_key(trained, tmp_path, capsys):
     assert main(["export", "--config", str(config), "-o", str(tmp_path / "m3"), "margin=1.2"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "affectmae export: error: command line: unknown setting 'margin' for ExportConfig; known: align_margin, "
-        "encoder, out, runs"]
+        "encoder, img_size, num_heads, out, overwrite, pooling, runs"]

@@ -73,13 +73,18 @@ def test_resume_after_kill_continues_the_loss_curve(faces, straight_run, tmp_pat
         pretrain(cfg)
     assert len(read_metrics(cfg.out, "train")) == 5
     assert read_metadata(Path(cfg.out) / "last_state.safetensors")["counters"] == {
-        "epoch": 1, "step_in_epoch": 1, "global_step": 4}
+        "epoch": 1, "step_in_epoch": 1, "global_step": 4, "epoch_loss_steps": 1,
+        "epoch_loss_sum": read_metrics(cfg.out, "train")[3]["loss"]}  # the interrupted epoch's steps so far
     monkeypatch.setattr(pretrain_mod, "check_finite", real_check)
 
     pretrain(dataclasses.replace(cfg, resume=True))
     straight, resumed = _losses(straight_run), _losses(Path(cfg.out))
     assert len(straight) == 12 and len(resumed) == 12
     np.testing.assert_allclose(resumed, straight, rtol=0, atol=1e-6)
+    # the interrupted epoch's loss averages all three of its steps, not only those after the resume
+    epoch_loss = [r["loss"] for r in read_metrics(cfg.out, "epoch")]
+    np.testing.assert_allclose(epoch_loss, [r["loss"] for r in read_metrics(straight_run, "epoch")], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(epoch_loss[1], straight[3:6].mean(), rtol=0, atol=1e-6)
     a = load_encoder(straight_run).state_dict()
     b = load_encoder(cfg.out).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -6,7 +6,10 @@ Used by inference and training alike (training adds optimizer state on top, see
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from affectmae import __version__
 from affectmae.errors import CheckpointError
-from affectmae.io import atomic_path
+from affectmae.io import OutputWriteError, atomic_path
 
 META_KEY = "affectmae"
 FORMAT_VERSION = 1
@@ -30,7 +33,12 @@ def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     meta = {"format_version": FORMAT_VERSION, "affectmae_version": __version__, **(metadata or {})}
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata={META_KEY: json.dumps(meta)})
+        try:
+            save_file(contiguous, str(tmp), metadata={META_KEY: json.dumps(meta)})
+        except SafetensorError as err:  # the writer's I/O errors arrive as text: "... Os { code: 28, ..."
+            code = re.search(r"code: (\d+)", str(err))
+            number = int(code.group(1)) if code else errno.EIO
+            raise OutputWriteError(path, OSError(number, os.strerror(number))) from None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

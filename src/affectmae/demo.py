@@ -119,27 +119,28 @@ def _encoder_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> Pa
                           source=cfg.source)
     with _stage(timings, "pretrain"):
         pretrain_dir = run_pretrain("pretrain_tiny", [f"seed={cfg.seed}"], images=[str(data / "faces")],
-                                    out=str(out / "pretrain"))
+                                    out=str(out / "pretrain"), overwrite=True)
     with _stage(timings, "finetune"):
         steps = [] if cfg.finetune_steps is None else [f"max_steps={cfg.finetune_steps}",
                                                       f"head_only_steps={min(cfg.finetune_steps // 6, 100)}",
                                                       f"warmup_steps={max(1, min(cfg.finetune_steps // 12, 50))}"]
         finetune_dir = run_finetune("finetune_tiny", [f"seed={cfg.seed}", *steps], annotations=str(data),
-                                    encoder=str(pretrain_dir), out=str(out / "finetune"))
+                                    encoder=str(pretrain_dir), out=str(out / "finetune"), overwrite=True)
     encoder = Path(finetune_dir) / "encoder.safetensors"
     with _stage(timings, "extract"):
         # the fine-tuned encoder, then the baselines: MAE only, the same architecture with random weights, pixels
         for folder, enc in (("features", encoder), ("features_mae", Path(pretrain_dir) / "encoder.safetensors"),
                             ("features_random", f"random:{encoder}"), ("features_pixels", "pixels:24")):
             extract_features(ExtractConfig(encoder=str(enc), frames=str(data / "cropped_aligned"), seed=cfg.seed,
-                                           out=str(out / folder), annotations=str(data / "annotations")))
+                                           out=str(out / folder), annotations=str(data / "annotations"),
+                                           overwrite=True))
     return encoder
 
 
 def _temporal_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> dict:
     """train VA, EXPR and AU -> the cv table -> the ablation table; returns runs, scores and tables."""
     overrides = {"features": str(out / "features"), "annotations": str(out / "data" / "annotations"),
-                 "seed": str(cfg.seed), "n_folds": str(cfg.cv_folds)}
+                 "seed": str(cfg.seed), "n_folds": str(cfg.cv_folds), "overwrite": "true"}  # a rerun replaces
     if cfg.temporal_epochs is not None:
         overrides["epochs"] = str(cfg.temporal_epochs)
     train_cfg = build_config(TrainConfig, "temporal_tiny", overrides)
@@ -163,7 +164,7 @@ def _deploy_stages(cfg: DemoConfig, out: Path, encoder: Path, runs: list[Path], 
     annotations = out / "data" / "annotations"
     with _stage(timings, "export"):
         model_dir = out / "model"
-        export_model_dir(encoder, runs, model_dir, align_margin=ALIGN_MARGIN)
+        export_model_dir(encoder, runs, model_dir, align_margin=ALIGN_MARGIN, overwrite=True)
     scores = {}
     with _stage(timings, "predict+score"):
         val_videos = sorted({p.stem for t in TASKS.values()
@@ -172,7 +173,8 @@ def _deploy_stages(cfg: DemoConfig, out: Path, encoder: Path, runs: list[Path], 
         test_list.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(test_list, "\n".join(val_videos) + "\n")
         written = predict_submissions(PredictConfig(features=str(out / "features"), out=str(out / "predictions"),
-                                                    model_dir=str(model_dir), test_list=str(test_list)))
+                                                    model_dir=str(model_dir), test_list=str(test_list),
+                                                    overwrite=True))
         for task, spec in TASKS.items():
             csv = Path(written[task]["path"])
             scores[task] = score_submission(task, csv, annotations / spec.challenge_dir / "Validation_Set")

@@ -20,6 +20,7 @@ import sys
 
 from affectmae import __version__
 from affectmae.errors import AffectMAEError
+from affectmae.io import OutputWriteError, is_write_error
 
 log = logging.getLogger("affectmae")
 
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except AffectMAEError as err:
         print(f"affectmae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write failure no stage caught (disk full, read-only): still one line
+        if not is_write_error(err):
+            raise
+        print(f"affectmae {args.command}: error: {OutputWriteError(err.filename or 'a file', err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"affectmae {args.command}: interrupted", file=sys.stderr)

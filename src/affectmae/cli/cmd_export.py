@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--out", default=None, help="MODEL_DIR to write")
     p.add_argument("--align-margin", type=float, default=None,
                    help="face-crop margin of the encoder's training frames, for analyze (default: 1.0, Aff-Wild2 crops)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing MODEL_DIR")
     add_config_arguments(p, "ExportConfig")
     p.set_defaults(func=_run)
 
@@ -28,5 +29,5 @@ def _run(args) -> int:
     from affectmae.inference.model import run_export
 
     print(json.dumps(run_export(args.config, args.overrides, encoder=args.encoder, runs=args.runs, out=args.out,
-                                align_margin=args.align_margin)))
+                                align_margin=args.align_margin, overwrite=args.overwrite)))
     return 0

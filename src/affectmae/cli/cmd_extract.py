@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--annotations", "--data", dest="annotations", default=None,
                    help="Aff-Wild2 annotation root: frame counts come from the annotations")
     p.add_argument("-o", "--out", default=None, help="features folder")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the features already in it (otherwise finished videos are kept)")
     p.add_argument("--videos", nargs="+", default=None, help="only these videos")
     p.add_argument("--batch-size", type=int, default=None, help="frames per encoder batch (default 32)")
     p.add_argument("--decode-threads", type=int, default=None,
@@ -45,7 +47,8 @@ def _run(args) -> int:
     summary = run_extract(args.config, args.overrides, encoder=args.encoder, frames=args.frames, out=args.out,
                           annotations=args.annotations, videos=args.videos, batch_size=args.batch_size,
                           decode_threads=args.decode_threads, missing=args.missing, threads=args.threads,
-                          device=args.device, quantize=args.quantize, seed=args.seed)
+                          device=args.device, quantize=args.quantize, seed=args.seed,
+                          overwrite=args.overwrite)
     summary.pop("per_video")
     print(json.dumps(summary))
     return 0

@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--frames", default=None, help="cropped_aligned folder, if not under --annotations")
     p.add_argument("--config", default=None, help="YAML config file or packaged name (finetune_paper, finetune_tiny)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last_state.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_run)
 
@@ -29,6 +30,7 @@ def _run(args) -> int:
     from affectmae.training.finetune import run_finetune
 
     run_dir = run_finetune(args.config, args.overrides, annotations=args.annotations, encoder=args.encoder, out=args.out,
-                           task=args.task, frames=args.frames, resume=args.resume or None)
+                           task=args.task, frames=args.frames, resume=args.resume or None,
+                           overwrite=args.overwrite or None)
     print(run_dir / "encoder.safetensors")
     return 0

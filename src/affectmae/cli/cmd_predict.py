@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--test-list", default=None, help="organisers' example CSV (image_location,...) or a list of "
                    "videos (one per line, optionally ',n_frames'); default: every video of --features")
     p.add_argument("-o", "--out", default=None, help="output folder")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace submission files already in it")
     add_config_arguments(p, "PredictConfig")
     p.set_defaults(func=_run)
 
@@ -33,6 +34,7 @@ def _run(args) -> int:
     from affectmae.inference.predict import run_predict
 
     summary = run_predict(args.config, args.overrides, features=args.features, out=args.out,
-                          model_dir=args.model_dir, runs=args.runs, tasks=args.tasks, test_list=args.test_list)
+                          model_dir=args.model_dir, runs=args.runs, tasks=args.tasks, test_list=args.test_list,
+                          overwrite=args.overwrite)
     print(json.dumps(summary))
     return 0

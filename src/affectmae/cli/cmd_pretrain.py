@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--out", required=True, help="run folder")
     p.add_argument("--config", default=None, help="YAML config file or packaged name (pretrain_paper, pretrain_tiny)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last_state.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_run)
 
@@ -25,6 +26,7 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from affectmae.training.pretrain import run_pretrain
 
-    run_dir = run_pretrain(args.config, args.overrides, images=args.images, out=args.out, resume=args.resume or None)
+    run_dir = run_pretrain(args.config, args.overrides, images=args.images, out=args.out, resume=args.resume or None,
+                           overwrite=args.overwrite or None)
     print(run_dir / "encoder.safetensors")
     return 0

@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--baseline", choices=("linear",), default=None,
                    help="train the per-frame linear baseline on the same features instead")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last_state.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_run)
 
@@ -29,6 +30,7 @@ def _run(args) -> int:
     from affectmae.training.temporal import run_train
 
     result = run_train(args.config, args.overrides, features=args.features, annotations=args.annotations,
-                       task=args.task, out=args.out, fold=args.fold, baseline=args.baseline, resume=args.resume or None)
+                       task=args.task, out=args.out, fold=args.fold, baseline=args.baseline, resume=args.resume or None,
+                       overwrite=args.overwrite or None)
     print(json.dumps({"run_dir": result["run_dir"], "best_epoch": result["best_epoch"], "best": result["best"]}))
     return 0

@@ -41,10 +41,15 @@ from affectmae.features.store import (
     write_features_meta,
     write_video_features,
 )
+from affectmae.io import OutputLayout, check_output_dir, prepare_output_dir
 
 log = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("none", "int8")
+# the output-folder rule (affectmae.io): a features folder is continued (finished videos kept) or, with
+# overwrite, cleared of every feature file first
+FEATURES_LAYOUT = OutputLayout("extract", finished=("features.json", "*.npy"),
+                               owned=("features.json", "config.yaml", "*.npy"), continues=True)
 
 
 @dataclass
@@ -72,6 +77,7 @@ class ExtractConfig:
     device: str = "auto"  # auto = cuda when available, else cpu
     # none | int8: dynamic int8 Linear layers (CPU only; see docs/benchmarks.md)
     quantize: str = field(default="none", metadata={"choices": QUANTIZE_MODES})
+    overwrite: bool = False  # replace the features already in `out` (otherwise finished videos are kept)
 
 
 def quantize_encoder(encoder, mode: str):
@@ -142,6 +148,7 @@ def extract_features(cfg: ExtractConfig) -> dict:
     from affectmae.device import select_device
 
     _check_settings(cfg)
+    mode = check_output_dir(cfg.out, FEATURES_LAYOUT, overwrite=cfg.overwrite)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     frame_index = FrameIndex(cfg.frames)
@@ -152,9 +159,9 @@ def extract_features(cfg: ExtractConfig) -> dict:
     decode_threads = cfg.decode_threads if cfg.decode_threads >= 0 else (0 if device.type == "cpu" else 2)
     dim = int(encoder.embed_dim)
     size = int(encoder.arch["img_size"])
-    root = Path(cfg.out)
-    root.mkdir(parents=True, exist_ok=True)
-    write_features_meta(root, {
+    root = prepare_output_dir(cfg.out, FEATURES_LAYOUT, mode)  # --overwrite clears; a killed run's .tmp files go
+    cpu_gemm = _continued_cpu_gemm(root / "features.json")
+    write_features_meta(root, {"cpu_gemm": cpu_gemm,
         "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "encoder": enc_id, "encoder_meta": enc_meta,
         "encoder_sha256": enc_meta["sha256"],
         "dim": dim, "dtype": "float16", "img_size": size, "missing": cfg.missing, "quantize": cfg.quantize,
@@ -182,6 +189,17 @@ def _videos_with_frames(frame_index, counts: dict[str, int], allow_missing: bool
     log.warning("%s: %d videos have no frame images and are skipped (allow_missing_videos): %s",
                 where, len(without), names)
     return {v: n for v, n in counts.items() if v not in without}, without
+
+
+def _continued_cpu_gemm(meta_path: Path) -> str:
+    """The CPU linear backend of the features already in the folder (a continued extraction computes the rest
+    as the first part), else this process's (:mod:`affectmae.models.fast_linear`)."""
+    import json
+
+    from affectmae.models.fast_linear import adopt_cpu_gemm_backend
+
+    recorded = json.loads(meta_path.read_text()).get("cpu_gemm") if meta_path.is_file() else None
+    return adopt_cpu_gemm_backend(recorded, str(meta_path))
 
 
 def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], root: Path, dim: int, size: int,

@@ -10,6 +10,8 @@ file (size and modification time) and the same settings, so an interrupted batch
 SLURM array tasks given the same inputs split them without talking to each other. One model load, one
 detector process and one progress bar (frames of the whole batch) serve all videos. A video that fails
 is logged as ``file: message`` and the others go on; the run then ends with an error naming how many failed.
+A video being analysed first loses its earlier outputs, and a failed one keeps none (no table without its
+summary). ``OUT`` follows the output-folder rule of :mod:`affectmae.io` (:data:`ANALYZE_LAYOUT`).
 
 ``run_analyze(config, overrides, **settings)`` is the command's entry point: :class:`AnalyzeConfig` from
 its defaults, a YAML file, ``key=value`` overrides and the command's flags, then :func:`analyze`.
@@ -26,13 +28,16 @@ from tqdm import tqdm
 
 from affectmae.config import build_config, config_to_dict
 from affectmae.errors import AffectMAEError
-from affectmae.inference.pipeline import AnalyzeConfig, Analyzer
-from affectmae.io import atomic_write_text
+from affectmae.inference.pipeline import AnalyzeConfig, Analyzer, remove_outputs, video_outputs
+from affectmae.io import OutputLayout, atomic_write_text, check_output_dir, prepare_output_dir
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
                   ".mts", ".m2ts", ".ogv"}
+# the output-folder rule (affectmae.io): a folder holding results is continued (finished videos skipped);
+# --overwrite re-analyses this run's videos, whose earlier outputs are removed first (other videos' stay)
+ANALYZE_LAYOUT = OutputLayout("analyze", finished=("*summary.json",), owned=(), continues=True)
 # settings that do not change the table: a rerun with a different value still skips finished videos
 _NOT_IN_RESULT = {"plots", "device", "batch_size", "detector_worker", "detector_recycle_frames", "overlap",
                   "inputs", "model_dir", "out", "shard", "video_out", "overwrite"}
@@ -116,7 +121,8 @@ def analyze_inputs(inputs: list[str | Path], model_dir: str | Path, out_dir: str
     videos = expand_inputs(inputs)[k - 1 :: n]
     stems = output_stems(videos)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, ANALYZE_LAYOUT, overwrite=overwrite)
+    prepare_output_dir(out, ANALYZE_LAYOUT, "continue")  # creates it, removes a killed run's temporary files
     result = {"videos": [str(v) for v in videos], "analyzed": [], "skipped": [], "failed": {}, "frames": 0}
     todo = []
     for video in videos:
@@ -155,7 +161,11 @@ def analyze_inputs(inputs: list[str | Path], model_dir: str | Path, out_dir: str
                 continue
             summary = df.attrs["summary"]
             summary["input"] = fingerprint
-            atomic_write_text(out / f"{stem}.summary.json", json.dumps(summary, indent=2) + "\n")
+            try:
+                atomic_write_text(out / f"{stem}.summary.json", json.dumps(summary, indent=2) + "\n")
+            except BaseException:
+                remove_outputs(video_outputs(out, stem, out / f"{stem}.annotated.mp4" if video_out else None))
+                raise
             result["analyzed"].append(str(video))
             result["frames"] += summary["frames_decoded"]
     if result["failed"]:

@@ -43,7 +43,7 @@ import numpy as np
 from affectmae import __version__
 from affectmae.config import build_config, save_config
 from affectmae.errors import AffectMAEError, CheckpointError
-from affectmae.io import atomic_write_text
+from affectmae.io import OutputLayout, atomic_path, atomic_write_text, check_output_dir, prepare_output_dir
 from affectmae.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 MODEL_JSON = "affectmae_model.json"
 MODEL_FORMAT_VERSION = 1
 RUN_BEST = "best.safetensors"  # the best model of a training run folder
+# the output-folder rule (affectmae.io): a MODEL_DIR is replaced only with overwrite, and then wholly
+MODEL_LAYOUT = OutputLayout("export", finished=(MODEL_JSON,),
+                            owned=(MODEL_JSON, "encoder.safetensors", "temporal_*.safetensors", "config.yaml"))
 
 
 class AffectModel:
@@ -169,7 +172,7 @@ def load_model_dir(path: str | Path) -> AffectModel:
 
 
 def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Path,
-                     align_margin: float | None = None, **encoder_options) -> dict:
+                     align_margin: float | None = None, overwrite: bool = False, **encoder_options) -> dict:
     """Assemble MODEL_DIR ``out`` from an encoder checkpoint and ``affectmae train`` run folders.
 
     The encoder is stored as our safetensors (any format :func:`load_encoder` reads is accepted) and
@@ -177,14 +180,16 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     margin the encoder's training frames used, for ``analyze`` (absent = 1.0, Aff-Wild2 crops).
     ``encoder_options`` (``img_size``, ``pooling``, ``num_heads``; :func:`load_encoder`) must be those the
     features were extracted with; the encoder is stored at that input size, with its pooling and normalisation.
-    Returns the written ``affectmae_model.json`` content.
+    An existing MODEL_DIR ``out`` is refused unless ``overwrite``; then its files (heads included) are removed
+    once the new one has been checked, so no old head stays beside the new ones. ``affectmae_model.json``,
+    which marks a MODEL_DIR, is written last. Returns its content.
     """
     from affectmae.models.vit import load_encoder, save_encoder
 
     if not runs:
         raise AffectMAEError("export needs at least one --run RUN_DIR")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    mode = check_output_dir(out, MODEL_LAYOUT, overwrite=overwrite)
     heads = _heads_from_runs(runs)
     enc = load_encoder(encoder, **{k: v for k, v in encoder_options.items() if v is not None})
     names: dict[Path, str] = {}
@@ -200,16 +205,19 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     if model.feature_dim != enc.embed_dim:
         raise CheckpointError(f"the temporal heads expect {model.feature_dim}-d features but the encoder {encoder} "
                               f"gives {enc.embed_dim}-d; export the encoder the features were extracted with")
+    if align_margin is not None and not 0.2 <= float(align_margin) <= 5:
+        raise AffectMAEError(f"align_margin must be in [0.2, 5], got {align_margin}")
+    prepare_output_dir(out, MODEL_LAYOUT, mode)
     save_encoder(enc, out / "encoder.safetensors", {"source": str(encoder)})
     for f, name in names.items():
-        shutil.copyfile(f, out / name)
+        with atomic_path(out / name) as tmp:
+            shutil.copyfile(f, tmp)
     entry = {t: ([names[f] for f in files] if len(files) > 1 else names[files[0]]) for t, files in heads.items()}
     meta = {"format_version": MODEL_FORMAT_VERSION, "affectmae_version": __version__, "encoder": "encoder.safetensors",
-            "heads": {t: entry[t] for t in TASKS if t in entry}, "runs": [str(r) for r in runs]}
+            "heads": {t: entry[t] for t in TASKS if t in entry}, "runs": [str(r) for r in runs],
+            "cpu_gemm": _features_cpu_gemm(names)}
     meta["encoder_sha256"] = fingerprint
     if align_margin is not None:
-        if not 0.2 <= float(align_margin) <= 5:
-            raise AffectMAEError(f"align_margin must be in [0.2, 5], got {align_margin}")
         meta["align_margin"] = float(align_margin)
     atomic_write_text(out / MODEL_JSON, json.dumps(meta, indent=2))
     log.info("wrote MODEL_DIR %s (tasks %s)", out, ", ".join(meta["heads"]))
@@ -222,6 +230,7 @@ class ExportConfig:
     runs: list[str] = field(default_factory=list)  # `affectmae train` run folders (several per task: an ensemble)
     out: str = field(default="", metadata={"path": "out_dir"})  # MODEL_DIR to write
     align_margin: float | None = field(default=None, metadata={"min": 0.2, "max": 5})  # face-crop margin of the encoder's training frames (None: 1.0 in analyze)
+    overwrite: bool = False  # replace an existing MODEL_DIR (the output-folder rule, affectmae.io)
     img_size: int | None = field(default=None, metadata={"min": 16})  # encoder input size (px) used by extract; None: the checkpoint's
     pooling: str | None = None  # cls | mean | mae_global, as for extract; None: the checkpoint's
     num_heads: int | None = None  # attention heads of a foreign checkpoint that does not name them
@@ -231,8 +240,8 @@ def export(cfg: ExportConfig) -> dict:
     """The ``affectmae export`` stage: :func:`export_model_dir`, then ``MODEL_DIR/config.yaml``."""
     if not cfg.encoder or not cfg.out:
         raise AffectMAEError("export needs an encoder checkpoint (--encoder) and a MODEL_DIR to write (-o)")
-    meta = export_model_dir(cfg.encoder, cfg.runs, cfg.out, align_margin=cfg.align_margin, img_size=cfg.img_size,
-                            pooling=cfg.pooling, num_heads=cfg.num_heads)
+    meta = export_model_dir(cfg.encoder, cfg.runs, cfg.out, align_margin=cfg.align_margin, overwrite=cfg.overwrite,
+                            img_size=cfg.img_size, pooling=cfg.pooling, num_heads=cfg.num_heads)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     return meta
 
@@ -260,3 +269,13 @@ def _tasks_of(path: Path) -> list[str]:
     from affectmae.checkpoint import read_metadata
 
     return [t for t in TASKS if t in read_metadata(path).get("tasks", [])]
+
+
+def _features_cpu_gemm(heads: dict[Path, str]) -> str:
+    """The CPU linear backend the heads' training features were extracted with (recorded in their metadata),
+    else this process's; ``analyze`` encodes with it (:func:`affectmae.models.fast_linear.adopt_cpu_gemm_backend`)."""
+    from affectmae.checkpoint import read_metadata
+    from affectmae.models.fast_linear import cpu_gemm_backend
+
+    recorded = {(read_metadata(f).get("features") or {}).get("cpu_gemm") for f in heads} - {None}
+    return recorded.pop() if len(recorded) == 1 else cpu_gemm_backend()

@@ -51,6 +51,7 @@ from affectmae.inference.table import (  # noqa: F401 (re-exported)
     write_table,
 )
 from affectmae.inference.video_pass import STAGES, analyze_one
+from affectmae.io import writing
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,26 @@ def model_align_margin(model_dir: str | Path) -> float:
     return float(margin)
 
 
+def video_outputs(out_dir: str | Path, stem: str | None = None, video_out: str | Path | None = None) -> list[Path]:
+    """Every file :meth:`Analyzer.analyze` may write for one video into ``out_dir``, the summary (the mark of
+    a finished video) first: ``<stem>.summary.json``, ``.csv``, ``.parquet``, ``.config.yaml``, the plots (or
+    ``summary.json``, ``predictions.csv``, ... without ``stem``), and ``video_out``."""
+    from affectmae.inference.plots import PLOT_NAMES
+
+    out_dir = Path(out_dir)
+    prefix = f"{stem}." if stem else ""
+    names = [f"{prefix}summary.json", f"{stem}.csv" if stem else "predictions.csv",
+             f"{stem or 'predictions'}.parquet", f"{prefix}config.yaml", *(f"{prefix}{n}.png" for n in PLOT_NAMES)]
+    return [out_dir / n for n in names] + ([Path(video_out)] if video_out is not None else [])
+
+
+def remove_outputs(paths: list[Path]) -> None:
+    """Remove ``paths`` in order (those that exist)."""
+    for path in paths:
+        with writing(path):
+            path.unlink(missing_ok=True)
+
+
 class Analyzer:
     """A loaded MODEL_DIR and a running face detector, reused for many videos.
 
@@ -147,7 +168,15 @@ class Analyzer:
         is given (the batch layout). ``video_out``: an annotated MP4. ``progress``: a tqdm-like object whose
         ``update(1)`` is called per decoded frame (default: a bar for this video).
         """
-        return analyze_one(video, self, out_dir, video_out, stem, progress)
+        if out_dir is None:
+            return analyze_one(video, self, out_dir, video_out, stem, progress)
+        outputs = video_outputs(out_dir, stem, video_out)
+        remove_outputs(outputs)  # nothing of an earlier analysis (plots, parquet) stays beside the new table
+        try:
+            return analyze_one(video, self, out_dir, video_out, stem, progress)
+        except BaseException:
+            remove_outputs(outputs)  # a table without its summary must not look finished
+            raise
 
     def close(self) -> None:
         self._encoder.reset(self._encoder.timings)  # stops the encoder thread

@@ -16,6 +16,7 @@ import pandas as pd
 from affectmae.io import atomic_path
 from affectmae.tasks import ACTION_UNITS, EXPRESSIONS
 
+PLOT_NAMES = ("valence_arousal", "expressions", "action_units")  # OUT/<prefix><name>.png, in plot_all's order
 MAX_PANELS = 8  # faces shown in the per-face figures (the most frequent ones)
 _EXPR_COLOURS = np.array([
     [0.75, 0.75, 0.75], [0.85, 0.1, 0.1], [0.45, 0.6, 0.1], [0.55, 0.2, 0.7],
@@ -127,11 +128,8 @@ def plot_action_units(df: pd.DataFrame, path: str | Path) -> Path:
 def plot_all(df: pd.DataFrame, out_dir: str | Path, prefix: str = "") -> list[Path]:
     """The three figures as ``out_dir/<prefix>valence_arousal.png``, ``...expressions.png``, ``...action_units.png``."""
     out_dir = Path(out_dir)
-    return [
-        plot_valence_arousal(df, out_dir / f"{prefix}valence_arousal.png"),
-        plot_expressions(df, out_dir / f"{prefix}expressions.png"),
-        plot_action_units(df, out_dir / f"{prefix}action_units.png"),
-    ]
+    plots = (plot_valence_arousal, plot_expressions, plot_action_units)
+    return [plot(df, out_dir / f"{prefix}{name}.png") for plot, name in zip(plots, PLOT_NAMES, strict=True)]
 
 
 def write_annotated_video(video: str | Path, df: pd.DataFrame, out_path: str | Path) -> Path:

@@ -38,6 +38,7 @@ from affectmae.config import build_config, save_config
 from affectmae.errors import AffectMAEError, InputFormatError
 from affectmae.features.store import FeatureStore
 from affectmae.inference.model import AffectModel, load_model_dir, load_runs
+from affectmae.io import OutputLayout, check_output_dir, prepare_output_dir
 from affectmae.tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,14 @@ class PredictConfig:
     runs: list[str] = field(default_factory=list, metadata={"path": "dir"})  # training run folders; several = ensemble
     tasks: list[str] = field(default_factory=list, metadata={"choices": tuple(TASKS)})  # default: every task the model has
     test_list: str = field(default="", metadata={"path": "file"})  # organisers' example CSV or a list of videos (see the module docstring)
+    overwrite: bool = False  # replace submission files already in `out` (the output-folder rule, affectmae.io)
+
+
+def predict_layout(tasks: list[str]) -> OutputLayout:
+    """The output-folder rule (affectmae.io) for ``tasks``: their submission files already in ``out`` are replaced
+    only with ``overwrite``; other tasks' files stay (one run per task may fill one folder)."""
+    files = tuple(f"{t}_predictions.csv" for t in tasks)
+    return OutputLayout("predict", finished=files, owned=files)
 
 
 def read_test_list(path: str | Path) -> "OrderedDict[str, np.ndarray | int | None]":
@@ -128,6 +137,8 @@ def predict_submissions(cfg: PredictConfig) -> dict:
     for t in tasks:
         if t not in model.tasks:
             raise AffectMAEError(f"the model has no {t} head (it has {', '.join(model.tasks)})")
+    layout = predict_layout(tasks)
+    mode = check_output_dir(cfg.out, layout, overwrite=cfg.overwrite)
     store = FeatureStore(cfg.features)
     if store.dim != model.feature_dim:
         raise AffectMAEError(f"features in {store.root} are {store.dim}-d but the model expects {model.feature_dim}-d")
@@ -137,8 +148,7 @@ def predict_submissions(cfg: PredictConfig) -> dict:
         raise AffectMAEError(f"no videos to predict: {store.root} holds no features")
     for video in wanted:  # every listed video's files, before anything is written
         store.check(video)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(cfg.out, layout, mode)
     save_config(cfg, out / "config.yaml")
     paths = {t: out / f"{t}_predictions.csv" for t in tasks}
     writers = {t: SubmissionWriter(t, paths[t]) for t in tasks}

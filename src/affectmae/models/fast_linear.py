@@ -6,12 +6,18 @@ can be much faster there (figures in docs/benchmarks.md, "Pretraining and extrac
 
 :class:`FastLinear` is an ``nn.Linear`` (same parameters, same state-dict keys) whose forward and backward
 go through ``torch.ops.mkldnn._linear_pointwise`` (the oneDNN matmul that TorchInductor uses) when the
-backend is ``onednn``; the arithmetic is fp32 in both backends. The backend is chosen once per process:
+backend is ``onednn``; the arithmetic is fp32 in both backends, but the two sum in different orders, so
+features and weights differ in their last digits between them. The backend is chosen once per process:
 
 - ``AFFECTMAE_CPU_GEMM=onednn`` or ``aten`` forces one;
-- ``auto`` (the default) times both on a ViT-B sized product and takes oneDNN only when it is at least
-  ``AUTO_MARGIN`` times faster, so machines where the two are close (AVX2 CPUs, Intel CPUs where MKL
-  uses AVX-512) keep PyTorch's default path.
+- ``auto`` (the default) decides from the CPU, never from a timing, so every process on a machine (every
+  stage, every DDP rank) makes the same choice: oneDNN on AMD CPUs with AVX-512 (where MKL runs its AVX2
+  code), when this PyTorch has the op and it agrees with aten on a fixed product; aten everywhere else
+  (AVX2 CPUs, where the two run alike; Intel CPUs, where MKL uses AVX-512).
+
+The backend is recorded with what it made (training state, ``features.json``, MODEL_DIR) and
+:func:`adopt_cpu_gemm_backend` takes the recorded one when a run resumes or a stage continues such an
+artifact, so a run never mixes the two.
 
 Anything that is not a non-empty fp32 CPU tensor (CUDA, autocast, float64, an empty batch, int8-quantised
 copies) takes ``F.linear`` unchanged.
@@ -33,7 +39,7 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "AFFECTMAE_CPU_GEMM"
 BACKENDS = ("auto", "onednn", "aten")
-AUTO_MARGIN = 1.25  # oneDNN must be this much faster than aten's BLAS before ``auto`` picks it
+CPUINFO = "/proc/cpuinfo"
 
 _backend: str | None = None  # resolved backend of this process ("onednn" or "aten")
 
@@ -66,25 +72,43 @@ def time_best(fn, repeats: int) -> float:
     return best
 
 
-def _calibrate() -> str:
-    """``onednn`` if it computes a ViT-B MLP product correctly and ``AUTO_MARGIN``x faster, else ``aten``."""
-    if _onednn_op() is None:
+def cpu_vendor_and_flags(path: str = CPUINFO) -> tuple[str, set[str]]:
+    """The first CPU's ``vendor_id`` and ``flags`` from ``/proc/cpuinfo`` (("", set()) where there is none)."""
+    vendor, flags = "", set()
+    try:
+        with open(path) as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+                if vendor and flags:
+                    break
+    except OSError:
+        pass
+    return vendor, flags
+
+
+def _auto_backend(path: str = CPUINFO) -> str:
+    """``onednn`` on an AMD CPU with AVX-512 when the op exists and agrees with aten on a fixed ViT-B product,
+    else ``aten``; the same answer in every process on the machine."""
+    vendor, flags = cpu_vendor_and_flags(path)
+    if vendor != "AuthenticAMD" or "avx512f" not in flags or _onednn_op() is None:
         return "aten"
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(448, 768, generator=gen), torch.randn(3072, 768, generator=gen)
     try:
-        if not torch.allclose(onednn_linear(x, w, None), F.linear(x, w), rtol=1e-4, atol=1e-3):
-            log.warning("oneDNN fp32 linear disagrees with aten's; using aten")
-            return "aten"
-        t_aten = time_best(lambda: F.linear(x, w), 5)
-        t_dnnl = time_best(lambda: onednn_linear(x, w, None), 5)
+        agrees = torch.allclose(onednn_linear(x, w, None), F.linear(x, w), rtol=1e-4, atol=1e-3)
     except RuntimeError as exc:  # an op that exists but is not built for this CPU
         log.debug("oneDNN linear unavailable: %s", exc)
         return "aten"
-    choice = "onednn" if t_aten >= AUTO_MARGIN * t_dnnl else "aten"
-    log.info("CPU fp32 linear backend: %s (aten %.2f ms, oneDNN %.2f ms for a 448x768x3072 product)",
-             choice, t_aten * 1e3, t_dnnl * 1e3)
-    return choice
+    if not agrees:
+        log.warning("oneDNN fp32 linear disagrees with aten's; using aten")
+        return "aten"
+    log.info("CPU fp32 linear backend: onednn (AMD CPU with AVX-512)")
+    return "onednn"
 
 
 def cpu_gemm_backend() -> str:
@@ -96,8 +120,28 @@ def cpu_gemm_backend() -> str:
             raise AffectMAEError(f"{ENV_VAR}={wanted!r}: expected one of {', '.join(BACKENDS)}")
         if wanted == "onednn" and _onednn_op() is None:
             raise AffectMAEError(f"{ENV_VAR}=onednn, but this PyTorch build has no oneDNN (mkldnn) linear")
-        _backend = _calibrate() if wanted == "auto" else wanted
+        _backend = _auto_backend() if wanted == "auto" else wanted
     return _backend
+
+
+def adopt_cpu_gemm_backend(recorded: str | None, source: str) -> str:
+    """Use the backend ``recorded`` with an artifact (``source``, named in messages) for this process, so a
+    resumed run or a continued artifact is computed as it began. A backend forced by ``AFFECTMAE_CPU_GEMM``
+    wins, with a warning when it differs; ``None`` (an artifact from before the record) keeps this process's."""
+    if recorded not in ("onednn", "aten"):
+        return cpu_gemm_backend()
+    forced = os.environ.get(ENV_VAR, "auto").strip().lower()
+    if forced in ("onednn", "aten") and forced != recorded:
+        log.warning("%s was made with the %s CPU linear backend, but %s=%s; its numbers will differ in the last "
+                    "digits", source, recorded, ENV_VAR, forced)
+        return cpu_gemm_backend()
+    if recorded == "onednn" and _onednn_op() is None:
+        log.warning("%s was made with the onednn CPU linear backend, which this PyTorch lacks; using aten", source)
+        return cpu_gemm_backend()
+    if cpu_gemm_backend() != recorded:
+        log.info("CPU fp32 linear backend: %s, as recorded in %s", recorded, source)
+        set_cpu_gemm_backend(recorded)
+    return recorded
 
 
 def set_cpu_gemm_backend(name: str | None) -> None:
@@ -165,8 +209,8 @@ class FastLinear(nn.Linear):
 def use_fast_linear(module: nn.Module, enabled: bool = True) -> nn.Module:
     """Turn every plain ``nn.Linear`` inside ``module`` into a :class:`FastLinear` (or back), in place.
 
-    Resolves this process's backend now (a short one-off timing), so that the timing never runs
-    inside a training step or a ``FlopCounterMode`` block.
+    Resolves this process's backend now (one small product checks oneDNN on AMD CPUs with AVX-512), so that
+    it never runs inside a training step or a ``FlopCounterMode`` block.
     """
     if enabled:
         cpu_gemm_backend()

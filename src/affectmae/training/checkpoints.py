@@ -10,17 +10,23 @@ Every training stage (pretrain, finetune, train) writes the same layout::
 
 plus the stage's product: ``encoder.safetensors`` (pretrain: last epoch; finetune: best epoch, with
 ``head_<task>.safetensors``) or ``best.safetensors`` (train: the best temporal model).
+
+A folder holding a run (its state or products) is refused unless ``--resume`` continues it or ``--overwrite``
+replaces it (:data:`RUN_LAYOUT`, the rule of :func:`affectmae.io.check_output_dir`); nothing is written into
+the folder before the run is accepted and restored (see :meth:`affectmae.training.engine.TrainingRun.begin`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from affectmae.errors import AffectMAEError
+from affectmae.io import OutputLayout, check_output_dir
+from affectmae.training.metrics_log import METRICS_FILE, TENSORBOARD_DIR
 from affectmae.training.state import save_training_state
 
 STATE_FILE = "last_state.safetensors"
@@ -29,14 +35,23 @@ BEST_RECORD_FILE = "best.json"
 CONFIG_FILE = "config.yaml"
 
 
-def check_run_dir(run_dir: Path, resume: bool, refuse_existing: bool = True) -> None:
-    """A resumed run needs its state; a new one must not overwrite another run (unless ``refuse_existing``
-    is False: ``train`` has always rewritten its folder)."""
-    state = run_dir / STATE_FILE
-    if resume and not state.is_file():
-        raise AffectMAEError(f"--resume: no {state.name} in {run_dir}")
-    if refuse_existing and not resume and state.is_file():
-        raise AffectMAEError(f"{run_dir} already holds a run; pass --resume to continue it or choose another -o folder")
+RUN_LAYOUT = OutputLayout(
+    "training", finished=(STATE_FILE, BEST_FILE, BEST_RECORD_FILE, "encoder.safetensors"),
+    owned=(CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, STATE_FILE, "state_*.safetensors", BEST_RECORD_FILE, BEST_FILE,
+           "encoder.safetensors", "head_*.safetensors", "recon"),
+    resumable=True, resume_marker=STATE_FILE)
+
+
+def run_layout(stage: str) -> OutputLayout:
+    """The run-folder layout as the output-folder rule of :mod:`affectmae.io` sees it, named after ``stage``."""
+    return dataclasses.replace(RUN_LAYOUT, stage=stage)
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool = False, stage: str = "training") -> str:
+    """The output-folder rule for a run folder (:func:`affectmae.io.check_output_dir`): a resumed run needs its
+    state; a folder holding a run is refused unless ``resume`` or ``overwrite``. Writes nothing; returns the mode
+    (``"new"``, ``"resume"`` or ``"overwrite"``)."""
+    return check_output_dir(run_dir, run_layout(stage), resume=resume, overwrite=overwrite)
 
 
 class CheckpointManager:

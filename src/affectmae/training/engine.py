@@ -25,13 +25,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+import yaml
 from tqdm import tqdm
 
-from affectmae.config import save_config
 from affectmae.errors import TrainingDivergedError
-from affectmae.io import atomic_write_text
-from affectmae.training.checkpoints import BEST_RECORD_FILE, CONFIG_FILE, CheckpointManager, check_run_dir
-from affectmae.training.metrics_log import METRICS_FILE, ScalarLogger, read_metrics
+from affectmae.io import atomic_write_text, prepare_output_dir
+from affectmae.models.fast_linear import adopt_cpu_gemm_backend
+from affectmae.training.checkpoints import (
+    BEST_RECORD_FILE,
+    CONFIG_FILE,
+    CheckpointManager,
+    check_run_dir,
+    run_layout,
+)
+from affectmae.training.metrics_log import ScalarLogger, read_metrics
 from affectmae.training.state import load_training_state
 
 log = logging.getLogger(__name__)
@@ -57,22 +64,22 @@ def check_finite(loss: torch.Tensor | float, epoch: int, step: int, run_dir: str
         )
 
 
-def open_run_dir(run_dir: Path, cfg: Any, resume: bool, is_main: bool = True, refuse_existing: bool = True) -> None:
-    """Check the run folder (:func:`~affectmae.training.checkpoints.check_run_dir`), create it and write
-    ``config.yaml`` (main process)."""
-    check_run_dir(run_dir, resume, refuse_existing)
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / CONFIG_FILE)
-        if not resume:  # a new run starts a new curve (a run that stopped before its first state leaves lines)
-            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+def open_run_dir(run_dir: Path, cfg: Any, resume: bool, is_main: bool = True, overwrite: bool = False,
+                 stage: str = "training") -> str:
+    """Check the run folder (:func:`~affectmae.training.checkpoints.check_run_dir`: a folder holding a run is
+    refused unless ``resume`` or ``overwrite``). Nothing is written here: :func:`fit` creates the folder and
+    writes ``config.yaml`` once the run has been built and, on ``resume``, restored (a refused resume leaves the
+    folder as it was). ``cfg`` and ``is_main`` are kept for the stages' calls. Returns the mode."""
+    return check_run_dir(run_dir, resume, overwrite, stage)
 
 
 class TrainingRun:
     """One run folder while it trains: counters, the metrics logger, the checkpoint manager, the best epoch.
 
     ``epoch`` counts finished epochs (the one being trained is ``epoch``, 0-based); ``global_step`` counts
-    optimizer steps; ``step_in_epoch`` the steps of the current epoch (a mid-epoch checkpoint resumes there).
+    optimizer steps; ``step_in_epoch`` the steps of the current epoch (a mid-epoch checkpoint resumes there);
+    ``loss_sum`` / ``loss_steps`` the running sum of the current epoch's step losses (:meth:`add_step_loss`),
+    kept in the state so a resumed epoch's mean covers the steps before the interruption too.
     """
 
     def __init__(self, name: str, run_dir: str | Path, epochs: int, config: dict[str, Any], *, is_main: bool = True,
@@ -82,11 +89,36 @@ class TrainingRun:
         self.show_progress = show_progress if is_main else False
         self.logger = ScalarLogger(self.run_dir, enabled=is_main, tensorboard=tensorboard)
         self.checkpoints = CheckpointManager(self.run_dir, keep=keep_checkpoints, enabled=is_main)
-        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.epoch = self.step_in_epoch = self.global_step = self.loss_steps = 0
+        self.loss_sum = 0.0
+        self.resumed = False
         self.best: dict[str, Any] = {"epoch": 0, "score": -math.inf}
 
-    def counters(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step}
+    def counters(self) -> dict[str, int | float]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "epoch_loss_sum": self.loss_sum, "epoch_loss_steps": self.loss_steps}
+
+    def add_step_loss(self, value: float) -> None:
+        """Count one optimizer step's loss towards the epoch's mean (:meth:`epoch_loss`)."""
+        self.loss_sum += value
+        self.loss_steps += 1
+
+    def epoch_loss(self) -> float:
+        """The mean step loss of the current epoch, the steps before a resume included."""
+        return self.loss_sum / max(1, self.loss_steps)
+
+    def begin(self) -> None:
+        """Start writing into the run folder (main process; :func:`fit` calls it): create it, clear it when the
+        run replaces another (``overwrite``), remove temporary files of a killed run, write ``config.yaml``;
+        a new run also starts a new ``metrics.jsonl`` (one that stopped before its first state leaves lines)."""
+        if not self.is_main:
+            return
+        mode = "resume" if self.resumed else ("overwrite" if self.config.get("overwrite") else "new")
+        prepare_output_dir(self.run_dir, run_layout(self.name), mode)
+        atomic_write_text(self.run_dir / CONFIG_FILE,
+                          yaml.safe_dump({**self.config, "resume": self.resumed}, sort_keys=False))
+        if not self.resumed:
+            self.logger.path.unlink(missing_ok=True)
 
     def progress(self, iterable: Iterable, total: int | None = None) -> tqdm:
         return progress(iterable, total=total, desc=f"{self.name} epoch {self.epoch + 1}/{self.epochs}",
@@ -99,7 +131,10 @@ class TrainingRun:
         meta = load_training_state(self.checkpoints.last, model, optimizer, config=self.config,
                                    compare_keys=compare_keys, renamed=renamed)
         c, extra = meta["counters"], meta.get("extra") or {}
+        self.resumed = True
         self.epoch, self.step_in_epoch = c["epoch"], c.get("step_in_epoch", 0)
+        self.loss_sum, self.loss_steps = float(c.get("epoch_loss_sum", 0.0)), int(c.get("epoch_loss_steps", 0))
+        adopt_cpu_gemm_backend(meta.get("cpu_gemm"), str(self.checkpoints.last))
         self.global_step = c.get("global_step", c.get("step", 0))  # `train` states before the shared loop: "step"
         if "best" in extra:
             self.best = extra["best"]
@@ -154,11 +189,13 @@ class Stage:
 def fit(run: TrainingRun, stage: Stage) -> None:
     """Train from ``run.epoch`` to ``run.epochs`` (see the module doc); closes the logger at the end or on error."""
     try:
+        run.begin()
         while run.epoch < run.epochs:
             t0 = time.perf_counter()
             stats = stage.train_one_epoch(run)
             run.epoch += 1
-            run.step_in_epoch = 0
+            run.step_in_epoch = run.loss_steps = 0
+            run.loss_sum = 0.0
             if run.is_main:
                 _end_epoch(run, stage, stats, t0)
             if stage.barrier is not None:

@@ -93,6 +93,7 @@ class FinetuneConfig:
     tensorboard: bool = True
     overfit_batches: int = field(default=0, metadata={"min": 0})  # sanity mode: > 0 trains on that many fixed batches (no augmentation), scored on them
     resume: bool = False
+    overwrite: bool = False  # replace a finished run in `out` (the output-folder rule, affectmae.io)
 
 
 RESUME_KEYS = ("annotations", "encoder", "task", "img_size", "pooling", "num_heads", "freeze_encoder", "batch_size", "seed", "frame_stride",
@@ -222,7 +223,7 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
     """Check the run folder, load the encoder, add the head, build the frames and AdamW; restore on ``resume``."""
     _check(cfg)
     spec = get_task(cfg.task)
-    open_run_dir(Path(cfg.out), cfg, cfg.resume, info.is_main)
+    open_run_dir(Path(cfg.out), cfg, cfg.resume, info.is_main, cfg.overwrite, "finetune")
     device = info.device
     torch.manual_seed(cfg.seed)
     encoder = load_encoder(cfg.encoder, img_size=cfg.img_size, drop_path_rate=0.0 if cfg.freeze_encoder else cfg.drop_path,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from affectmae.io import atomic_write_text
+from affectmae.io import atomic_write_text, writing
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +26,35 @@ class ScalarLogger:
     """TensorBoard scalars under ``run_dir/tensorboard`` and JSON lines in ``run_dir/metrics.jsonl``.
 
     Only the main process writes (``enabled``). ``log(record, step, kind)`` writes the record as one line
-    and every numeric entry of it as a scalar named ``<kind>/<key>``.
+    and every numeric entry of it as a scalar named ``<kind>/<key>``. Nothing is created before the first
+    record (a run refused at its start leaves the folder as it was). A line that cannot be written whole
+    (disk full) is taken back, so the file never ends in half a record.
     """
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.path = self.run_dir / METRICS_FILE
+        self.tensorboard = enabled and tensorboard
         self._writer = None
-        if enabled and tensorboard:
+
+    def _tensorboard(self):
+        if self._writer is None and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR))
+            with writing(self.run_dir / TENSORBOARD_DIR):
+                self._writer = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR))
+        return self._writer
 
     def log(self, record: dict[str, Any], step: int, prefix: str = "train") -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps({"kind": prefix, "global_step": step, **record}) + "\n")
-        if self._writer is not None:
+        append_line(self.path, json.dumps({"kind": prefix, "global_step": step, **record}) + "\n")
+        if self._tensorboard() is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(f"{prefix}/{key}", value, step)
+                    with writing(self.run_dir / TENSORBOARD_DIR):
+                        self._writer.add_scalar(f"{prefix}/{key}", value, step)
 
     def truncate_after(self, step: int) -> None:
         """Drop records with ``global_step > step`` (written after the checkpoint we resume from)."""
@@ -63,6 +71,23 @@ class ScalarLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` whole or not at all (a failed write is cut off again)."""
+    data = memoryview(line.encode())
+    with writing(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:

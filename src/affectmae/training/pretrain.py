@@ -90,6 +90,7 @@ class PretrainConfig:
     recon_every_epochs: int = field(default=20, metadata={"min": 0})
     recon_images: int = field(default=8, metadata={"min": 0})
     resume: bool = False
+    overwrite: bool = False  # replace a finished run in `out` (the output-folder rule, affectmae.io)
 
     def check(self, prefix: str = "") -> None:
         """Settings that depend on each other (checked by affectmae.config when a config is built)."""
@@ -153,7 +154,7 @@ def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining,
         raise AffectMAEError("pretrain needs an output folder (-o RUN_DIR)")
     if not cfg.images:
         raise AffectMAEError("pretrain needs at least one --images source (e.g. folder:/path/to/faces)")
-    open_run_dir(Path(cfg.out), cfg, cfg.resume, info.is_main)
+    open_run_dir(Path(cfg.out), cfg, cfg.resume, info.is_main, cfg.overwrite, "pretrain")
     barrier(info)
     device = info.device
     keep_freed_memory(device)
@@ -194,7 +195,7 @@ def train_one_epoch(p: Pretraining, run: TrainingRun) -> dict[str, Any]:
     loader = DataLoader(p.dataset, batch_sampler=p.sampler, num_workers=cfg.num_workers, collate_fn=collate_skip_corrupt,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     use_bf16 = cfg.bf16 and device.type == "cuda"
-    t0, n_images, step_loss, epoch_losses, skipped = time.perf_counter(), 0, 0.0, [], 0
+    t0, n_images, step_loss, skipped = time.perf_counter(), 0, 0.0, 0
     bar = run.progress(loader, total=len(p.sampler))
     for micro, (batch, n_bad) in enumerate(bar):
         first, last = micro % cfg.accum_steps == 0, micro % cfg.accum_steps == cfg.accum_steps - 1
@@ -220,7 +221,7 @@ def train_one_epoch(p: Pretraining, run: TrainingRun) -> dict[str, Any]:
         p.optimizer.zero_grad(set_to_none=True)
         run.global_step += 1
         run.step_in_epoch += 1
-        epoch_losses.append(step_loss)
+        run.add_step_loss(step_loss)  # kept in the state: a resumed epoch averages all its steps
         end_of_epoch = run.step_in_epoch == p.sampler.steps_per_epoch
         if info.is_main and (run.global_step % cfg.log_every_steps == 0 or end_of_epoch):
             run.logger.log({"epoch": run.epoch, "step": run.step_in_epoch, "loss": step_loss, "lr": lr}, run.global_step)
@@ -232,7 +233,7 @@ def train_one_epoch(p: Pretraining, run: TrainingRun) -> dict[str, Any]:
     if skipped:
         log.warning("epoch %d: skipped %d unreadable images", run.epoch + 1, skipped)
     p.skipped_total += skipped
-    return {"loss": sum(epoch_losses) / max(1, len(epoch_losses)), "images_per_s": n_images / max(seconds, 1e-9),
+    return {"loss": run.epoch_loss(), "images_per_s": n_images / max(seconds, 1e-9),
             "skipped_images": skipped}
 
 

@@ -2,7 +2,8 @@
 
 The optimizer's tensors are flattened into ``optim/<param index>/<name>`` entries and everything else
 (param-group settings, counters, the run config) goes into the JSON metadata, so no pickle is involved.
-The file is written atomically: a kill leaves either the previous state or the new one.
+The file is written atomically: a kill leaves either the previous state or the new one. The metadata also
+records the CPU linear backend (:mod:`affectmae.models.fast_linear`), which a resumed run takes again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from affectmae.checkpoint import load_state_strict, load_weights, save_weights
 from affectmae.errors import CheckpointError
+from affectmae.models.fast_linear import cpu_gemm_backend
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -58,6 +60,7 @@ def save_training_state(
         "rng": {"python": repr(random.getstate()), "numpy_pos": int(np_state[2]),
                 "numpy_gauss": [int(np_state[3]), float(np_state[4])]},
         "extra": extra or {},
+        "cpu_gemm": cpu_gemm_backend(),  # the fp32 CPU linear backend; a resumed run takes it again
     }
     save_weights(path, tensors, meta)
 

@@ -81,6 +81,7 @@ class TrainConfig:
     tensorboard: bool = True
     log_every_steps: int = field(default=1, metadata={"min": 1})  # a "train" line in metrics.jsonl every n optimizer steps
     resume: bool = False
+    overwrite: bool = False  # replace a finished run in `out` (the output-folder rule, affectmae.io)
     model: TemporalConfig = field(default_factory=TemporalConfig)
 
 
@@ -240,7 +241,7 @@ def setup_temporal(cfg: TrainConfig) -> tuple[TemporalTraining, TrainingRun]:
     train_videos, val_videos = select_fold(videos, cfg.fold, cfg.n_folds, cfg.fold_seed)
     mcfg = TemporalConfig(**{**asdict(cfg.model), "input_dim": store.dim, "tasks": tasks})
     cfg = dataclasses.replace(cfg, model=mcfg)
-    open_run_dir(Path(cfg.out), cfg, cfg.resume, refuse_existing=False)  # `train` has always rewritten its folder
+    open_run_dir(Path(cfg.out), cfg, cfg.resume, overwrite=cfg.overwrite, stage="train")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = select_device(cfg.device)
@@ -319,7 +320,7 @@ def _save_best(t: TemporalTraining, run: TrainingRun, metrics: dict[str, Any]) -
     save_temporal(run.run_dir / BEST_FILE, t.model, {
         "tasks": t.tasks, "window": cfg.window, "stride": cfg.stride, "au_thresholds": thresholds,
         "au_threshold_source": cfg.au_threshold_source if thresholds is not None else "none",
-        "val": metrics, "epoch": run.epoch, "features": {k: t.store.meta.get(k) for k in ("encoder", "dim", "encoder_sha256")},
+        "val": metrics, "epoch": run.epoch, "features": {k: t.store.meta.get(k) for k in ("encoder", "dim", "cpu_gemm", "encoder_sha256")},
         **t.fold_info})
 
 
