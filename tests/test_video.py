@@ -89,6 +89,28 @@ def test_truncated_stream_keeps_decoded_frames_and_warns(tmp_path, caplog):
     assert "cut.mp4" in caplog.text and "keeping the frames decoded so far" in caplog.text
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_truncated_matroska_is_reported_truncated(tmp_path, caplog, suffix):
+    """Matroska/WebM headers carry no frame count, only a duration (the track's DURATION tag): the expected
+    frames come from it, so a file cut in half is reported as truncated and a whole one is not."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"full{suffix}"
+    with VideoWriter(path, (64, 48), fps=25, codec=None if suffix == ".mkv" else "libvpx") as writer:
+        for _ in range(40):
+            writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    with VideoReader(path) as reader:
+        assert len(list(reader.frames())) == 40
+        assert (reader.summary()["truncated"], reader.summary()["frames_expected"]) == (False, 40)
+    cut = tmp_path / f"cut{suffix}"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING), VideoReader(cut) as reader:
+        n = len(list(reader.frames()))
+        summary = reader.summary()
+    assert 0 < n < 40 and summary["truncated"] is True and summary["frames_expected"] == 40
+    assert f"cut{suffix}: the header announces 40 frames but only {summary['packets']} packets" in caplog.text
+
+
 def test_damaged_packet_is_skipped_and_counted(tmp_path, caplog):
     path = _noise_video(tmp_path / "full.mp4", faststart=True)
     data = bytearray(path.read_bytes())

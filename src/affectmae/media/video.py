@@ -111,6 +111,29 @@ def _frame_rotation(frame: av.VideoFrame, stream_default: int) -> int:
     return int(round(rot / 90.0)) * 90 % 360
 
 
+def _parse_clock(text: str) -> float:
+    """``"HH:MM:SS.fraction"`` (Matroska's per-track DURATION tag) -> seconds; 0.0 when it is not one."""
+    try:
+        h, m, sec = text.strip().split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return 0.0
+
+
+def _header_duration(container: av.container.InputContainer, s: av.video.stream.VideoStream) -> float:
+    """The video stream's duration (seconds) as the file's header announces it, 0.0 when it does not say:
+    the stream's own duration (MP4, AVI), else its DURATION tag (Matroska/WebM write one per track and no
+    frame count), else the container's duration when the video is the only stream."""
+    if s.duration is not None and s.time_base is not None:
+        return float(s.duration * s.time_base)
+    tagged = _parse_clock((s.metadata or {}).get("DURATION", ""))
+    if tagged > 0:
+        return tagged
+    if container.duration is not None and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return 0.0
+
+
 def _open(path: Path) -> av.container.InputContainer:
     if not path.exists():
         raise AffectMAEError(f"video not found: {path}")
@@ -149,9 +172,7 @@ class VideoReader:
         s = self._stream
         rate = s.average_rate or s.guessed_rate or s.base_rate
         fps = float(rate) if rate else 25.0
-        n = int(s.frames or 0)
-        if n == 0 and s.duration is not None and s.time_base is not None:
-            n = int(round(float(s.duration * s.time_base) * fps))
+        n = int(s.frames or 0) or int(round(_header_duration(self._container, s) * fps))
         rotation = 0
         meta_rot = (s.metadata or {}).get("rotate")
         if meta_rot is not None:
