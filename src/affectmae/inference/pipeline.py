@@ -52,6 +52,7 @@ from affectmae.inference.table import (  # noqa: F401 (re-exported)
 )
 from affectmae.inference.video_pass import STAGES, analyze_one
 from affectmae.io import writing
+from affectmae.models.fast_linear import adopt_cpu_gemm_backend
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class Analyzer:
         self.device = select_device(cfg.device)
         self.model_dir = Path(model_dir)
         self.model = load_model_dir(model_dir)
+        model_json = self.model_dir / "affectmae_model.json"  # encode crops as the training features were encoded
+        adopt_cpu_gemm_backend(json.loads(model_json.read_text()).get("cpu_gemm"), str(model_json))
         if cfg.align_margin is None:
             cfg = dataclasses.replace(cfg, align_margin=model_align_margin(model_dir))
         self.config = cfg
