@@ -1,5 +1,8 @@
 """FastLinear (oneDNN fp32 products) against float64 references, its backend choice, and what it must not break."""
 
+import logging
+import os
+
 import pytest
 import torch
 import torch.nn as nn
@@ -156,3 +159,72 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
 
         expected = platform.libc_ver()[0] == "glibc"
         assert memory.keep_freed_memory() is expected
+
+
+CPUINFO = "processor\t: 0\nvendor_id\t: {vendor}\nmodel name\t: some CPU\nflags\t\t: fpu sse avx2 {extra}\n\n" \
+          "processor\t: 1\nvendor_id\t: {vendor}\nflags\t\t: fpu sse avx2 {extra}\n"
+
+
+@pytest.mark.parametrize("vendor, extra, wanted", [
+    ("AuthenticAMD", "avx512f avx512bw", "onednn"),  # Zen 4/5: MKL runs its AVX2 code there
+    ("AuthenticAMD", "", "aten"),  # AVX2 only: the two run alike
+    ("GenuineIntel", "avx512f avx512bw", "aten"),  # MKL uses AVX-512 itself
+])
+def test_auto_backend_is_decided_from_the_cpu_never_from_a_timing(tmp_path, monkeypatch, vendor, extra, wanted):
+    """The same machine gives the same answer every time, however loaded: no timing is involved."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO.format(vendor=vendor, extra=extra))
+    assert fl.cpu_vendor_and_flags(str(info))[0] == vendor
+    monkeypatch.setattr(fl, "time_best", lambda *a: pytest.fail("auto must not time anything"))
+    expected = wanted if fl.onednn_available() else "aten"
+    assert {fl._auto_backend(str(info)) for _ in range(3)} == {expected}
+
+
+def test_every_process_makes_the_same_choice():
+    """Separate interpreters (stages, DDP ranks) resolve ``auto`` alike, and as the CPU rule says."""
+    import subprocess
+    import sys
+
+    code = "from affectmae.models.fast_linear import cpu_gemm_backend, _auto_backend; print(cpu_gemm_backend(), _auto_backend())"
+    env = {k: v for k, v in os.environ.items() if k != fl.ENV_VAR}
+    answers = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+               for _ in range(3)}
+    assert len(answers) == 1
+    chosen, rule = answers.pop().split()
+    assert chosen == rule
+
+
+def test_the_backend_is_recorded_and_a_resumed_run_takes_it_again(backend, tmp_path, monkeypatch, caplog):
+    from affectmae.checkpoint import read_metadata
+    from affectmae.training.engine import TrainingRun
+    from affectmae.training.state import save_training_state
+
+    monkeypatch.delenv(fl.ENV_VAR, raising=False)
+    model = nn.Linear(2, 2)
+    backend("aten")
+    save_training_state(tmp_path / "last_state.safetensors", model, None, {"epoch": 1, "global_step": 3}, {})
+    assert read_metadata(tmp_path / "last_state.safetensors")["cpu_gemm"] == "aten"
+    if not fl.onednn_available():
+        return
+    backend("onednn")  # e.g. the resumed process would have chosen otherwise
+    run = TrainingRun("train", tmp_path, 2, {}, tensorboard=False)
+    with caplog.at_level(logging.INFO):
+        run.restore(model, None, ())
+    assert cpu_gemm_backend() == "aten" and "as recorded in" in caplog.text
+    backend("onednn")
+    monkeypatch.setenv(fl.ENV_VAR, "onednn")  # an explicit choice wins, with a warning
+    assert fl.adopt_cpu_gemm_backend("aten", "RUN") == "onednn"
+    assert "RUN was made with the aten CPU linear backend, but AFFECTMAE_CPU_GEMM=onednn" in caplog.text
+
+
+def test_features_and_model_dir_record_the_backend(tmp_path):
+    from affectmae.features.extract import _continued_cpu_gemm
+
+    meta = tmp_path / "features.json"
+    assert _continued_cpu_gemm(meta) == cpu_gemm_backend()  # a new folder: this process's
+    meta.write_text('{"cpu_gemm": "aten"}')
+    saved = fl._backend
+    try:
+        assert _continued_cpu_gemm(meta) == "aten" and cpu_gemm_backend() == "aten"  # a continued one: its own
+    finally:
+        fl._backend = saved
