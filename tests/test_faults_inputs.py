@@ -261,6 +261,21 @@ def test_allow_missing_videos_skips_them_and_extract_redoes_damaged_files(work, 
     assert {p.name: p.read_bytes() for p in out.glob("*.npy")} == reference
 
 
+def test_features_stored_without_frames_are_redone_once_the_frames_are_there(work, capsys):
+    """What an older extract wrote from a wrong frames root: all-zero rows, no present frame, looking finished."""
+    out = work / "feats_zeros"
+    shutil.copytree(work / "feats_a", out)
+    reference = {p.name: p.read_bytes() for p in out.glob("*.npy")}
+    np.save(out / "vid_b.npy", np.zeros((3, 16), np.float16))
+    np.save(out / "vid_b.mask.npy", np.zeros(3, bool))
+    capsys.readouterr()
+    assert main(["extract", "--encoder", str(work / "enc_a.safetensors"), "--frames", str(work / "data"),
+                 "--data", str(work / "data"), "-o", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["skipped_done"], summary["extracted"]) == (2, 1)
+    assert {p.name: p.read_bytes() for p in out.glob("*.npy")} == reference
+
+
 def test_fingerprint_is_the_same_for_the_exported_encoder_and_recorded_everywhere(work):
     sha = encoder_fingerprint(load_encoder(work / "enc_a.safetensors"))
     assert json.loads((work / "feats_a" / "features.json").read_text())["encoder_sha256"] == sha

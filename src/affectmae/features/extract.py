@@ -207,7 +207,7 @@ def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], roo
     """The videos of ``counts`` that ``root`` does not hold yet, one after the other; returns the summary."""
     from tqdm import tqdm
 
-    todo = [v for v in counts if _needs_extraction(root, v, counts[v], dim)]
+    todo = [v for v in counts if _needs_extraction(root, v, counts[v], dim, frame_index)]
     summary = {"videos": len(counts), "skipped_done": len(counts) - len(todo), "extracted": 0, "frames": 0,
                "missing": 0, "corrupt": 0, "per_video": {}}
     if summary["skipped_done"]:
@@ -242,14 +242,21 @@ def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], roo
     return summary
 
 
-def _needs_extraction(root: Path, video: str, n: int, dim: int) -> bool:
-    """True unless ``root`` holds a finished, undamaged ``video`` of ``n`` frames (a damaged one is logged)."""
+def _needs_extraction(root: Path, video: str, n: int, dim: int, frame_index) -> bool:
+    """True unless ``root`` holds a finished, undamaged ``video`` of ``n`` frames (a damaged one is logged).
+    A video stored without a single present frame while its frame images are there now (written from a
+    wrong frames root by an older version) is extracted again too."""
     if not (root / f"{video}.npy").is_file():
         return True
     found = video_problem(root, video, dim, n)
     if found is not None:
         log.warning("%s: damaged (%s); extracting %s again", found[0], found[1], video)
-    return found is not None
+        return True
+    if not np.load(root / f"{video}.mask.npy").any() and frame_index.available(video, n).any():
+        log.warning("%s: stored without any frame image, but its frames are in %s now; extracting it again",
+                    video, frame_index.root)
+        return True
+    return False
 
 
 def run_extract(config: str | Path | None = None, overrides: list[str] | dict | None = None, **explicit) -> dict:

@@ -15,6 +15,11 @@ other frame. A listed frame past the end of the features is an error naming the 
 except for exactly one frame (the known Aff-Wild2 off-by-one at the end of some videos), which gets the
 last frame's prediction.
 
+Before anything is written, every listed video's feature files are checked (a damaged one is a one-line
+error naming it) and the features' encoder fingerprint (``encoder_sha256`` in features.json) is compared
+with the one each head's training run recorded: features of another encoder are refused, even when
+their size matches.
+
 ``run_predict(config, overrides, **settings)`` is the command's entry point (defaults < YAML file <
 ``key=value`` < flags); the merged config is saved as ``OUT/config.yaml`` next to the CSV files.
 
@@ -53,7 +58,7 @@ class PredictConfig:
     features: str = field(default="", metadata={"path": "dir"})  # features folder of the videos to predict
     out: str = field(default="", metadata={"path": "out_dir"})  # folder for the CSV files
     model_dir: str = field(default="", metadata={"path": "dir"})  # MODEL_DIR (or give runs)
-    runs: list[str] = field(default_factory=list, metadata={"path": "dir"})  # training run folders; several = ensemble
+    runs: list[str] = field(default_factory=list)  # training run folders; several = ensemble
     tasks: list[str] = field(default_factory=list, metadata={"choices": tuple(TASKS)})  # default: every task the model has
     test_list: str = field(default="", metadata={"path": "file"})  # organisers' example CSV or a list of videos (see the module docstring)
     overwrite: bool = False  # replace submission files already in `out` (the output-folder rule, affectmae.io)
