@@ -69,21 +69,21 @@ class AnalyzeConfig:
     stride: int = 1  # analyse every k-th frame, interpolate the rest
     device: str = "auto"  # cpu | cuda | auto
     detector: str = "auto"
-    min_face: int = 32  # pixels, shorter box side
-    min_score: float = 0.5
-    detect_max_side: int = 960  # frames are downscaled to this longer side for detection (speed vs small faces)
+    min_face: int = field(default=32, metadata={"min": 1})  # pixels, shorter box side
+    min_score: float = field(default=0.5, metadata={"min": 0, "max": 1})
+    detect_max_side: int = field(default=960, metadata={"min": 64})  # frames are downscaled to this longer side for detection (speed vs small faces)
     detect_every: int = 5  # full-frame detection every k-th analysed frame; patches around known faces between
-    max_faces: int = 0  # keep the N most confident faces per frame (0: all)
-    max_age: int = 25  # frames a face may be missed and keep its id
-    cut_threshold: float = 0.5  # histogram distance that counts as a shot cut
+    max_faces: int = field(default=0, metadata={"min": 0})  # keep the N most confident faces per frame (0: all)
+    max_age: int = field(default=25, metadata={"min": 0})  # frames a face may be missed and keep its id
+    cut_threshold: float = field(default=0.5, metadata={"min": 0})  # histogram distance that counts as a shot cut
     reid: bool = True  # link tracks of one person (across cuts and long gaps) into one face_id by appearance
-    reid_threshold: float = 0.82  # cosine similarity of mean track descriptors needed to link (inference/reid.py)
-    reid_min_appearance: float = 0.6  # with reid: a detection less similar than this to a track never continues it
-    align_margin: float | None = None  # > 1 zooms the crop out; None: MODEL_DIR's "align_margin", else 1.0
+    reid_threshold: float = field(default=0.82, metadata={"min": -1, "max": 1})  # cosine similarity of mean track descriptors needed to link (inference/reid.py)
+    reid_min_appearance: float = field(default=0.6, metadata={"min": -1, "max": 1})  # with reid: a detection less similar than this to a track never continues it
+    align_margin: float | None = field(default=None, metadata={"min": 0.2, "max": 5})  # > 1 zooms the crop out; None: MODEL_DIR's "align_margin", else 1.0
     plots: bool = True
     overlap: bool = True  # encode in a background thread while the next frames are decoded and detected
     detector_worker: bool = True  # detect in a child process, replaced every detector_recycle_frames (yuface leaks)
-    detector_recycle_frames: int = 2000
+    detector_recycle_frames: int = field(default=2000, metadata={"min": 1})
     column_names: str = "affectmae"  # CSV column names: affectmae | openface (AU12_c, confidence, success, ...)
     shard: str | None = None  # "K/N": only the K-th of N equal parts of the inputs (K = 1..N)
     video_out: bool = False  # also write OUT/<stem>.annotated.mp4
