@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--task", action="append", choices=("va", "expr", "au", "multi"), default=None,
                    help="repeatable; default: va, expr and au")
     p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace the finished runs in --out")
     p.add_argument("--config", default=None, help="YAML config (temporal_paper / temporal_tiny or a file)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_run)
@@ -33,6 +34,6 @@ def _run(args) -> int:
     result = run_ablate(args.config, args.overrides, tasks=args.task or ["va", "expr", "au"], out=args.out,
                         mae_features=args.mae_features, pixel_features=args.pixel_features,
                         random_features=args.random_features, seeds=args.seeds,
-                        features=args.features, annotations=args.annotations)
+                        features=args.features, annotations=args.annotations, overwrite=args.overwrite)
     print(result["table"], end="")
     return 0

@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-linear-baseline", action="store_true",
                    help="skip the per-frame linear baseline row (it trains one more model per fold and seed)")
     p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace the finished runs in --out")
     p.add_argument("--config", default=None, help="YAML config (temporal_paper / temporal_tiny or a file)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_run)
@@ -31,6 +32,6 @@ def _run(args) -> int:
 
     result = run_cv(args.config, args.overrides, tasks=args.task or ["va", "expr", "au"], out=args.out,
                     folds=args.folds, seeds=args.seeds, linear_baseline=not args.no_linear_baseline,
-                    features=args.features, annotations=args.annotations)
+                    features=args.features, annotations=args.annotations, overwrite=args.overwrite)
     print(result["table"], end="")
     return 0
