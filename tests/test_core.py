@@ -86,6 +86,53 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
 
 
+def test_write_errors_name_the_file_and_other_os_errors_pass_through(tmp_path):
+    import errno
+    import os
+
+    from affectmae.io import OutputWriteError, writing
+
+    path = tmp_path / "out.csv"
+    with pytest.raises(OutputWriteError) as info:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert str(info.value) == f"cannot write {path}: No space left on device; free some space and run again"
+    assert list(tmp_path.iterdir()) == []
+    other = tmp_path / "sub" / "input.txt"  # an input being read inside the block is not "cannot write"
+    with pytest.raises(PermissionError):
+        with writing(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(other))
+    with pytest.raises(FileNotFoundError):  # not a disk problem: unchanged
+        with writing(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+
+@pytest.mark.parametrize("resume, overwrite, holds, expected", [
+    (False, False, False, "new"), (False, True, True, "overwrite"), (True, False, True, "resume"),
+    (False, False, True, "already holds a run; pass --resume to continue it or --overwrite to replace it"),
+    (True, True, True, "--resume continues .* and --overwrite replaces it; pass one"),
+    (True, False, False, "--resume: no last_state.safetensors in"),
+])
+def test_one_rule_for_output_folders(tmp_path, resume, overwrite, holds, expected):
+    from affectmae.training.checkpoints import check_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if holds:
+        (run / "last_state.safetensors").write_bytes(b"state")
+    before = sorted(run.iterdir())
+    if expected in ("new", "overwrite", "resume"):
+        assert check_run_dir(run, resume, overwrite, "train") == expected
+    else:
+        with pytest.raises(AffectMAEError, match=expected):
+            check_run_dir(run, resume, overwrite, "train")
+    assert sorted(run.iterdir()) == before  # the check never writes
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AffectMAEError, match="file: exists and is not a folder; train -o needs a folder"):
+        check_run_dir(tmp_path / "file", resume, overwrite, "train")
+
+
 def test_corrupt_and_newer_checkpoints_are_refused(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file at all")
