@@ -336,3 +336,61 @@ def test_code_running_pickle_never_runs(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and str(evil) in err[0] and "Traceback" not in err[0]
     assert not marker.exists() and not (tmp_path / "feats").exists()
+
+
+# ------------------------------------------------------------------------------------ the two checkers
+@pytest.mark.parametrize("meta, value, message", [
+    ({"min": 1}, 0, "x must be >= 1, got 0"),
+    ({"gt": 0}, 0.0, "x must be > 0, got 0.0"),
+    ({"max": 5}, 6, "x must be <= 5, got 6"),
+    ({"lt": 1}, 1, "x must be < 1, got 1"),
+    ({"min": 0, "lt": 1}, 1.0, "x must be in [0, 1), got 1.0"),
+    ({"gt": 0, "max": 1}, 0, "x must be in (0, 1], got 0"),
+    ({"min": 0.2, "max": 5}, 7.5, "x must be in [0.2, 5], got 7.5"),
+    ({"choices": ("a", "b")}, "c", "x must be one of a, b, got 'c'"),
+    ({"choices": ("va", "au")}, ["va", "expr"], "x must be one of va, au, got 'expr'"),  # each item of a list
+    ({"min": 1}, [4, 0], "x must be >= 1, got 0"),
+])
+def test_check_value_names_the_allowed_values(meta, value, message):
+    from affectmae.config import check_value
+    from affectmae.errors import AffectMAEError
+
+    with pytest.raises(AffectMAEError) as err:
+        check_value("x", value, meta)
+    assert str(err.value) == message
+
+
+def test_check_value_passes_allowed_and_unset_values(tmp_path):
+    from affectmae.config import check_value
+    from affectmae.errors import AffectMAEError
+
+    for meta, value in [({"min": 1}, 1), ({"gt": 0, "lt": 1}, 0.5), ({"min": 1}, None), ({"choices": ("a",)}, ""),
+                        ({"path": "out_dir"}, str(tmp_path)), ({"path": "out_dir"}, str(tmp_path / "new")),
+                        ({"path": "file"}, str(tmp_path / "new.csv")), ({"path": "dir"}, "")]:
+        check_value("x", value, meta)
+    (tmp_path / "f.csv").write_text("")
+    with pytest.raises(AffectMAEError, match=f"^x must be a folder, got the file {tmp_path / 'f.csv'}$"):
+        check_value("x", str(tmp_path / "f.csv"), {"path": "dir"})
+    with pytest.raises(AffectMAEError, match=f"^x must be a file, got the folder {tmp_path}$"):
+        check_value("x", str(tmp_path), {"path": "file"})
+
+
+def test_every_packaged_config_and_every_default_passes_its_own_checks():
+    from affectmae.config import build_config, check_config
+    from affectmae.evaluation.scoring import ScoreConfig
+    from affectmae.features.extract import ExtractConfig
+    from affectmae.inference.model import ExportConfig
+    from affectmae.inference.pipeline import AnalyzeConfig
+    from affectmae.inference.predict import PredictConfig
+    from affectmae.synth.dataset import SynthConfig
+    from affectmae.training.finetune import FinetuneConfig
+    from affectmae.training.pretrain import PretrainConfig
+    from affectmae.training.temporal import TrainConfig
+
+    for cls in (ScoreConfig, ExtractConfig, ExportConfig, AnalyzeConfig, PredictConfig, SynthConfig, FinetuneConfig,
+                PretrainConfig, TrainConfig):
+        check_config(cls())
+    for cls, names in ((TrainConfig, ("temporal_tiny", "temporal_paper")), (PretrainConfig, ("pretrain_tiny",
+                       "pretrain_paper")), (FinetuneConfig, ("finetune_tiny", "finetune_paper"))):
+        for name in names:
+            build_config(cls, name)

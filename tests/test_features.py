@@ -190,3 +190,29 @@ def test_extract_config_file_override_and_unknown_key(tmp_path, encoder_path, ca
     assert "allow_missing_videos, annotations, batch_size, decode_threads, device, encoder, frames" in known
     assert err == [f"affectmae extract: error: command line: unknown setting 'batchsize' for ExtractConfig; known: {known}"]
     assert not (tmp_path / "f2").exists()
+
+
+def test_video_problem_checks_headers_sizes_and_the_mask(tmp_path):
+    from affectmae.features.store import video_problem
+
+    np.save(tmp_path / "v.npy", np.ones((5, 4), np.float16))
+    np.save(tmp_path / "v.mask.npy", np.ones(5, bool))
+    assert video_problem(tmp_path, "v", 4) is None and video_problem(tmp_path, "v", 4, n=5) is None
+    assert video_problem(tmp_path, "v", 4, n=6) == (tmp_path / "v.npy", "shape (5, 4), expected (6, 4)")
+    assert video_problem(tmp_path, "v", 8) == (tmp_path / "v.npy", "shape (5, 4), expected (N, 8)")
+    data = (tmp_path / "v.npy").read_bytes()
+    (tmp_path / "v.npy").write_bytes(data[:-3])
+    assert video_problem(tmp_path, "v", 4) == (tmp_path / "v.npy", f"truncated: {len(data) - 3} bytes, the header "
+                                                                    f"needs {len(data)}")
+    (tmp_path / "v.npy").write_bytes(data + b"xx")
+    assert video_problem(tmp_path, "v", 4)[1] == f"too long: {len(data) + 2} bytes, the header needs {len(data)}"
+    np.save(tmp_path / "v.npy", np.ones((5, 4), np.float32))
+    assert video_problem(tmp_path, "v", 4)[1] == "dtype float32, expected float16"
+    np.save(tmp_path / "v.npy", np.ones((5, 4), np.float16))
+    np.save(tmp_path / "v.mask.npy", np.ones(4, bool))
+    assert video_problem(tmp_path, "v", 4) == (tmp_path / "v.mask.npy", "shape (4,), expected (5,)")
+    (tmp_path / "v.mask.npy").unlink()
+    assert video_problem(tmp_path, "v", 4) == (tmp_path / "v.mask.npy", "missing")
+    (tmp_path / "v.npy").write_bytes(b"garbage")
+    with pytest.raises(AffectMAEError, match="v.npy: not a .npy file"):
+        video_problem(tmp_path, "v", 4)
