@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from affectmae.config import build_config
+from affectmae.config import build_config, check_value
 from affectmae.datasets.annotations import read_annotation_file
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
@@ -54,6 +54,7 @@ def score_submission(task: str, pred_csv: str | Path, annotation_dir: str | Path
     """
     spec = get_task(task)
     pred_csv, annotation_dir = Path(pred_csv), Path(annotation_dir)
+    check_value("pred_csv", str(pred_csv), {"path": "file"})  # a folder here is a one-line error, as on the CLI
     files = _annotation_files(annotation_dir, task)
     predictions = read_submission(spec.name, pred_csv)
     n_rows = sum(len(frames) for frames, _ in predictions.values())
