@@ -23,13 +23,14 @@ from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.preprocess import preprocess_frames
 from affectmae.models.temporal import TemporalConfig, TemporalModel
 from affectmae.models.vit import build_encoder, load_encoder, save_encoder, sincos_pos_embed_2d
+from affectmae.synth.dataset import generate_affwild2
 from affectmae.tasks import get_task
-from affectmae.training.finetune import FinetuneModel, layer_decay_groups
+from affectmae.training.finetune import FinetuneConfig, FinetuneModel, _frame_sets, layer_decay_groups
 from affectmae.training.optim import param_groups_weight_decay
 from affectmae.training.pretrain import PretrainConfig, build_mae
 from affectmae.training.temporal import TrainConfig, run_train
 from temporal_helpers import make_feature_dataset
-from test_checkpoints_reference import _randomised, _timm
+from test_checkpoints_reference import _pretrain_state, _randomised, _timm
 
 # ----------------------------------------------------------------------------- 2. input size, end to end
 
@@ -69,6 +70,24 @@ def test_analyze_normalises_crops_like_the_encoder(tmp_path):
     with torch.no_grad():
         expected = loaded(preprocess_frames(crops, 16, (0.5,) * 3, (0.5,) * 3)).numpy()
     np.testing.assert_allclose(encoder.features().astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_finetune_takes_the_encoders_pooling_and_normalisation(tmp_path):
+    generate_affwild2(tmp_path / "aw2", videos=2, frames=12, faces=0, size=32)
+    torch.manual_seed(0)
+    state = _pretrain_state(96, 1)  # a reference MAE pretraining file, inputs normalised by 0.5 / 0.5
+    (tmp_path / "mae").mkdir()
+    torch.save({"model": state}, tmp_path / "mae" / "mae.pth")
+    (tmp_path / "mae" / "config.json").write_text(json.dumps({"pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    cfg = FinetuneConfig(annotations=str(tmp_path / "aw2"), encoder=str(tmp_path / "mae" / "mae.pth"))
+    _, _, val_set = _frame_sets(cfg, get_task("expr"), 32, ((0.5,) * 3, (0.5,) * 3))
+    normalize = val_set.dataset.transform.transforms[-1]  # the validation frames' last step
+    assert (list(normalize.mean), list(normalize.std)) == ([0.5] * 3, [0.5] * 3)
+    assert main(["finetune", "--data", str(tmp_path / "aw2"), "--encoder", str(tmp_path / "mae" / "mae.pth"), "-o",
+                 str(tmp_path / "ft"), "--config", "finetune_tiny", "max_steps=1", "head_only_steps=0",
+                 "warmup_steps=0", "batch_size=4", "tensorboard=false", "pooling=mae_global"]) == 0
+    arch = read_metadata(tmp_path / "ft" / "encoder.safetensors")["arch"]
+    assert (arch["pooling"], arch["fc_norm"], arch["mean"]) == ("mae_global", True, [0.5] * 3)
 
 
 # ----------------------------------------------------------------------------- 4. the reference initialisation

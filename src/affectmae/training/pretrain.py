@@ -30,7 +30,7 @@ from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.models.mae import MaskedAutoencoder
-from affectmae.models.preprocess import train_transform
+from affectmae.models.preprocess import encoder_normalisation, train_transform
 from affectmae.models.vit import build_encoder, init_like_reference_mae, load_encoder, save_encoder
 from affectmae.training.distributed import (
     DistInfo,
@@ -164,7 +164,8 @@ def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining,
     optimizer = make_adamw(groups, cfg.effective_lr, cfg.betas)
 
     images = build_face_dataset(list(cfg.images))
-    dataset = MAEAugmented(images, train_transform(cfg.img_size, cfg.crop_scale_min, cfg.hflip),
+    norm = encoder_normalisation(model.encoder)  # ImageNet's, or an init_encoder's own (it stays recorded)
+    dataset = MAEAugmented(images, train_transform(cfg.img_size, cfg.crop_scale_min, cfg.hflip, *norm),
                            model.encoder.num_patches, cfg.seed)
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, info.rank, info.world_size, cfg.accum_steps,
                                  seed=cfg.seed, shuffle=True, drop_last=True)
