@@ -100,6 +100,12 @@ REFUSALS = [
     ("refused train --resume (another window)", "run_va", lambda w, d: _train(w, d, "--resume", "window=24"),
      "affectmae train: error: {d}/last_state.safetensors: cannot resume with an incompatible config (window: saved "
      "32, now 24)"),
+    ("refused train --resume (another seed)", "run_va", lambda w, d: _train(w, d, "--resume", "seed=3"),
+     "affectmae train: error: {d}/last_state.safetensors: cannot resume with an incompatible config (seed: saved "
+     "0, now 3)"),
+    ("refused train --resume (another batch size)", "run_va", lambda w, d: _train(w, d, "--resume", "batch_size=4"),
+     "affectmae train: error: {d}/last_state.safetensors: cannot resume with an incompatible config (batch_size: "
+     "saved 8, now 4)"),
     ("train --resume with --overwrite", "run_va", lambda w, d: _train(w, d, "--resume", "--overwrite"),
      "affectmae train: error: train: --resume continues {d} and --overwrite replaces it; pass one"),
     ("pretrain on a finished run", "run_va",

@@ -182,7 +182,7 @@ def _score_at(cat: dict[str, np.ndarray], thresholds: list[float]) -> dict:
     return evaluate("au", cat["au"], cat["au/true"], cat["au/valid"], thresholds=thresholds)
 
 
-RESUME_KEYS = ("task", "window", "stride", "batch_size", "model", "fold", "epochs")
+RESUME_KEYS = ("task", "window", "stride", "batch_size", "model", "fold", "epochs", "seed")  # seed: the window order
 
 
 @dataclass
