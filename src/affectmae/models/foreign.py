@@ -39,6 +39,7 @@ LOADABLE = ("weights load from .safetensors files and from .pth/.pt/.bin files t
 REFERENCE_HEADS = {"vit_base_patch16": 12, "vit_large_patch16": 16, "vit_huge_patch14": 16}
 # timm's head counts for the usual widths: the fallback when nothing in or beside the file names them.
 WIDTH_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+AGREED_WIDTHS = (768, 1024, 1280)  # ViT-B/L/H: public models agree on 12/16/16 heads; smaller ones do not
 POOLINGS = ("cls", "mean", "mae_global")
 
 
@@ -147,7 +148,7 @@ def checkpoint_hints(state: dict[str, torch.Tensor], embed_dim: int, args: dict[
     heads, why_heads = _heads(embed_dim, args, config, num_heads)
     pooling, why_pooling = _pooling(state, args, config)
     mean, std, why_norm = _normalisation(config)
-    if why_heads.startswith("assumed"):
-        log.warning("%d attention heads %s", heads, why_heads)
+    if why_heads.startswith("assumed"):  # a warning where public models of that width differ (e.g. ViT-S: 6 or 12)
+        log.log(logging.INFO if embed_dim in AGREED_WIDTHS else logging.WARNING, "%d attention heads %s", heads, why_heads)
     return ({"pooling": pooling, "num_heads": heads, "mean": mean, "std": std},
             {"pooling": why_pooling, "num_heads": why_heads, "normalisation": why_norm})
