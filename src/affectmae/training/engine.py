@@ -108,17 +108,16 @@ class TrainingRun:
         return self.loss_sum / max(1, self.loss_steps)
 
     def begin(self) -> None:
-        """Start writing into the run folder (main process; :func:`fit` calls it): create it, clear it when the
-        run replaces another (``overwrite``), remove temporary files of a killed run, write ``config.yaml``;
-        a new run also starts a new ``metrics.jsonl`` (one that stopped before its first state leaves lines)."""
+        """Start writing into the run folder (main process; :func:`fit` calls it): create it, remove temporary
+        files of a killed run and write ``config.yaml``. A run that does not resume first clears the run files
+        in the folder: those of the run it replaces (``overwrite``), or of one that stopped before its first
+        state (the folder check let it through: nothing finished there), so no old curve or TensorBoard event
+        stays beside the new ones."""
         if not self.is_main:
             return
-        mode = "resume" if self.resumed else ("overwrite" if self.config.get("overwrite") else "new")
-        prepare_output_dir(self.run_dir, run_layout(self.name), mode)
+        prepare_output_dir(self.run_dir, run_layout(self.name), "resume" if self.resumed else "overwrite")
         atomic_write_text(self.run_dir / CONFIG_FILE,
                           yaml.safe_dump({**self.config, "resume": self.resumed}, sort_keys=False))
-        if not self.resumed:
-            self.logger.path.unlink(missing_ok=True)
 
     def progress(self, iterable: Iterable, total: int | None = None) -> tqdm:
         return progress(iterable, total=total, desc=f"{self.name} epoch {self.epoch + 1}/{self.epochs}",
