@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 
 from affectmae.cli import main
 from affectmae.io import atomic_path, atomic_write_text, remove_stale_temps
+from affectmae.models.fast_linear import cpu_gemm_backend
 from affectmae.models.vit import build_encoder, save_encoder
 from affectmae.training.metrics_log import read_metrics
 from temporal_helpers import make_feature_dataset
@@ -167,7 +168,21 @@ def test_export_overwrite_leaves_no_old_head(work, tmp_path):
                  "-o", str(model), "--overwrite"]) == 0
     assert sorted(p.name for p in model.iterdir()) == ["affectmae_model.json", "config.yaml", "encoder.safetensors",
                                                        "temporal_va.safetensors"]
-    assert json.loads((model / "affectmae_model.json").read_text())["heads"] == {"va": "temporal_va.safetensors"}
+    meta = json.loads((model / "affectmae_model.json").read_text())
+    assert meta["heads"] == {"va": "temporal_va.safetensors"}
+    assert meta["cpu_gemm"] == cpu_gemm_backend()  # recorded with the MODEL_DIR; analyze encodes with it
+
+
+def test_a_run_stopped_before_its_first_state_is_started_afresh(work, tmp_path):
+    """Nothing finished there, so no flag is needed, and nothing of the aborted run stays."""
+    run = tmp_path / "aborted"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "tensorboard" / "events.out.tfevents.1.old").write_bytes(b"old events")
+    (run / "metrics.jsonl").write_text('{"kind": "train", "global_step": 1, "loss": 9.0}\n')
+    (run / "notes.txt").write_text("the user's own file")
+    assert main(_train(work, run, "epochs=1")) == 0
+    assert not (run / "tensorboard").exists() and (run / "notes.txt").read_text() == "the user's own file"
+    assert 9.0 not in [r["loss"] for r in read_metrics(run, "train")]
 
 
 def test_predict_fills_one_folder_task_by_task(work, tmp_path):
