@@ -115,6 +115,8 @@ class TrainingRun:
         stays beside the new ones."""
         if not self.is_main:
             return
+        if not self.resumed:  # the stage checked already; a run built without that check must not wipe one
+            check_run_dir(self.run_dir, False, bool(self.config.get("overwrite")), self.name)
         prepare_output_dir(self.run_dir, run_layout(self.name), "resume" if self.resumed else "overwrite")
         atomic_write_text(self.run_dir / CONFIG_FILE,
                           yaml.safe_dump({**self.config, "resume": self.resumed}, sort_keys=False))
