@@ -123,8 +123,10 @@ print(json.dumps({"frames": len(df), "seconds": time.perf_counter() - t,
 """
 
 
-def run_memory(video: Path, model_dir: Path, stride: int, settings: dict | None = None) -> dict:
+def run_memory(video: Path, model_dir: Path, stride: int, settings: dict | None = None, src: str | None = None) -> dict:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    if src:  # another checkout's package (e.g. `git archive OLD src | tar -x -C /tmp/old`), side by side
+        env["PYTHONPATH"] = src
     out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(video), str(model_dir), str(stride),
                           json.dumps(settings or {})],
                          capture_output=True, text=True, env=env, check=True)
@@ -174,6 +176,12 @@ def main() -> None:
     parser.add_argument("--memory-compare", action="store_true",
                         help="memory also with overlap=false and with the previous default, same videos")
     parser.add_argument("--speed-only", action="store_true", help="skip the memory runs")
+    parser.add_argument("--baseline-src", default=None,
+                        help="memory: also run every row with this package source folder first on PYTHONPATH "
+                             "(an older checkout's src/), interleaved with the current code")
+    parser.add_argument("--memory-rows", nargs="*", default=None,
+                        help="memory rows to run: default, overlap=false, previous (default: default, and all three "
+                             "with --memory-compare)")
     parser.add_argument("--detect-max-side", type=int, nargs="*", default=[],
                         help="also run stride 1 detecting on frames downscaled to these sizes, side by side")
     parser.add_argument("--detect-every", type=int, nargs="*", default=[], help="also these detect_every values")
@@ -227,16 +235,19 @@ def main() -> None:
             return
         print("\n## memory: peak RSS of a child process, 320x180 video, tiny encoder, stride 25")
         model_dir = make_model_dir(tmp / "model_tiny", "tiny", depth=2)
-        memory_rows = [("default", {})]
-        if args.memory_compare:
-            memory_rows += [("overlap=false", {"overlap": False}), ("previous default", PREVIOUS)]
+        rows_by_name = {"default": ("default", {}), "overlap=false": ("overlap=false", {"overlap": False}),
+                        "previous": ("previous default", PREVIOUS)}
+        names = args.memory_rows or (list(rows_by_name) if args.memory_compare else ["default"])
+        memory_rows = [(*rows_by_name[n], None) for n in names]
+        if args.baseline_src:
+            memory_rows = [r for row in memory_rows for r in (row, (f"{row[0]}, baseline", row[1], args.baseline_src))]
         for frames in (750, *args.long_frames):
             path = tmp / f"long_{frames}.mp4"
             t = time.perf_counter()
             write_long_video(path, frames)
             made = time.perf_counter() - t
-            for label, settings in memory_rows:
-                m = run_memory(path, model_dir, 25, settings)
+            for label, settings, src in memory_rows:
+                m = run_memory(path, model_dir, 25, settings, src)
                 print(f"{frames} frames ({frames / 25 / 60:.1f} min at 25 fps), {label}: peak RSS "
                       f"{m['peak_rss_mb']:.0f} MB, analyse {m['seconds']:.0f} s (video written in {made:.0f} s)",
                       flush=True)

@@ -72,6 +72,29 @@ def expand_track(frames: np.ndarray, values: np.ndarray, stride: int, n_frames: 
     return np.concatenate(out_frames), np.concatenate(out_values), np.concatenate(analysed)
 
 
+def _part_labels(values: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values (n, len(VALUE_COLUMNS))`` -> (expression label (n,) object, AU 0/1 (n, 12) int8 with -1 for
+    none): from the values as computed, before they are stored as float32."""
+    expr = values[:, [VALUE_COLUMNS.index(c) for c in EXPR_COLUMNS]]
+    has = ~np.isnan(expr).any(axis=1)
+    label = np.full(len(values), "", dtype=object)
+    label[has] = np.array(EXPRESSIONS, dtype=object)[expr[has].argmax(axis=1)]
+    au = values[:, [VALUE_COLUMNS.index(c) for c in AU_PROB_COLUMNS]]
+    binary = np.where(np.isnan(au), -1, au >= thresholds[None, :]).astype(np.int8)
+    return label, binary
+
+
+def _track_values(rows, det_boxes, det_scores, det_landmarks, preds: dict) -> np.ndarray:
+    """The VALUE_COLUMNS of one track's detections ``rows``, (n, C)."""
+    n = len(rows)
+    lms = det_landmarks[rows]
+    cols = [det_boxes[rows], det_scores[rows, None], lms.reshape(n, 10), pose_roll(lms)[:, None]]
+    cols.append(preds["va"] if "va" in preds else np.full((n, 2), np.nan))
+    cols.append(preds["expr"] if "expr" in preds else np.full((n, len(EXPRESSIONS)), np.nan))
+    cols.append(preds["au"] if "au" in preds else np.full((n, len(ACTION_UNITS)), np.nan))
+    return np.concatenate(cols, axis=1)
+
+
 def build_table(det_frames, det_ids, det_boxes, det_scores, det_landmarks, predictions, frame_times, stride,
                 au_thresholds, input_name: str = "", face_ids: dict[int, int] | None = None) -> pd.DataFrame:
     """Assemble the per-(frame, face) table; frames no track covers get one ``face_detected=False`` row.
@@ -80,49 +103,45 @@ def build_table(det_frames, det_ids, det_boxes, det_scores, det_landmarks, predi
     predictions: ``{track_id: {"va": (k, 2), "expr": (k, 8), "au": (k, 12)}}`` in that track's detection order.
     face_ids: ``{track_id: face_id}`` (the person each track belongs to, :func:`.reid.link_tracks`); default:
     the track id. Values are interpolated within a track only, never across two tracks of one person.
+    Built from arrays, one track at a time, so its memory is the table's plus one track's values.
     """
     n_frames = len(frame_times)
-    parts = []
-    for fid, preds in predictions.items():
-        rows = np.flatnonzero(det_ids == fid)
-        n = len(rows)
-        lms = det_landmarks[rows]
-        cols = [det_boxes[rows], det_scores[rows, None], lms.reshape(n, 10), pose_roll(lms)[:, None]]
-        cols.append(preds["va"] if "va" in preds else np.full((n, 2), np.nan))
-        cols.append(preds["expr"] if "expr" in preds else np.full((n, len(EXPRESSIONS)), np.nan))
-        cols.append(preds["au"] if "au" in preds else np.full((n, len(ACTION_UNITS)), np.nan))
-        frames, values, analysed = expand_track(det_frames[rows], np.concatenate(cols, axis=1), stride, n_frames)
-        part = pd.DataFrame(values, columns=VALUE_COLUMNS)
-        part.insert(0, "frame", frames)
-        part.insert(1, "face_id", fid if face_ids is None else face_ids[fid])
-        part.insert(2, "face_detected", True)
-        part.insert(3, "analyzed", analysed)
-        parts.append(part)
+    thresholds = np.asarray(au_thresholds if au_thresholds is not None else [0.5] * len(ACTION_UNITS), dtype=np.float64)
+    order = np.argsort(det_ids, kind="stable")  # detections grouped by track
+    ids_sorted = det_ids[order]
+    starts = np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]]) if len(order) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(order)] if len(order) else starts
+    bounds = dict(zip(ids_sorted[starts].tolist(), zip(starts, ends, strict=True), strict=True))
+    parts = []  # (frame, face_id, face_detected, analyzed, values float32, label, AU 0/1)
     covered = np.zeros(n_frames, dtype=bool)
-    for part in parts:
-        covered[part["frame"].to_numpy()] = True
+    for fid, preds in predictions.items():
+        begin, end = bounds[fid]
+        rows = order[begin:end]
+        values = _track_values(rows, det_boxes, det_scores, det_landmarks, preds)
+        frames, values, analysed = expand_track(det_frames[rows], values, stride, n_frames)
+        covered[frames] = True
+        person = fid if face_ids is None else face_ids[fid]
+        parts.append((frames, np.full(len(frames), person, dtype=np.int64), np.ones(len(frames), dtype=bool),
+                      analysed, values.astype(np.float32), *_part_labels(values, thresholds)))
     empty = np.flatnonzero(~covered)
     if len(empty) or not parts:
-        part = pd.DataFrame(np.nan, index=range(len(empty)), columns=VALUE_COLUMNS)
-        part.insert(0, "frame", empty)
-        part.insert(1, "face_id", -1)
-        part.insert(2, "face_detected", False)
-        part.insert(3, "analyzed", empty % stride == 0)
-        parts.append(part)
-    df = pd.concat(parts, ignore_index=True).sort_values(["frame", "face_id"], kind="stable").reset_index(drop=True)
-    df.insert(0, "input", input_name)
-    df.insert(2, "time_s", np.asarray(frame_times, dtype=np.float64)[df["frame"].to_numpy()])
-    probs = df[EXPR_COLUMNS].to_numpy()
-    has = ~np.isnan(probs).any(axis=1)
-    label = np.full(len(df), "", dtype=object)
-    label[has] = np.array(EXPRESSIONS, dtype=object)[probs[has].argmax(axis=1)]
-    df["expression"] = label
-    au = df[AU_PROB_COLUMNS].to_numpy()
-    thresholds = np.asarray(au_thresholds if au_thresholds is not None else [0.5] * len(ACTION_UNITS), dtype=np.float64)
-    binary = pd.DataFrame((au >= thresholds[None, :]).astype(np.int8), columns=list(ACTION_UNITS)).astype("Int8")
-    binary = binary.mask(np.isnan(au))  # no face: <NA>, written as an empty CSV field
-    df = pd.concat([df, binary], axis=1)[TABLE_COLUMNS]
-    return df.astype(DTYPES)
+        values = np.full((len(empty), len(VALUE_COLUMNS)), np.nan)
+        parts.append((empty, np.full(len(empty), -1, dtype=np.int64), np.zeros(len(empty), dtype=bool),
+                      empty % stride == 0, values.astype(np.float32), *_part_labels(values, thresholds)))
+    frame, face_id, detected, analyzed, values, label, binary = (np.concatenate(p) for p in zip(*parts, strict=True))
+    del parts
+    keep = np.lexsort((face_id, frame))  # by frame, then face id; stable
+    columns = {"input": pd.Series(np.full(len(keep), input_name, dtype=object), dtype=object), "frame": frame[keep],
+               "time_s": np.asarray(frame_times, dtype=np.float64)[frame[keep]], "face_id": face_id[keep],
+               "face_detected": detected[keep], "analyzed": analyzed[keep]}
+    values, binary = values[keep], binary[keep]
+    for j, name in enumerate(VALUE_COLUMNS):
+        columns[name] = values[:, j]
+    del values
+    columns["expression"] = pd.Series(label[keep], dtype=object)
+    for j, au in enumerate(ACTION_UNITS):
+        columns[au] = pd.arrays.IntegerArray(np.maximum(binary[:, j], 0), binary[:, j] < 0)
+    return pd.DataFrame({c: columns[c] for c in TABLE_COLUMNS})
 
 
 def write_table(df: pd.DataFrame, path: str | Path, names: str = "affectmae") -> Path:
@@ -132,13 +151,13 @@ def write_table(df: pd.DataFrame, path: str | Path, names: str = "affectmae") ->
     """
     if names not in ("affectmae", "openface"):
         raise AffectMAEError(f"column names must be 'affectmae' or 'openface', got {names!r}")
-    out = df.copy()
+    out = df.copy(deep=False)  # columns are replaced below, never written into: the table stays as it is
     out["time_s"] = out["time_s"].map("{:.6f}".format)
     if names == "openface":
         out["frame"] = out["frame"] + 1
         out["face_detected"] = out["face_detected"].astype(np.int8)
         out["pose_roll"] = np.radians(out["pose_roll"])
-        out = out.rename(columns=OPENFACE_NAMES)
+        out.columns = [OPENFACE_NAMES.get(c, c) for c in out.columns]
     path = Path(path)
     with atomic_path(path) as tmp:
         out.to_csv(tmp, index=False, float_format="%.5g")

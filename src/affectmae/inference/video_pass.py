@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,52 +40,98 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def _gap_weights(pos: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For positions ``grid`` between known positions ``pos (n,)``: (left, right) indices into ``pos`` and the
+    weight ``(len(grid), 1)`` of the right one."""
+    right = np.clip(np.searchsorted(pos, grid), 1, len(pos) - 1) if len(pos) > 1 else np.zeros(len(grid), dtype=int)
+    left = right - 1 if len(pos) > 1 else right
+    span = np.maximum(pos[right] - pos[left], 1)
+    return left, right, np.clip((grid - pos[left]) / span, 0.0, 1.0)[:, None]
+
+
 def fill_gaps(values: np.ndarray, pos: np.ndarray, length: int) -> np.ndarray:
     """``values (n, D)`` known at increasing positions ``pos (n,)`` -> ``(length, D)``, linearly interpolated
     in between (the temporal model expects a feature on every frame, with a mask saying which are real)."""
     if len(pos) == length:
         return values
-    grid = np.arange(length)
-    right = np.clip(np.searchsorted(pos, grid), 1, len(pos) - 1) if len(pos) > 1 else np.zeros(length, dtype=int)
-    left = right - 1 if len(pos) > 1 else right
-    span = np.maximum(pos[right] - pos[left], 1)
-    w = np.clip((grid - pos[left]) / span, 0.0, 1.0)[:, None]
+    left, right, w = _gap_weights(pos, np.arange(length))
     return (values[left] * (1 - w) + values[right] * w).astype(values.dtype)
 
 
-def _predict_tracks(model, track_ids: np.ndarray, frames: np.ndarray, feats: np.ndarray, stride: int) -> dict[int, dict]:
-    """Temporal model per track over the grid of analysed frames; returns {face_id: {"va": (n, 2), ...}}."""
+class TrackFeatures:
+    """The ``(length, D)`` float32 feature sequence of one track as :func:`fill_gaps` makes it, read from the
+    feature file slice by slice (``seq[a:b]``, as ``predict_sequence`` reads its windows), so an hour-long
+    track never sits in memory whole. ``rows (n,)``: the track's rows in ``store``
+    (:class:`.crop_encoder.FeatureRows`), at positions ``pos (n,)`` of the analysed-frame grid."""
+
+    ndim = 2
+
+    def __init__(self, store, rows: np.ndarray, pos: np.ndarray, length: int):
+        self.store, self.rows, self.pos = store, rows, pos
+        self.shape = (int(length), int(store.dim))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise IndexError("TrackFeatures takes slices only")
+        start, stop, step = key.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("TrackFeatures takes contiguous slices only")
+        stop = max(start, stop)
+        if len(self.pos) == self.shape[0]:  # no gap: the rows themselves
+            return self.store.read(self.rows[start:stop]).astype(np.float32)
+        left, right, w = _gap_weights(self.pos, np.arange(start, stop))
+        need = np.unique(np.concatenate([left, right]))
+        values = self.store.read(self.rows[need]).astype(np.float32)
+        at_left, at_right = values[np.searchsorted(need, left)], values[np.searchsorted(need, right)]
+        return (at_left * (1 - w) + at_right * w).astype(np.float32)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def _predict_tracks(model, track_ids: np.ndarray, frames: np.ndarray, store, stride: int) -> dict[int, dict]:
+    """Temporal model per track over the grid of analysed frames; ``store``: the features of every detection
+    (:class:`.crop_encoder.FeatureRows`, row i = detection i). Returns {face_id: {"va": (n, 2), ...}}."""
     out = {}
-    for fid in np.unique(track_ids):
-        rows = np.flatnonzero(track_ids == fid)
+    order = np.argsort(track_ids, kind="stable")  # detections grouped by track, each group in frame order
+    ids_sorted = track_ids[order]
+    starts = np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]])
+    for begin, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        rows = order[begin:end]
         pos = (frames[rows] - frames[rows[0]]) // stride  # position on the analysed-frame grid
         length = int(pos[-1]) + 1
         mask = np.zeros(length, dtype=bool)
         mask[pos] = True
-        seq = fill_gaps(feats[rows].astype(np.float32), pos, length)
-        preds = model.predict_sequence(seq, mask)  # {task: (length, C)}
-        out[int(fid)] = {k: _as_numpy(v)[pos] for k, v in preds.items()}
+        preds = model.predict_sequence(TrackFeatures(store, rows, pos, length), mask)  # {task: (length, C)}
+        out[int(ids_sorted[begin])] = {k: _as_numpy(v)[pos] for k, v in preds.items()}
     return out
+
+
+_RECORD = np.dtype([("frame", np.int64), ("id", np.int64), ("box", np.float32, (4,)), ("score", np.float32),
+                    ("landmarks", np.float32, (5, 2))])  # one detection, 76 bytes
+_BLOCK = 4096  # detections per block of _Detections
 
 
 @dataclass
 class _Detections:
-    """Every kept detection of a video in order (frame, track id, box, score, landmarks), and per track the
-    sum of its crops' appearance descriptors (for re-id)."""
+    """Every kept detection of a video in order (frame, track id, box, score, landmarks) as 76-byte records in
+    blocks of :data:`_BLOCK`, and per track the sum of its crops' appearance descriptors (for re-id)."""
 
-    frames: list = field(default_factory=list)
-    ids: list = field(default_factory=list)
-    boxes: list = field(default_factory=list)
-    scores: list = field(default_factory=list)
-    landmarks: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
+    count: int = 0
     desc_sums: dict[int, np.ndarray] = field(default_factory=dict)
 
     def add(self, frame_index: int, fid: int, det) -> None:
-        self.frames.append(frame_index)
-        self.ids.append(fid)
-        self.boxes.append(det.box)
-        self.scores.append(det.score)
-        self.landmarks.append(det.landmarks)
+        if self.count == len(self.blocks) * _BLOCK:
+            self.blocks.append(np.zeros(_BLOCK, dtype=_RECORD))
+        record = self.blocks[-1][self.count % _BLOCK]
+        record["frame"], record["id"], record["box"] = frame_index, fid, det.box
+        record["score"], record["landmarks"] = det.score, det.landmarks
+        self.count += 1
 
     def add_descriptors(self, ids, descs: np.ndarray) -> None:
         for fid, desc in zip(ids, descs, strict=True):
@@ -94,9 +141,8 @@ class _Detections:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(frames (M,) int64, ids (M,) int64, boxes (M, 4), scores (M,), landmarks (M, 5, 2)) float32."""
-        return (np.asarray(self.frames, dtype=np.int64), np.asarray(self.ids, dtype=np.int64),
-                np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4), np.asarray(self.scores, dtype=np.float32),
-                np.asarray(self.landmarks, dtype=np.float32).reshape(-1, 5, 2))
+        records = np.concatenate(self.blocks)[: self.count] if self.blocks else np.zeros(0, dtype=_RECORD)
+        return tuple(np.ascontiguousarray(records[name]) for name in ("frame", "id", "box", "score", "landmarks"))
 
 
 def _process_chunk(chunk: list, chunk_cuts: list[bool], analyzer, tracker: FaceTracker, found: _Detections,
@@ -125,14 +171,14 @@ def _process_chunk(chunk: list, chunk_cuts: list[bool], analyzer, tracker: FaceT
 
 
 def _frame_pass(video, analyzer, timings: dict, progress) -> tuple:
-    """Stream the frames once; returns (detections, time of every decoded frame, crop features (M, D) float16,
-    video summary, tracker)."""
+    """Stream the frames once; returns (detections, time of every decoded frame, crop features (M, D) float16 on
+    disk or None, video summary, tracker)."""
     cfg = analyzer.config
     tracker = FaceTracker(max_age=cfg.max_age, min_appearance=cfg.reid_min_appearance)
     cuts = ShotCutDetector(cfg.cut_threshold)
     analyzer._encoder.reset(timings)
     analyzer._keyframes.reset()
-    found, frame_times = _Detections(), []
+    found, frame_times = _Detections(), array("d")  # 8 bytes per frame
     with VideoReader(video) as reader:
         stream = reader.frames(cfg.stride)
         bar = progress if progress is not None else tqdm(total=reader.info.n_frames or None, unit="frame",
@@ -162,7 +208,7 @@ def _frame_pass(video, analyzer, timings: dict, progress) -> tuple:
                 break
         if progress is None:
             bar.close()
-        feats = analyzer._encoder.features()
+        feats = analyzer._encoder.feature_rows()  # on disk; None without faces
         summary = {"video": str(video), **reader.summary(), "fps": reader.info.fps,
                    "rotation": reader.info.rotation, "size": [reader.info.width, reader.info.height]}
     return found, frame_times, feats, summary, tracker
@@ -178,8 +224,12 @@ def analyze_one(video, analyzer, out_dir, video_out, stem, progress) -> pd.DataF
         raise InputFormatError(video, "no frame could be decoded (the file is truncated or damaged)")
     det_frames_a, det_ids_a, boxes_a, scores_a, landmarks_a = found.arrays()
     t5 = time.perf_counter()
-    with torch.inference_mode():
-        predictions = _predict_tracks(model, det_ids_a, det_frames_a, feats, cfg.stride) if len(det_ids_a) else {}
+    try:
+        with torch.inference_mode():
+            predictions = _predict_tracks(model, det_ids_a, det_frames_a, feats, cfg.stride) if len(det_ids_a) else {}
+    finally:
+        if feats is not None:
+            feats.close()
     timings["temporal"] += time.perf_counter() - t5
     t_link = time.perf_counter()
     if cfg.reid:  # tracks -> people: one face_id per person across cuts and long occlusions
