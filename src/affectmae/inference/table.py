@@ -84,14 +84,14 @@ def _part_labels(values: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray
     return label, binary
 
 
-def _track_values(rows, det_boxes, det_scores, det_landmarks, preds: dict) -> np.ndarray:
+def _track_values(rows, det_boxes, det_scores, det_landmarks, predictions: dict) -> np.ndarray:
     """The VALUE_COLUMNS of one track's detections ``rows``, (n, C)."""
     n = len(rows)
     lms = det_landmarks[rows]
     cols = [det_boxes[rows], det_scores[rows, None], lms.reshape(n, 10), pose_roll(lms)[:, None]]
-    cols.append(preds["va"] if "va" in preds else np.full((n, 2), np.nan))
-    cols.append(preds["expr"] if "expr" in preds else np.full((n, len(EXPRESSIONS)), np.nan))
-    cols.append(preds["au"] if "au" in preds else np.full((n, len(ACTION_UNITS)), np.nan))
+    cols.append(predictions["va"][rows] if "va" in predictions else np.full((n, 2), np.nan))
+    cols.append(predictions["expr"][rows] if "expr" in predictions else np.full((n, len(EXPRESSIONS)), np.nan))
+    cols.append(predictions["au"][rows] if "au" in predictions else np.full((n, len(ACTION_UNITS)), np.nan))
     return np.concatenate(cols, axis=1)
 
 
@@ -99,10 +99,10 @@ def build_table(det_frames, det_ids, det_boxes, det_scores, det_landmarks, predi
                 au_thresholds, input_name: str = "", face_ids: dict[int, int] | None = None) -> pd.DataFrame:
     """Assemble the per-(frame, face) table; frames no track covers get one ``face_detected=False`` row.
 
-    det_*: one entry per detection on an analysed frame (``det_boxes (n, 4)``, ``det_landmarks (n, 5, 2)``);
-    predictions: ``{track_id: {"va": (k, 2), "expr": (k, 8), "au": (k, 12)}}`` in that track's detection order.
-    face_ids: ``{track_id: face_id}`` (the person each track belongs to, :func:`.reid.link_tracks`); default:
-    the track id. Values are interpolated within a track only, never across two tracks of one person.
+    det_*: one entry per detection on an analysed frame (``det_boxes (n, 4)``, ``det_landmarks (n, 5, 2)``),
+    ``det_ids (n,)`` its track; predictions: ``{"va": (n, 2), "expr": (n, 8), "au": (n, 12)}``, row i for
+    detection i (a task the model lacks is absent: NaN columns). face_ids: ``{track_id: face_id}`` (the
+    person each track belongs to, :func:`.reid.link_tracks`); default: the track id. Values are interpolated within a track only, never across two tracks of one person.
     Built from arrays, one track at a time, so its memory is the table's plus one track's values.
     """
     n_frames = len(frame_times)
@@ -114,10 +114,9 @@ def build_table(det_frames, det_ids, det_boxes, det_scores, det_landmarks, predi
     bounds = dict(zip(ids_sorted[starts].tolist(), zip(starts, ends, strict=True), strict=True))
     parts = []  # (frame, face_id, face_detected, analyzed, values float32, label, AU 0/1)
     covered = np.zeros(n_frames, dtype=bool)
-    for fid, preds in predictions.items():
-        begin, end = bounds[fid]
+    for fid, (begin, end) in bounds.items():  # tracks in id order
         rows = order[begin:end]
-        values = _track_values(rows, det_boxes, det_scores, det_landmarks, preds)
+        values = _track_values(rows, det_boxes, det_scores, det_landmarks, predictions)
         frames, values, analysed = expand_track(det_frames[rows], values, stride, n_frames)
         covered[frames] = True
         person = fid if face_ids is None else face_ids[fid]

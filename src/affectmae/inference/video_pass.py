@@ -93,10 +93,12 @@ class TrackFeatures:
         return out if dtype is None else out.astype(dtype)
 
 
-def _predict_tracks(model, track_ids: np.ndarray, frames: np.ndarray, store, stride: int) -> dict[int, dict]:
+def _predict_tracks(model, track_ids: np.ndarray, frames: np.ndarray, store, stride: int) -> dict[str, np.ndarray]:
     """Temporal model per track over the grid of analysed frames; ``store``: the features of every detection
-    (:class:`.crop_encoder.FeatureRows`, row i = detection i). Returns {face_id: {"va": (n, 2), ...}}."""
-    out = {}
+    (:class:`.crop_encoder.FeatureRows`, row i = detection i). Returns ``{task: (n, C) float32}``, row i for
+    detection i: a few large arrays rather than small ones per track, whose interleaving with the model's
+    temporaries kept the allocator from reusing memory (RSS grew with the number of tracks)."""
+    out: dict[str, np.ndarray] = {}
     order = np.argsort(track_ids, kind="stable")  # detections grouped by track, each group in frame order
     ids_sorted = track_ids[order]
     starts = np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]])
@@ -107,7 +109,11 @@ def _predict_tracks(model, track_ids: np.ndarray, frames: np.ndarray, store, str
         mask = np.zeros(length, dtype=bool)
         mask[pos] = True
         preds = model.predict_sequence(TrackFeatures(store, rows, pos, length), mask)  # {task: (length, C)}
-        out[int(ids_sorted[begin])] = {k: _as_numpy(v)[pos] for k, v in preds.items()}
+        for task, values in preds.items():
+            values = _as_numpy(values)
+            if task not in out:
+                out[task] = np.full((len(track_ids), values.shape[1]), np.nan, dtype=np.float32)
+            out[task][rows] = values[pos]
     return out
 
 
@@ -243,7 +249,7 @@ def analyze_one(video, analyzer, out_dir, video_out, stem, progress) -> pd.DataF
         "frames_analyzed": int(sum(1 for i in range(len(frame_times)) if i % cfg.stride == 0)),
         "frames_without_face": int((~df.groupby("frame")["face_detected"].any()).sum()),
         "faces": int(len(set(person.values()))),
-        "tracks": int(len(predictions)),
+        "tracks": int(len(np.unique(det_ids_a))),
         "detections": int(len(det_ids_a)),
         "shot_cuts": tracker.n_cuts,
         "stride": cfg.stride,
