@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from affectmae import __version__
+from affectmae.checkpoint import BEST_FILE
 from affectmae.config import build_config, save_config
 from affectmae.errors import AffectMAEError, CheckpointError
 from affectmae.io import OutputLayout, atomic_path, atomic_write_text, check_output_dir, prepare_output_dir
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 
 MODEL_JSON = "affectmae_model.json"
 MODEL_FORMAT_VERSION = 1
-RUN_BEST = "best.safetensors"  # the best model of a training run folder
 # the output-folder rule (affectmae.io): a MODEL_DIR is replaced only with overwrite, and then wholly
 MODEL_LAYOUT = OutputLayout("export", finished=(MODEL_JSON,),
                             owned=(MODEL_JSON, "encoder.safetensors", "temporal_*.safetensors", "config.yaml"))
@@ -135,9 +135,9 @@ def _heads_from_runs(run_dirs, tasks=None) -> dict[str, list[Path]]:
     heads: dict[str, list[Path]] = {}
     for run in run_dirs:
         path = Path(run)
-        path = path / RUN_BEST if path.is_dir() else path
+        path = path / BEST_FILE if path.is_dir() else path
         if not path.is_file():
-            raise CheckpointError(f"{run}: no {RUN_BEST} (not a finished `affectmae train` run folder)")
+            raise CheckpointError(f"{run}: no {BEST_FILE} (not a finished `affectmae train` run folder)")
         for task in read_metadata(path).get("tasks", []):
             if tasks is None or task in tasks:
                 heads.setdefault(task, []).append(path)

@@ -25,20 +25,21 @@ from typing import Any
 
 import torch
 
+from affectmae.checkpoint import BEST_FILE
 from affectmae.io import OutputLayout, check_output_dir
+from affectmae.models.vit import ENCODER_FILE
 from affectmae.training.metrics_log import METRICS_FILE, TENSORBOARD_DIR
 from affectmae.training.state import save_training_state
 
 STATE_FILE = "last_state.safetensors"
-BEST_FILE = "best.safetensors"
 BEST_RECORD_FILE = "best.json"
 CONFIG_FILE = "config.yaml"
 
 
 RUN_LAYOUT = OutputLayout(
-    "training", finished=(STATE_FILE, BEST_FILE, BEST_RECORD_FILE, "encoder.safetensors"),
+    "training", finished=(STATE_FILE, BEST_FILE, BEST_RECORD_FILE, ENCODER_FILE),
     owned=(CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, STATE_FILE, "state_*.safetensors", BEST_RECORD_FILE, BEST_FILE,
-           "encoder.safetensors", "head_*.safetensors", "recon"),
+           ENCODER_FILE, "head_*.safetensors", "recon"),
     resumable=True, resume_marker=STATE_FILE)
 
 

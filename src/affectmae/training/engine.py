@@ -64,15 +64,6 @@ def check_finite(loss: torch.Tensor | float, epoch: int, step: int, run_dir: str
         )
 
 
-def open_run_dir(run_dir: Path, cfg: Any, resume: bool, is_main: bool = True, overwrite: bool = False,
-                 stage: str = "training") -> str:
-    """Check the run folder (:func:`~affectmae.training.checkpoints.check_run_dir`: a folder holding a run is
-    refused unless ``resume`` or ``overwrite``). Nothing is written here: :func:`fit` creates the folder and
-    writes ``config.yaml`` once the run has been built and, on ``resume``, restored (a refused resume leaves the
-    folder as it was). ``cfg`` and ``is_main`` are kept for the stages' calls. Returns the mode."""
-    return check_run_dir(run_dir, resume, overwrite, stage)
-
-
 class TrainingRun:
     """One run folder while it trains: counters, the metrics logger, the checkpoint manager, the best epoch.
 

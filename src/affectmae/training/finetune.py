@@ -35,8 +35,9 @@ from affectmae.evaluation.metrics import evaluate
 from affectmae.models.preprocess import encoder_normalisation
 from affectmae.models.vit import ViTEncoder, load_encoder, save_encoder
 from affectmae.tasks import TaskSpec, get_task
+from affectmae.training.checkpoints import check_run_dir
 from affectmae.training.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
-from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, open_run_dir, progress
+from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, progress
 from affectmae.training.losses import class_weights, task_loss
 from affectmae.training.memory import keep_freed_memory
 from affectmae.training.optim import (
@@ -223,7 +224,7 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
     """Check the run folder, load the encoder, add the head, build the frames and AdamW; restore on ``resume``."""
     _check(cfg)
     spec = get_task(cfg.task)
-    open_run_dir(Path(cfg.out), cfg, cfg.resume, info.is_main, cfg.overwrite, "finetune")
+    check_run_dir(Path(cfg.out), cfg.resume, cfg.overwrite, "finetune")
     device = info.device
     torch.manual_seed(cfg.seed)
     encoder = load_encoder(cfg.encoder, img_size=cfg.img_size, drop_path_rate=0.0 if cfg.freeze_encoder else cfg.drop_path,

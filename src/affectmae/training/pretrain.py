@@ -32,6 +32,7 @@ from affectmae.errors import AffectMAEError
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.preprocess import encoder_normalisation, train_transform
 from affectmae.models.vit import build_encoder, init_like_reference_mae, load_encoder, save_encoder
+from affectmae.training.checkpoints import check_run_dir
 from affectmae.training.distributed import (
     DistInfo,
     GlobalBatchSampler,
@@ -40,7 +41,7 @@ from affectmae.training.distributed import (
     barrier,
     distributed_session,
 )
-from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, open_run_dir
+from affectmae.training.engine import Stage, TrainingRun, check_finite, fit
 from affectmae.training.memory import keep_freed_memory
 from affectmae.training.optim import make_adamw, param_groups_weight_decay, set_lr, warmup_cosine_lr
 from affectmae.training.pretrain_data import MAEAugmented, fixed_batch, save_reconstruction_figure
@@ -154,7 +155,7 @@ def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining,
         raise AffectMAEError("pretrain needs an output folder (-o RUN_DIR)")
     if not cfg.images:
         raise AffectMAEError("pretrain needs at least one --images source (e.g. folder:/path/to/faces)")
-    open_run_dir(Path(cfg.out), cfg, cfg.resume, info.is_main, cfg.overwrite, "pretrain")
+    check_run_dir(Path(cfg.out), cfg.resume, cfg.overwrite, "pretrain")
     barrier(info)
     device = info.device
     keep_freed_memory(device)

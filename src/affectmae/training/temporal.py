@@ -35,14 +35,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from affectmae.checkpoint import BEST_FILE
 from affectmae.config import build_config, config_to_dict
 from affectmae.device import select_device
 from affectmae.errors import AffectMAEError
 from affectmae.features.store import FeatureStore
 from affectmae.models.temporal import TemporalConfig, TemporalModel, predict_sequence, save_temporal
 from affectmae.tasks import TASKS, get_task
-from affectmae.training.checkpoints import BEST_FILE
-from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, open_run_dir
+from affectmae.training.checkpoints import check_run_dir
+from affectmae.training.engine import Stage, TrainingRun, check_finite, fit
 from affectmae.training.losses import class_weights, multitask_loss
 from affectmae.training.optim import make_adamw, param_groups_weight_decay, set_lr, warmup_cosine_lr
 from affectmae.training.temporal_data import LabelledVideo, SegmentBatches, load_labelled_videos, select_fold
@@ -241,7 +242,7 @@ def setup_temporal(cfg: TrainConfig) -> tuple[TemporalTraining, TrainingRun]:
     train_videos, val_videos = select_fold(videos, cfg.fold, cfg.n_folds, cfg.fold_seed)
     mcfg = TemporalConfig(**{**asdict(cfg.model), "input_dim": store.dim, "tasks": tasks})
     cfg = dataclasses.replace(cfg, model=mcfg)
-    open_run_dir(Path(cfg.out), cfg, cfg.resume, overwrite=cfg.overwrite, stage="train")
+    check_run_dir(Path(cfg.out), cfg.resume, cfg.overwrite, "train")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = select_device(cfg.device)
