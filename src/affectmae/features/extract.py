@@ -105,8 +105,9 @@ def _check_settings(cfg: ExtractConfig) -> None:
 
 def load_extract_encoder(cfg: ExtractConfig, device):
     """The encoder ``cfg`` names, in eval mode on ``device`` (quantised when asked); returns
-    ``(encoder, identifier, metadata)`` as :func:`affectmae.models.baseline_encoders.build_extract_encoder`,
-    with the fingerprint of the weights (before any quantisation) in ``metadata["sha256"]``."""
+    ``(encoder, identifier, metadata, fingerprint)``: the first three as
+    :func:`affectmae.models.baseline_encoders.build_extract_encoder`, the last the sha256 of the weights before
+    any quantisation (:func:`~affectmae.features.fingerprint.encoder_fingerprint`)."""
     from affectmae.features.fingerprint import encoder_fingerprint
     from affectmae.models.baseline_encoders import build_extract_encoder
 
@@ -117,8 +118,8 @@ def load_extract_encoder(cfg: ExtractConfig, device):
             raise AffectMAEError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
     built, enc_id, enc_meta = build_extract_encoder(cfg.encoder, cfg.seed, img_size=cfg.img_size,
                                                     pooling=cfg.pooling, num_heads=cfg.num_heads)
-    enc_meta = {**enc_meta, "sha256": encoder_fingerprint(built)}
-    return quantize_encoder(built.eval().to(device), cfg.quantize), enc_id, enc_meta
+    fingerprint = encoder_fingerprint(built)
+    return quantize_encoder(built.eval().to(device), cfg.quantize), enc_id, enc_meta, fingerprint
 
 
 def _frame_encoder(encoder, device, size: int):
@@ -155,7 +156,7 @@ def extract_features(cfg: ExtractConfig) -> dict:
     counts = video_frame_counts(frame_index, cfg.annotations or None, list(cfg.videos) if cfg.videos else None)
     counts, without_frames = _videos_with_frames(frame_index, counts, cfg.allow_missing_videos)
     device = select_device(cfg.device)
-    encoder, enc_id, enc_meta = load_extract_encoder(cfg, device)
+    encoder, enc_id, enc_meta, fingerprint = load_extract_encoder(cfg, device)
     decode_threads = cfg.decode_threads if cfg.decode_threads >= 0 else (0 if device.type == "cpu" else 2)
     dim = int(encoder.embed_dim)
     size = int(encoder.arch["img_size"])
@@ -163,7 +164,7 @@ def extract_features(cfg: ExtractConfig) -> dict:
     cpu_gemm = _continued_cpu_gemm(root / "features.json")
     write_features_meta(root, {"cpu_gemm": cpu_gemm,
         "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "encoder": enc_id, "encoder_meta": enc_meta,
-        "encoder_sha256": enc_meta["sha256"],
+        "encoder_sha256": fingerprint,
         "dim": dim, "dtype": "float16", "img_size": size, "missing": cfg.missing, "quantize": cfg.quantize,
         "mask": "present: True where the frame image existed and decoded"})
     save_config(cfg, root / "config.yaml")
