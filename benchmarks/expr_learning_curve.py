@@ -37,8 +37,10 @@ from bench_pretrain import cpu_name
 SIDE = 56
 
 
-def load_frames(root: str, videos: list[str], stride: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Grey 56x56 frames standardised per frame, EXPR labels (N,), AU labels (N, 12); frames valid for both."""
+def load_frames(root: str, videos: list[str], stride: int,
+                center: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grey 56x56 frames standardised per frame, EXPR labels (N,), AU labels (N, 12); frames valid for both.
+    ``center``: subtract each video's mean frame (over its frames kept here), leaving what changes in the video."""
     index = FrameIndex(os.path.join(root, "cropped_aligned"))
     ann = os.path.join(root, "annotations")
     expr = {v.video: v for v in load_annotations(ann, "expr", "train") + load_annotations(ann, "expr", "val")}
@@ -48,13 +50,17 @@ def load_frames(root: str, videos: list[str], stride: int) -> tuple[torch.Tensor
         e, a = expr[name], au[name]
         n = min(e.n_frames, a.n_frames)
         keep = e.valid[:n] & a.valid[:n] & index.available(name, n)
+        frames = []
         for k in np.flatnonzero(keep)[::stride]:
             img = Image.open(index.frame_path(name, k)).convert("L").resize((SIDE, SIDE), Image.BICUBIC)
-            xs.append(np.asarray(img, np.float32) / 255.0)
+            frames.append(np.asarray(img, np.float32) / 255.0)
             es.append(int(e.labels[k, 0]))
             aus.append(a.labels[k])
-    x = torch.tensor(np.stack(xs))[:, None]
-    x = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-3)
+        if frames:
+            v = np.stack(frames)
+            v = (v - v.mean((1, 2), keepdims=True)) / (v.std((1, 2), keepdims=True) + 1e-3)
+            xs.append(v - v.mean(0, keepdims=True) if center else v)
+    x = torch.tensor(np.concatenate(xs))[:, None]
     return x, torch.tensor(es), torch.tensor(np.stack(aus), dtype=torch.float32)
 
 
@@ -104,6 +110,8 @@ def main() -> None:
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.0625, 0.25, 1.0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--center-video", action="store_true",
+                        help="subtract each video's mean frame from its frames (training and scoring alike)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     ann = os.path.join(args.data, "annotations")
@@ -112,15 +120,17 @@ def main() -> None:
     val_videos = sorted({v.video for v in load_annotations(ann, "expr", "val")}
                         & {v.video for v in load_annotations(ann, "au", "val")})
     held, pool = train_videos[3::4], [v for i, v in enumerate(train_videos) if i % 4 != 3]
-    held_set, val_set = load_frames(args.data, held, 2), load_frames(args.data, val_videos, 2)
+    held_set = load_frames(args.data, held, 2, args.center_video)
+    val_set = load_frames(args.data, val_videos, 2, args.center_video)
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{len(pool)} training videos, {len(held)} held-out training videos, {len(val_videos)} validation videos")
+    print(f"{len(pool)} training videos, {len(held)} held-out training videos, {len(val_videos)} validation videos"
+          + (", each video's mean frame subtracted" if args.center_video else ""))
     print("| training videos | training frames | EXPR fit | EXPR held-out videos | EXPR unseen people | "
           "AU fit | AU held-out videos | AU unseen people | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for fraction in args.fractions:
         chosen = pool[: max(1, round(fraction * len(pool)))]
-        x, e, a = load_frames(args.data, chosen, 1)
+        x, e, a = load_frames(args.data, chosen, 1, args.center_video)
         start = time.perf_counter()
         net = train(x, e, a, args.steps, args.seed)
         fit = scores(net, x[:3000], e[:3000], a[:3000])
