@@ -7,7 +7,9 @@ For each mode and seed, the realistic set (``synth --source photos``, 40 videos 
 
 - ``kN``: N of the 14 training people (chosen by the seed);
 - ``blendN``: the 14 training people plus N new identities, each an aligned blend of two training people
-  (weights 0.35-0.65); validation people are never blended.
+  (weights 0.35-0.65); validation people are never blended;
+- ``mixN``: the 14 training people plus N new identities, each an aligned blend of three training people
+  (Dirichlet(1, 1, 1) weights), for more identities than the 91 pairs allow.
 
 Then the CLI runs as a user would: ``pretrain --config pretrain_tiny`` on the set's ``faces/`` images,
 ``finetune --config finetune_tiny`` (EXPR, from that encoder), ``extract`` with the fine-tuned encoder, and
@@ -42,6 +44,12 @@ def _blend(a: PhotoPerson, b: PhotoPerson, w: float) -> PhotoPerson:
     return PhotoPerson(f"{a.key}+{b.key}", a.source, canvas, min(a.score, b.score), min(a.face_px, b.face_px))
 
 
+def _mix(people: list[PhotoPerson], weights: np.ndarray, tag: int) -> PhotoPerson:
+    canvas = sum(w * p.canvas for w, p in zip(weights, people, strict=True)).astype(np.float32)
+    return PhotoPerson("+".join(p.key for p in people) + f"#{tag}", people[0].source, canvas,
+                       min(p.score for p in people), min(p.face_px for p in people))
+
+
 def training_people(train: list, mode: str, seed: int) -> list:
     """The training identities of ``mode`` (see the module docstring)."""
     rng = np.random.default_rng([seed, 99])
@@ -53,7 +61,12 @@ def training_people(train: list, mode: str, seed: int) -> list:
                   for j in rng.permutation(len(pairs))[: int(mode[5:])]]
         pool = train + blends
         return [pool[i] for i in rng.permutation(len(pool))]
-    raise SystemExit(f"unknown mode {mode!r}: use kN or blendN")
+    if mode.startswith("mix"):
+        mixes = [_mix([train[i] for i in rng.choice(len(train), 3, replace=False)], rng.dirichlet(np.ones(3)), j)
+                 for j in range(int(mode[3:]))]
+        pool = train + mixes
+        return [pool[i] for i in rng.permutation(len(pool))]
+    raise SystemExit(f"unknown mode {mode!r}: use kN, blendN or mixN")
 
 
 def patch_people(mode: str, seed: int) -> None:
