@@ -126,9 +126,10 @@ def main() -> None:
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{len(pool)} training videos, {len(held)} held-out training videos, {len(val_videos)} validation videos"
           + (", each video's mean frame subtracted" if args.center_video else ""))
-    person = {v["name"]: v.get("person") for v in json.loads(open(os.path.join(args.data, "synth_info.json")).read())["videos"]}
-    print("| training videos | training people | training frames | EXPR fit | EXPR held-out videos | EXPR unseen people | "
-          "AU fit | AU held-out videos | AU unseen people | seconds |")
+    with open(os.path.join(args.data, "synth_info.json")) as f:
+        person = {v["name"]: v.get("person") for v in json.load(f)["videos"]}
+    print("| training videos | training people | training frames | EXPR fit | EXPR held-out videos | "
+          "EXPR unseen people | AU fit | AU held-out videos | AU unseen people | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for fraction in args.fractions:
         chosen = pool[: max(1, round(fraction * len(pool)))]
@@ -137,8 +138,8 @@ def main() -> None:
         net = train(x, e, a, args.steps, args.seed)
         fit = scores(net, x[:3000], e[:3000], a[:3000])
         held_s, val_s = scores(net, *held_set), scores(net, *val_set)
-        print(f"| {len(chosen)} | {len({person[v] for v in chosen})} | {len(x)} | {fit[0]:.3f} | {held_s[0]:.3f} | {val_s[0]:.3f} | {fit[1]:.3f} | "
-              f"{held_s[1]:.3f} | {val_s[1]:.3f} | {time.perf_counter() - start:.0f} |", flush=True)
+        print(f"| {len(chosen)} | {len({person[v] for v in chosen})} | {len(x)} | {fit[0]:.3f} | {held_s[0]:.3f} | "
+              f"{val_s[0]:.3f} | {fit[1]:.3f} | {held_s[1]:.3f} | {val_s[1]:.3f} | {time.perf_counter() - start:.0f} |", flush=True)
     e_val, a_val = val_set[1].numpy()[:, None], val_set[2].numpy()
     ones = np.ones(len(e_val), bool)
     print(f"| chance: uniform | | | | | {uniform_chance('expr', e_val, ones)['expr_f1']:.3f} | | | "

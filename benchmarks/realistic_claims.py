@@ -6,14 +6,15 @@
 For every seed the whole learned pipeline is run again. With ``--split per-seed`` (the default) every seed
 also gets its own dataset, ``synth --seed k``, and with it its own 4 validation people (unseen in training),
 so the mean over seeds is a mean over person splits, as in leave-subjects-out evaluation: measured with a
-supervised CNN (docs/benchmarks.md), the split alone moved unseen-people EXPR F1 between 0.14 and 0.20.
-``--split fixed`` keeps one dataset (seed 0) for every seed, as before::
+supervised CNN (docs/benchmarks.md), the split alone moved unseen-people EXPR F1 between 0.14 and 0.22.
+``--split fixed`` keeps one dataset (seed 0) for every seed, as before. Below, DATA is OUT/s<k>/data
+(per-seed) or OUT/data (fixed)::
 
-    affectmae synth OUT/data --source photos --videos 16 --frames 300    (per-seed: OUT/s<k>/data --seed k)
-    affectmae pretrain --config pretrain_tiny -o OUT/s<k>/pretrain --images OUT/data/faces seed=k
-    affectmae finetune --config finetune_tiny --annotations OUT/data --encoder OUT/s<k>/pretrain -o OUT/s<k>/finetune seed=k
+    affectmae synth DATA --source photos --videos 16 --frames 300 --seed k     (--seed 0 with --split fixed)
+    affectmae pretrain --config pretrain_tiny -o OUT/s<k>/pretrain --images DATA/faces seed=k
+    affectmae finetune --config finetune_tiny --annotations DATA --encoder OUT/s<k>/pretrain -o OUT/s<k>/finetune seed=k
     affectmae extract --encoder OUT/s<k>/finetune ...           (and the MAE encoder, random:<encoder> --seed k)
-    affectmae extract --encoder pixels:24 ...                   (once)
+    affectmae extract --encoder pixels:24 ...                   (once per dataset)
     affectmae ablate --task multi --features ... --mae-features ... --pixel-features ... --random-features ... --seeds k
 
 then averages every Table 5 row over the seeds (mean ± sample std) and checks the targets of issue 9:
