@@ -24,6 +24,7 @@ from affectmae.io import OutputWriteError, atomic_path
 META_KEY = "affectmae"
 FORMAT_VERSION = 1
 BEST_FILE = "best.safetensors"  # the best model of an `affectmae train` run folder (training and inference)
+ENCODER_FILE = "encoder.safetensors"  # the encoder of a pretrain/finetune run folder and of a MODEL_DIR
 
 
 def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:

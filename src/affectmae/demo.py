@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from affectmae.checkpoint import ENCODER_FILE
 from affectmae.config import build_config
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.scoring import score_submission
@@ -126,10 +127,10 @@ def _encoder_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> Pa
                                                       f"warmup_steps={max(1, min(cfg.finetune_steps // 12, 50))}"]
         finetune_dir = run_finetune("finetune_tiny", [f"seed={cfg.seed}", *steps], annotations=str(data),
                                     encoder=str(pretrain_dir), out=str(out / "finetune"), overwrite=True)
-    encoder = Path(finetune_dir) / "encoder.safetensors"
+    encoder = Path(finetune_dir) / ENCODER_FILE
     with _stage(timings, "extract"):
         # the fine-tuned encoder, then the baselines: MAE only, the same architecture with random weights, pixels
-        for folder, enc in (("features", encoder), ("features_mae", Path(pretrain_dir) / "encoder.safetensors"),
+        for folder, enc in (("features", encoder), ("features_mae", Path(pretrain_dir) / ENCODER_FILE),
                             ("features_random", f"random:{encoder}"), ("features_pixels", "pixels:24")):
             extract_features(ExtractConfig(encoder=str(enc), frames=str(data / "cropped_aligned"), seed=cfg.seed,
                                            out=str(out / folder), annotations=str(data / "annotations"),

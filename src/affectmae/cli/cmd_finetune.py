@@ -27,10 +27,11 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from affectmae.checkpoint import ENCODER_FILE
     from affectmae.training.finetune import run_finetune
 
     run_dir = run_finetune(args.config, args.overrides, annotations=args.annotations, encoder=args.encoder, out=args.out,
                            task=args.task, frames=args.frames, resume=args.resume or None,
                            overwrite=args.overwrite or None)
-    print(run_dir / "encoder.safetensors")
+    print(run_dir / ENCODER_FILE)
     return 0

@@ -24,9 +24,10 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from affectmae.checkpoint import ENCODER_FILE
     from affectmae.training.pretrain import run_pretrain
 
     run_dir = run_pretrain(args.config, args.overrides, images=args.images, out=args.out, resume=args.resume or None,
                            overwrite=args.overwrite or None)
-    print(run_dir / "encoder.safetensors")
+    print(run_dir / ENCODER_FILE)
     return 0

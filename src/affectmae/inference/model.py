@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from affectmae import __version__
-from affectmae.checkpoint import BEST_FILE
+from affectmae.checkpoint import BEST_FILE, ENCODER_FILE
 from affectmae.config import build_config, save_config
 from affectmae.errors import AffectMAEError, CheckpointError
 from affectmae.io import OutputLayout, atomic_path, atomic_write_text, check_output_dir, prepare_output_dir
@@ -53,7 +53,7 @@ MODEL_JSON = "affectmae_model.json"
 MODEL_FORMAT_VERSION = 1
 # the output-folder rule (affectmae.io): a MODEL_DIR is replaced only with overwrite, and then wholly
 MODEL_LAYOUT = OutputLayout("export", finished=(MODEL_JSON,),
-                            owned=(MODEL_JSON, "encoder.safetensors", "temporal_*.safetensors", "config.yaml"))
+                            owned=(MODEL_JSON, ENCODER_FILE, "temporal_*.safetensors", "config.yaml"))
 
 
 class AffectModel:
@@ -165,7 +165,7 @@ def load_model_dir(path: str | Path) -> AffectModel:
         for f in files:
             if not f.is_file():
                 raise CheckpointError(f"{root}: {f.name} is listed in {MODEL_JSON} but missing")
-    encoder = root / meta.get("encoder", "encoder.safetensors")
+    encoder = root / meta.get("encoder", ENCODER_FILE)
     if not encoder.is_file():
         raise CheckpointError(f"{root}: encoder file {encoder.name} missing")
     return AffectModel(heads, encoder)
@@ -208,12 +208,12 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     if align_margin is not None and not 0.2 <= float(align_margin) <= 5:
         raise AffectMAEError(f"align_margin must be in [0.2, 5], got {align_margin}")
     prepare_output_dir(out, MODEL_LAYOUT, mode)
-    save_encoder(enc, out / "encoder.safetensors", {"source": str(encoder)})
+    save_encoder(enc, out / ENCODER_FILE, {"source": str(encoder)})
     for f, name in names.items():
         with atomic_path(out / name) as tmp:
             shutil.copyfile(f, tmp)
     entry = {t: ([names[f] for f in files] if len(files) > 1 else names[files[0]]) for t, files in heads.items()}
-    meta = {"format_version": MODEL_FORMAT_VERSION, "affectmae_version": __version__, "encoder": "encoder.safetensors",
+    meta = {"format_version": MODEL_FORMAT_VERSION, "affectmae_version": __version__, "encoder": ENCODER_FILE,
             "heads": {t: entry[t] for t in TASKS if t in entry}, "runs": [str(r) for r in runs],
             "cpu_gemm": _features_cpu_gemm(names)}
     meta["encoder_sha256"] = fingerprint

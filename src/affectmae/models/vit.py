@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from affectmae.checkpoint import load_state_strict, load_weights, read_metadata, save_weights
+from affectmae.checkpoint import ENCODER_FILE, load_state_strict, load_weights, read_metadata, save_weights
 from affectmae.errors import CheckpointError
 from affectmae.models.fast_linear import use_fast_linear
 from affectmae.models.foreign import POOLINGS, WIDTH_HEADS, checkpoint_hints, read_hub_config, read_torch_file
@@ -50,7 +50,6 @@ from affectmae.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-ENCODER_FILE = "encoder.safetensors"
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},

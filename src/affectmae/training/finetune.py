@@ -33,7 +33,7 @@ from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
 from affectmae.models.preprocess import encoder_normalisation
-from affectmae.models.vit import ViTEncoder, load_encoder, save_encoder
+from affectmae.models.vit import ENCODER_FILE, ViTEncoder, load_encoder, save_encoder
 from affectmae.tasks import TaskSpec, get_task
 from affectmae.training.checkpoints import check_run_dir
 from affectmae.training.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
@@ -335,7 +335,7 @@ def _save_best(f: Finetuning, run: TrainingRun, metrics: dict[str, Any]) -> None
     """The best epoch's encoder (what ``extract`` reads) and head."""
     meta = {"stage": "finetune", "task": f.spec.name, "epoch": run.epoch, "val_score": run.best["score"],
             "freeze_encoder": f.cfg.freeze_encoder}
-    save_encoder(f.model.encoder, run.run_dir / "encoder.safetensors", meta)
+    save_encoder(f.model.encoder, run.run_dir / ENCODER_FILE, meta)
     save_weights(run.run_dir / f"head_{f.spec.name}.safetensors", f.model.head.state_dict(),
                  {**meta, "kind": "linear_head", "in_features": f.model.encoder.embed_dim,
                   "num_outputs": f.spec.num_outputs})

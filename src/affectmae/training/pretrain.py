@@ -31,7 +31,7 @@ from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.models.mae import MaskedAutoencoder
 from affectmae.models.preprocess import encoder_normalisation, train_transform
-from affectmae.models.vit import build_encoder, init_like_reference_mae, load_encoder, save_encoder
+from affectmae.models.vit import ENCODER_FILE, build_encoder, init_like_reference_mae, load_encoder, save_encoder
 from affectmae.training.checkpoints import check_run_dir
 from affectmae.training.distributed import (
     DistInfo,
@@ -241,7 +241,7 @@ def train_one_epoch(p: Pretraining, run: TrainingRun) -> dict[str, Any]:
 
 def _save_products(p: Pretraining, run: TrainingRun, record: dict[str, Any]) -> None:
     """After every epoch's state: the encoder, and the reconstruction figure every ``recon_every_epochs``."""
-    save_encoder(p.model.encoder, run.run_dir / "encoder.safetensors",
+    save_encoder(p.model.encoder, run.run_dir / ENCODER_FILE,
                  {"stage": "pretrain", "epoch": run.epoch, "global_step": run.global_step, "mae_loss": record["loss"]})
     if p.fig_batch is not None and (run.epoch % p.cfg.recon_every_epochs == 0 or run.epoch == p.cfg.epochs):
         _write_figure(p.model, p.fig_batch, p.cfg, p.info.device, run.run_dir / "recon" / f"epoch_{run.epoch:04d}.png")
