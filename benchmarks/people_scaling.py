@@ -39,15 +39,11 @@ from bench_pretrain import cpu_name
 from encoder_probe import probe
 
 
-def _blend(a: PhotoPerson, b: PhotoPerson, w: float) -> PhotoPerson:
-    canvas = (w * a.canvas + (1 - w) * b.canvas).astype(np.float32)
-    return PhotoPerson(f"{a.key}+{b.key}", a.source, canvas, min(a.score, b.score), min(a.face_px, b.face_px))
-
-
-def _mix(people: list[PhotoPerson], weights: np.ndarray, tag: int) -> PhotoPerson:
+def _mix(people: list[PhotoPerson], weights, tag: int | None = None) -> PhotoPerson:
+    """An aligned blend of ``people`` with ``weights`` (summing to 1): a new identity."""
     canvas = sum(w * p.canvas for w, p in zip(weights, people, strict=True)).astype(np.float32)
-    return PhotoPerson("+".join(p.key for p in people) + f"#{tag}", people[0].source, canvas,
-                       min(p.score for p in people), min(p.face_px for p in people))
+    key = "+".join(p.key for p in people) + ("" if tag is None else f"#{tag}")
+    return PhotoPerson(key, people[0].source, canvas, min(p.score for p in people), min(p.face_px for p in people))
 
 
 def training_people(train: list, mode: str, seed: int) -> list:
@@ -57,8 +53,10 @@ def training_people(train: list, mode: str, seed: int) -> list:
         return [train[i] for i in sorted(rng.permutation(len(train))[: int(mode[1:])])]
     if mode.startswith("blend"):
         pairs = list(itertools.combinations(range(len(train)), 2))
-        blends = [_blend(train[pairs[j][0]], train[pairs[j][1]], rng.uniform(0.35, 0.65))
-                  for j in rng.permutation(len(pairs))[: int(mode[5:])]]
+        blends = []
+        for j in rng.permutation(len(pairs))[: int(mode[5:])]:
+            w = rng.uniform(0.35, 0.65)
+            blends.append(_mix([train[pairs[j][0]], train[pairs[j][1]]], (w, 1 - w)))
         pool = train + blends
         return [pool[i] for i in rng.permutation(len(pool))]
     if mode.startswith("mix"):
