@@ -97,13 +97,14 @@ def test_ablate_cli_writes_table_5(tmp_path, capsys):
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| Method | VA | EXPR | AU (0.5) | AU (thresholds from train) |"
-    assert [line.split("|")[1].strip() for line in lines[2:11]] == [
+    assert [line.split("|")[1].strip() for line in lines[2:12]] == [
         "ours (TCN + Transformer)", "w/o fine-tuning", "w/o TCN", "w/o Transformer", "per-frame linear",
-        "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)", "chance: uniform random",
+        "raw pixels (TCN + Transformer)", "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)", "chance: uniform random",
         "chance: majority class, mean VA, all-ones AU"]
-    assert lines[9] == "| chance: uniform random | 0.0000 | - | - | - |"
+    assert lines[10] == "| chance: uniform random | 0.0000 | - | - | - |"
     result = json.loads((out / "ablation_results.json").read_text())
-    for variant in ("full", "no_finetune", "no_tcn", "no_transformer", "linear", "pixels", "random_encoder"):
+    for variant in ("full", "no_finetune", "no_tcn", "no_transformer", "linear", "pixels_temporal", "pixels",
+                    "random_encoder"):
         best = json.loads((out / variant / "va" / "best.json").read_text())["metrics"]
         assert result["results"][variant]["va"] == pytest.approx(best["va"]["score"])
         assert result["results"][variant]["per_seed"]["0"]["va"] == pytest.approx(best["va"]["score"])
@@ -113,13 +114,19 @@ def test_ablate_cli_writes_table_5(tmp_path, capsys):
     pixels = yaml.safe_load((out / "pixels" / "va" / "config.yaml").read_text())
     assert pixels["features"] == str(extra["p"]) and pixels["model"]["arch"] == "linear"
     assert pixels["model"]["input_dim"] == 36
+    # the strong baseline: the same pixels through the full temporal model, everything else as in "ours"
+    pixels_temporal = yaml.safe_load((out / "pixels_temporal" / "va" / "config.yaml").read_text())
+    ours = yaml.safe_load((out / "full" / "va" / "config.yaml").read_text())
+    assert pixels_temporal["features"] == str(extra["p"]) and pixels_temporal["model"]["input_dim"] == 36
+    assert {k: v for k, v in pixels_temporal["model"].items() if k != "input_dim"} == {
+        k: v for k, v in ours["model"].items() if k != "input_dim"}
     random_cfg = yaml.safe_load((out / "random_encoder" / "va" / "config.yaml").read_text())
     assert random_cfg["features"] == str(extra["r"]) and random_cfg["model"]["arch"] != "linear"
     # without the extra features the rows are reported as not run, not silently dropped
     rc = main(["ablate", "--features", str(feats), "--data", str(ann), "--task", "va", "-o", str(tmp_path / "a2"), *TINY])
     assert rc == 0
     printed = capsys.readouterr().out
-    for title in ("w/o fine-tuning", "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)"):
+    for title in ("w/o fine-tuning", "raw pixels (TCN + Transformer)", "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)"):
         assert f"| {title} | not run | not run | not run | not run |" in printed
 
 

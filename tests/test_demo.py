@@ -32,7 +32,8 @@ def test_demo_runs_every_stage_and_reports_where_outputs_are(tmp_path, capsys):
     ablation_rows = {line.split("|")[1].strip(): line for line in summary["ablation_table"].splitlines()[2:]
                      if line.startswith("|")}
     for row in ("ours (TCN + Transformer)", "w/o fine-tuning", "w/o TCN", "w/o Transformer", "per-frame linear",
-                "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)"):
+                "raw pixels (TCN + Transformer)", "raw pixels (per-frame linear)",
+                "random-init encoder (TCN + Transformer)"):
         assert ablation_rows[row].count(" ± ") == 4, ablation_rows[row]
     assert "Table 5 (mean ± std over seeds 0, 1)" in printed
     assert (out / "cv" / "cv_results.csv").is_file() and (out / "ablate" / "ablation_results.csv").is_file()

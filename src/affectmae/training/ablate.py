@@ -9,8 +9,10 @@ change named):
 - ``no_tcn``: ``model.use_tcn=false`` (a linear projection to the same width instead);
 - ``no_transformer``: ``model.use_transformer=false``;
 - ``linear``: a linear layer per frame on the same features (no temporal context);
-- ``pixels``: the per-frame linear model on raw grey pixels (``pixel_features``, from
-  ``extract --encoder pixels:24``);
+- ``pixels_temporal``: TCN + Transformer, the full model, on raw grey pixels (``pixel_features``, from
+  ``extract --encoder pixels:24``), person normalisation as configured: the strong baseline, everything
+  but the encoder;
+- ``pixels``: the per-frame linear model on the same raw grey pixels;
 - ``random_encoder``: TCN + Transformer on features of a randomly initialised encoder of the same
   architecture (``random_features``, from ``extract --encoder random:<encoder> --seed k``);
 - ``chance_uniform`` / ``chance_majority``: computed from the validation labels, nothing trained
@@ -49,13 +51,15 @@ VARIANTS = (
     ("no_tcn", "w/o TCN"),
     ("no_transformer", "w/o Transformer"),
     ("linear", "per-frame linear"),
+    ("pixels_temporal", "raw pixels (TCN + Transformer)"),
     ("pixels", "raw pixels (per-frame linear)"),
     ("random_encoder", "random-init encoder (TCN + Transformer)"),
 )
 COLUMNS = (("va", "VA"), ("expr_f1", "EXPR"), ("au_f1", "AU (0.5)"), ("au_f1_tuned", "AU (tuned)"))
 KEYS = [c for c, _ in COLUMNS]
+PIXELS = ("pixel_features", "--pixel-features", "extract --encoder pixels:24")
 FEATURE_OPTIONS = {"no_finetune": ("mae_features", "--mae-features", "features of the MAE-pretrained encoder"),
-                   "pixels": ("pixel_features", "--pixel-features", "extract --encoder pixels:24"),
+                   "pixels_temporal": PIXELS, "pixels": PIXELS,
                    "random_encoder": ("random_features", "--random-features",
                                       "extract --encoder random:<encoder> --seed k")}
 
