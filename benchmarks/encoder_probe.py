@@ -71,6 +71,45 @@ def probe(store: FeatureStore, annotations: str, stride: int, person: bool, seed
     return scores
 
 
+def identity_and_expression(store: FeatureStore, data: str | Path, seed: int = 0) -> dict[str, float]:
+    """What a frame encoder carries about *who* versus *what expression*, on the training videos of a
+    ``synth`` folder: linear probes fitted on the first half of every training video's frames and scored on
+    the second half. ``identity``: accuracy of a logistic regression over the person shown (``synth_info.json``,
+    the identity where several photographs show one person), with ``identity_chance`` the share of the most
+    common person; ``expr_f1``: macro-F1 of the same kind of probe over the EXPR labels."""
+    data = Path(data)
+    info = json.loads((data / "synth_info.json").read_text())
+    videos = {v["name"]: v.get("identity") or v["person"] for v in info["videos"] if v["split"] == "train"}
+    expr = {lab.video: lab for lab in load_annotations(data / "annotations", "expr", "train")}
+    halves: dict[str, list] = {"xi": [[], []], "yi": [[], []], "xe": [[], []], "ye": [[], []]}
+    for name, person in sorted(videos.items()):
+        rows, present = store.rows(name)
+        feats = np.asarray(rows, dtype=np.float32)
+        n = len(feats)
+        for h, part in enumerate((slice(0, n // 2), slice(n // 2, n))):
+            keep = np.flatnonzero(present[:n][part]) + (part.start or 0)
+            halves["xi"][h].append(feats[keep])
+            halves["yi"][h] += [person] * len(keep)
+            if name in expr:
+                lab = expr[name]
+                keep = keep[keep < lab.n_frames]
+                keep = keep[lab.valid[keep]]
+                halves["xe"][h].append(feats[keep])
+                halves["ye"][h].append(lab.labels[keep].ravel())
+    xi = [np.concatenate(x) for x in halves["xi"]]
+    mu, sd = xi[0].mean(0), xi[0].std(0) + 1e-6
+    model = LogisticRegression(C=0.05, max_iter=500, random_state=seed)
+    model.fit((xi[0] - mu) / sd, halves["yi"][0])
+    identity = float(np.mean(model.predict((xi[1] - mu) / sd) == np.asarray(halves["yi"][1])))
+    _, counts = np.unique(halves["yi"][1], return_counts=True)
+    xe = [(np.concatenate(x) - mu) / sd for x in halves["xe"]]
+    ye = [np.concatenate(y) for y in halves["ye"]]
+    model = LogisticRegression(C=0.05, max_iter=500, class_weight="balanced", random_state=seed)
+    expr_f1 = float(evaluate("expr", model.fit(xe[0], ye[0]).predict(xe[1])[:, None], ye[1][:, None])["score"])
+    return {"identity": identity, "identity_chance": float(counts.max() / counts.sum()), "expr_f1": expr_f1,
+            "people": len(set(videos.values()))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("features", nargs="+", help="feature folders written by `affectmae extract`")
