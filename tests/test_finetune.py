@@ -197,3 +197,24 @@ def test_resume_of_a_run_folder_written_with_the_old_setting_names(synth, tmp_pa
         run_finetune(old_config, ["epochs=2"], resume=True)
     assert f"{old_config}: setting 'data' is now called 'annotations'" in caplog.messages
     assert [e["epoch"] for e in read_metrics(run, "epoch")] == [1, 2]
+
+
+def test_cli_finetune_va_with_the_tiny_config_runs_end_to_end(synth, tmp_path, caplog):
+    """finetune_tiny sets class_weights: true, which has no meaning for VA (a regression): it is skipped with a
+    note, and the run scores the best epoch by mean CCC and writes a 2-output head."""
+    data, mae = synth
+    run = tmp_path / "va"
+    with caplog.at_level("INFO", logger="affectmae.training.finetune"):
+        assert main(["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--task", "va",
+                     "--config", "finetune_tiny", "batch_size=16", "tensorboard=false", "max_steps=4",
+                     "head_only_steps=2", "warmup_steps=1"]) == 0
+    assert "class weights: not used for va (a regression task)" in caplog.messages
+    epochs = read_metrics(run, "epoch")
+    assert [s["global_step"] for s in read_metrics(run, "train")] == [1, 2, 3, 4]
+    record = json.loads((run / "best.json").read_text())
+    assert set(record["metrics"]) >= {"score", "ccc_valence", "ccc_arousal"}
+    assert record["score"] == pytest.approx((record["metrics"]["ccc_valence"] + record["metrics"]["ccc_arousal"]) / 2)
+    assert record["score"] == max(e["val_score"] for e in epochs)
+    head, head_meta = load_weights(run / "head_va.safetensors")
+    assert head["weight"].shape == (2, 192) and head_meta["task"] == "va" and head_meta["num_outputs"] == 2
+    assert read_metadata(run / "encoder.safetensors")["task"] == "va"

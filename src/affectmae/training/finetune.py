@@ -235,11 +235,7 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
     if cfg.freeze_encoder:
         encoder.requires_grad_(False)
     train_frames, train_set, val_set = _frame_sets(cfg, spec, encoder.arch["img_size"], encoder_normalisation(encoder))
-    weights = None
-    if cfg.class_weights:
-        labels = np.stack([np.atleast_1d(train_frames.label(i).numpy()) for i in train_set.frames.indices])
-        weights = class_weights(spec, labels).to(device)
-        log.info("class weights: %s", [round(w, 3) for w in weights.tolist()])
+    weights = _loss_weights(cfg, spec, train_frames, train_set, device)
 
     sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, info.rank, info.world_size, 1, seed=cfg.seed,
                                  shuffle=True, drop_last=False)
@@ -262,6 +258,21 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
                                                         find_unused_parameters=cfg.head_only_steps > 0)
     f = Finetuning(cfg, info, spec, model, net, optimizer, train_set, val_set, sampler, weights, total_steps, warmup_steps)
     return f, run
+
+
+def _loss_weights(cfg: FinetuneConfig, spec: TaskSpec, train_frames: Any, train_set: AugmentedFrames,
+                  device: torch.device) -> torch.Tensor | None:
+    """The loss's class weights from the training labels (``class_weights``): EXPR and AU only. VA is a
+    regression with no classes to weigh, so the setting is noted and left unused (packaged configs set it)."""
+    if not cfg.class_weights:
+        return None
+    if spec.kind == "regression":
+        log.info("class weights: not used for %s (a regression task)", spec.name)
+        return None
+    labels = np.stack([np.atleast_1d(train_frames.label(i).numpy()) for i in train_set.frames.indices])
+    weights = class_weights(spec, labels).to(device)
+    log.info("class weights: %s", [round(w, 3) for w in weights.tolist()])
+    return weights
 
 
 def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int, norm: tuple = ()) -> tuple[Any, AugmentedFrames, Dataset]:
