@@ -151,6 +151,23 @@ def test_predict_sequence_merges_windows_to_every_frame(tmp_path):
     np.testing.assert_allclose(predict_sequence(loaded, feats, None, 64, 48)["au"], out["au"], atol=1e-6)
 
 
+@pytest.mark.parametrize("person_norm", [False, True])
+def test_predict_sequence_on_a_video_shorter_than_its_window_matches_an_unpadded_pass(person_norm):
+    """10 frames through a window of 64: 54 frames of padding, which the TCN and attention must not see."""
+    torch.manual_seed(0)
+    model = TemporalModel(_cfg(input_dim=6, person_norm=person_norm)).eval()
+    feats = np.random.default_rng(1).normal(size=(10, 6)).astype(np.float32)
+    present = np.ones(10, dtype=bool)
+    present[3] = False
+    out = predict_sequence(model, feats, present, window=64, stride=48)
+    ref = torch.from_numpy(person_reference(feats, present))[None] if person_norm else None
+    with torch.no_grad():
+        direct = model(torch.from_numpy(feats)[None], torch.from_numpy(present)[None], None, ref)
+    np.testing.assert_allclose(out["va"], direct["va"][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["expr"], direct["expr"][0].softmax(-1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["au"], direct["au"][0].sigmoid().numpy(), atol=1e-5)
+
+
 def test_person_reference_is_the_mean_over_frames_with_a_face():
     feats = np.array([[1.0, 2.0], [3.0, 4.0], [100.0, -100.0], [5.0, 0.0]], np.float16)
     present = np.array([True, True, False, True])
