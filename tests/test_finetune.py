@@ -218,3 +218,83 @@ def test_cli_finetune_va_with_the_tiny_config_runs_end_to_end(synth, tmp_path, c
     head, head_meta = load_weights(run / "head_va.safetensors")
     assert head["weight"].shape == (2, 192) and head_meta["task"] == "va" and head_meta["num_outputs"] == 2
     assert read_metadata(run / "encoder.safetensors")["task"] == "va"
+
+
+def _finetune_losses(run: Path) -> np.ndarray:
+    rows = read_metrics(run, "train")
+    assert [r["global_step"] for r in rows] == list(range(1, len(rows) + 1))
+    return np.array([r["loss"] for r in rows])
+
+
+def test_resume_after_kill_continues_the_loss_curve_exactly(synth, tmp_path, monkeypatch):
+    """Killed during epoch 2 of 3, then resumed from the epoch-1 state: every step loss, the epoch lines and the
+    final weights equal those of an uninterrupted run, which needs AdamW's moments back as well as the weights."""
+    from affectmae.training import finetune as finetune_mod
+    from affectmae.training.finetune import run_finetune
+
+    data, mae = synth
+    settings = ["batch_size=16", "tensorboard=false", "max_steps=0", "head_only_steps=0", "epochs=3",
+                "warmup_epochs=1", "frame_stride=2", "lr=1e-3"]
+    straight = run_finetune("finetune_tiny", settings, annotations=str(data), encoder=str(mae), out=str(tmp_path / "a"))
+    real_check = finetune_mod.check_finite
+
+    def kill_at_epoch1_step1(loss, epoch, step, run_dir=None):
+        if (epoch, step) == (1, 1):
+            raise KeyboardInterrupt
+        real_check(loss, epoch, step, run_dir)
+
+    monkeypatch.setattr(finetune_mod, "check_finite", kill_at_epoch1_step1)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune("finetune_tiny", settings, annotations=str(data), encoder=str(mae), out=str(tmp_path / "b"))
+    monkeypatch.setattr(finetune_mod, "check_finite", real_check)
+    per_epoch = len(_finetune_losses(straight)) // 3
+    assert len(_finetune_losses(tmp_path / "b")) == per_epoch + 1  # one step of epoch 2 past the saved state
+    resumed = run_finetune("finetune_tiny", settings, annotations=str(data), encoder=str(mae), out=str(tmp_path / "b"),
+                           resume=True)
+    np.testing.assert_allclose(_finetune_losses(resumed), _finetune_losses(straight), rtol=0, atol=1e-6)
+    a, b = read_metrics(straight, "epoch"), read_metrics(resumed, "epoch")
+    assert [e["epoch"] for e in b] == [1, 2, 3]
+    np.testing.assert_allclose([e["val_score"] for e in b], [e["val_score"] for e in a], rtol=0, atol=1e-6)
+    wa, wb = load_weights(straight / "last_state.safetensors")[0], load_weights(resumed / "last_state.safetensors")[0]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa if k.startswith(("model/", "optim/")))
+
+
+def test_validation_keeps_the_best_epoch_and_its_weights(synth, tmp_path):
+    """Fitting 8 fixed frames (sanity mode), the validation F1 changes from epoch to epoch. best.json names the
+    epoch of the highest score, and the saved encoder + head score exactly that on the same frames, recomputed
+    here from their logits (argmax, official macro F1)."""
+    from affectmae.evaluation.metrics import evaluate
+    from affectmae.training.finetune import FinetuneConfig, _frame_sets, predict_frames
+
+    data, mae = synth
+    run = tmp_path / "best"
+    assert main(["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config", "finetune_tiny",
+                 "batch_size=8", "tensorboard=false", "overfit_batches=1", "epochs=8", "max_steps=0",
+                 "head_only_steps=0", "lr=2e-3", "min_lr=2e-3", "warmup_epochs=0"]) == 0
+    scores = [e["val_score"] for e in read_metrics(run, "epoch")]
+    assert len(set(scores)) > 2  # the epochs differ, so choosing one is tested
+    record = json.loads((run / "best.json").read_text())
+    assert (record["epoch"], record["score"]) == (int(np.argmax(scores)) + 1, max(scores))
+    encoder = load_encoder(run)
+    model = FinetuneModel(encoder, TASKS["expr"])
+    model.head.load_state_dict(load_weights(run / "head_expr.safetensors")[0])
+    cfg = FinetuneConfig(annotations=str(data), task="expr", batch_size=8, overfit_batches=1)
+    _, _, fixed = _frame_sets(cfg, TASKS["expr"], 32)
+    logits, labels = predict_frames(model, fixed, 8, torch.device("cpu"))
+    assert evaluate("expr", logits.argmax(1), labels)["score"] == pytest.approx(record["score"], abs=1e-9)
+    assert read_metadata(run / "encoder.safetensors")["epoch"] == record["epoch"]
+
+
+def test_fit_keeps_the_epoch_with_the_highest_score(tmp_path):
+    from affectmae.training.engine import Stage, TrainingRun, fit
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scores, saved = iter([0.2, 0.7, 0.4, 0.7]), []
+    run = TrainingRun("finetune", tmp_path / "run", 4, {}, tensorboard=False)
+    fit(run, Stage(model, optimizer, lambda r: {"train_loss": 1.0}, evaluate=lambda r: {"score": next(scores)},
+                   save_best=lambda r, m: saved.append(r.epoch)))
+    assert saved == [1, 2]  # a later tie does not replace the best epoch
+    assert json.loads((tmp_path / "run" / "best.json").read_text()) == {"epoch": 2, "score": 0.7,
+                                                                        "metrics": {"score": 0.7}}
+    assert [e["val_score"] for e in read_metrics(tmp_path / "run", "epoch")] == [0.2, 0.7, 0.4, 0.7]
