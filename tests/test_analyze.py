@@ -162,6 +162,24 @@ def test_stride_interpolates_between_analysed_frames(work):
     assert df.groupby("frame").size().index.tolist() == list(range(N))
 
 
+@pytest.mark.parametrize("stride", [3, 4, 5])
+def test_stride_keeps_the_faces_up_to_the_last_frame(work, stride):
+    """Both faces are on screen from frame 14 to the end (found from frame 16 on at these strides). Whether the last
+    frame is analysed (stride 5: 35 is on the grid) or lies after the last analysed frame (3, 4), it carries both
+    faces, like every frame before it."""
+    _, model_dir, truth = work
+    df = analyze_video(truth.path, model_dir, stride=stride, plots=False)
+    faces = df[df["face_detected"]]
+    per_frame = faces.groupby("frame").size().reindex(range(N), fill_value=0)
+    assert per_frame.loc[16:].tolist() == [2] * (N - 16)
+    last = df[df["frame"] == N - 1]
+    assert sorted(last["face_id"]) == [0, 1] and last["valence"].notna().all()
+    assert last["analyzed"].tolist() == [(N - 1) % stride == 0] * 2
+    anchor = (N - 1) // stride * stride  # frames after the last analysed one hold its values
+    np.testing.assert_allclose(last.sort_values("face_id")["valence"],
+                               df[df["frame"] == anchor].sort_values("face_id")["valence"], rtol=0, atol=0)
+
+
 def test_align_margin_comes_from_the_model_dir(work, tmp_path):
     import shutil
 
