@@ -129,6 +129,26 @@ def test_extract_frame_count_from_folder_and_errors(tmp_path, encoder_path, caps
         FeatureStore(tmp_path / "nowhere")
 
 
+def test_extract_stops_at_the_annotation_length(tmp_path, encoder_path, caplog):
+    """Aff-Wild2 folders can hold images past the last annotated frame: the annotation sets the frame count, and
+    the extra image is neither encoded nor stored."""
+    _write_dataset(tmp_path, {"long": 4, "plain": 3}, extra_images={"long"})
+    assert (tmp_path / "cropped_aligned" / "long" / "00005.jpg").is_file()
+    out = tmp_path / "feats"
+    with caplog.at_level("WARNING", logger="affectmae.features.frames"):
+        summary = extract_features(ExtractConfig(encoder=str(encoder_path), frames=str(tmp_path / "cropped_aligned"),
+                                                 annotations=str(tmp_path), out=str(out), batch_size=3))
+    assert "video long: frame images up to 5 but the annotation has 4 lines; images past 4 are ignored" in caplog.messages
+    assert (summary["frames"], summary["missing"]) == (7, 0)
+    feats, present = FeatureStore(out).load("long")
+    assert feats.shape == (4, 24) and present.tolist() == [True] * 4
+    enc = load_encoder(encoder_path).eval()
+    img = np.array(Image.open(tmp_path / "cropped_aligned" / "long" / "00004.jpg").convert("RGB"))
+    with torch.no_grad():
+        ref = enc.forward_features(preprocess_frames(img[None], 16))["pooled"][0].numpy()
+    np.testing.assert_allclose(feats[3].astype(np.float32), ref, rtol=2e-2, atol=2e-3)  # row 3 is image 4
+
+
 def test_npy_rows_reads_and_writes_like_numpy(tmp_path):
     from affectmae.features.store import NpyRows
 
