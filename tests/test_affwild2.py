@@ -274,5 +274,27 @@ def test_corrupt_frame_is_skipped_counted_and_collated(tmp_path):
 def test_wrong_frames_root_is_an_error(tmp_path):
     root, _ = make_affwild2(tmp_path)
     (tmp_path / "empty_frames").mkdir()
-    with pytest.raises(AffectMAEError, match=r"none of the 2 annotated va train videos has a frame folder under"):
+    with pytest.raises(AffectMAEError, match=r"empty_frames: no frame images for any of the 2 videos annotated for va "
+                                             r"train \(looked for .*empty_frames/12-24_left/00001.jpg\); give the "
+                                             r"cropped_aligned folder as --frames"):
         AffWild2Frames(root, tmp_path / "empty_frames", "va", "train")
+
+
+def test_an_annotated_video_without_frames_is_named_unless_allowed(tmp_path, caplog):
+    """The rule extract follows: vidB (validation) has an annotation but not a single frame image; an empty folder
+    counts as no frames too."""
+    root, frames = make_affwild2(tmp_path)
+    write(root / "6th_ABAW_Annotations" / CHALLENGE["va"] / "Validation_Set" / "vidC.txt", f"{VA_HEADER}\n0,0\n")
+    (frames / "vidB").mkdir()
+    jpeg(frames / "vidC" / "00001.jpg")
+    message = (f"{frames}: 1 of the 2 videos annotated for va val have no frame images: vidB; fix --frames, or set "
+               f"allow_missing_videos=true to skip them")
+    with pytest.raises(AffectMAEError) as err:
+        AffWild2Frames(root, frames, "va", "val")
+    assert str(err.value) == message
+    with caplog.at_level("WARNING", logger="affectmae.datasets.affwild2"):
+        ds = AffWild2Frames(root, frames, "va", "val", allow_missing_videos=True)
+    assert [ds.frame_id(i) for i in range(len(ds))] == [("vidC", 0)]
+    assert ds.summary["videos_without_frames"] == 1
+    assert (f"{frames}: 1 videos annotated for va val have no frame images and are skipped (allow_missing_videos): "
+            "vidB") in caplog.messages

@@ -127,6 +127,22 @@ def _extract(w, *extra, frames=None, out="feats_new"):
             "--data", str(w / "data"), "-o", str(w / out), *extra]
 
 
+def _finetune(w, frames, *extra, out="ft_new"):
+    return ["finetune", "--data", str(w / "data"), "--frames", str(frames), "--encoder", str(w / "enc_a.safetensors"),
+            "--task", "va", "-o", str(w / out), "--config", "finetune_tiny", "tensorboard=false", *extra]
+
+
+def _not_videos(w):
+    """A folder one level above where frames would be: its subfolders hold notes and thumbnails, no frames."""
+    root = w / "not_videos"
+    if not root.exists():
+        (root / "notes").mkdir(parents=True)
+        (root / "notes" / "readme.txt").write_text("frames are elsewhere\n")
+        (root / "thumbs").mkdir()
+        Image.new("RGB", (8, 8)).save(root / "thumbs" / "vid_a.png")
+    return root
+
+
 def _other_encoder_model(w):
     """A MODEL_DIR of encoder B whose head was trained on features marked as encoder B's."""
     if not (w / "model_b").exists():
@@ -179,6 +195,16 @@ CASES = [
     ("extract_one_video_without_frames", lambda w: _extract(w, frames=w / "some_frames"),
      lambda w: f"affectmae extract: error: {w / 'some_frames' / 'cropped_aligned'}: 1 of the 3 videos to extract "
                f"have no frame images: vid_b; fix --frames, or set allow_missing_videos=true to skip them"),
+    ("extract_frames_root_whose_folders_are_not_videos", lambda w: _extract(w, frames=_not_videos(w)),
+     lambda w: f"affectmae extract: error: {w / 'not_videos'}: no frame images for any of the 3 videos to extract "
+               f"(looked for {w / 'not_videos' / 'vid_a' / '00001.jpg'}); give the cropped_aligned folder as --frames"),
+    ("finetune_one_video_without_frames", lambda w: _finetune(w, w / "some_frames"),
+     lambda w: f"affectmae finetune: error: {w / 'some_frames' / 'cropped_aligned'}: 1 of the 2 videos annotated for "
+               f"va train have no frame images: vid_b; fix --frames, or set allow_missing_videos=true to skip them"),
+    ("finetune_frames_root_without_the_videos", lambda w: _finetune(w, w / "empty_frames"),
+     lambda w: f"affectmae finetune: error: {w / 'empty_frames'}: no frame images for any of the 2 videos annotated "
+               f"for va train (looked for {w / 'empty_frames' / 'vid_a' / '00001.jpg'}); give the cropped_aligned "
+               f"folder as --frames"),
     # features of another encoder than the model / run was built on (same size, other weights)
     ("predict_features_of_another_encoder", lambda w: _predict(w, w / "feats_a", model=_other_encoder_model(w).name),
      lambda w: f"affectmae predict: error: {w / 'feats_a' / 'features.json'}: features of encoder "
@@ -259,6 +285,17 @@ def test_allow_missing_videos_skips_them_and_extract_redoes_damaged_files(work, 
     summary = json.loads(capsys.readouterr().out)
     assert (summary["skipped_done"], summary["extracted"]) == (1, 1)
     assert {p.name: p.read_bytes() for p in out.glob("*.npy")} == reference
+
+
+def test_finetune_allow_missing_videos_skips_them(work, some_frames, caplog):
+    run = work / "ft_some"
+    with caplog.at_level("INFO"):
+        assert main(_finetune(work, some_frames, "allow_missing_videos=true", "max_steps=2", "head_only_steps=0",
+                              "warmup_steps=1", "batch_size=2", out="ft_some")) == 0
+    assert (f"{some_frames}: 1 videos annotated for va train have no frame images and are skipped "
+            "(allow_missing_videos): vid_b") in caplog.messages
+    assert any(m.startswith("fine-tuning va: 4 train frames") for m in caplog.messages)  # vid_a's 4 frames
+    assert (run / "head_va.safetensors").is_file()
 
 
 def test_features_stored_without_frames_are_redone_once_the_frames_are_there(work, capsys):

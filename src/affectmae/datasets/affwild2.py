@@ -8,7 +8,10 @@ Public API (signatures are a contract; see docs/data.md for the layouts)::
         .frame_path(video, k) -> Path          # k is 0-based: image "%05d.jpg" % (k + 1)
         .available(video, n_frames) -> np.ndarray (n_frames,) bool
         .frame_numbers(video) -> np.ndarray    # sorted 1-based numbers of the images on disk
-    AffWild2Frames(annotation_root, frames_root, task, split, transform=None, skip_corrupt=True, frame_stride=1)
+    videos_without_frames(frame_index, videos, what, allow_missing) -> list[str]   # the rule extract and
+                                           # finetune share: videos without a single frame image are an error
+    AffWild2Frames(annotation_root, frames_root, task, split, transform=None, skip_corrupt=True, frame_stride=1,
+                   allow_missing_videos=False)
         [i] -> (image, label)                  # image: PIL RGB, or transform(image); None if corrupt
         .summary -> dict                       # counts of frames excluded per reason
         .frame_id(i) -> (video, k)
@@ -35,7 +38,7 @@ from affectmae.datasets.images import SkipCounter, load_item, open_rgb
 from affectmae.errors import AffectMAEError
 from affectmae.tasks import get_task
 
-__all__ = ["FrameIndex", "AffWild2Frames", "FRAMES_DIR_NAME", "load_annotations", "read_annotation_file"]
+__all__ = ["FrameIndex", "AffWild2Frames", "videos_without_frames", "FRAMES_DIR_NAME", "load_annotations", "read_annotation_file"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,28 @@ class FrameIndex:
         return mask
 
 
+def videos_without_frames(frame_index: FrameIndex, videos: list[str], what: str, allow_missing: bool) -> list[str]:
+    """The videos of ``videos`` without a single frame image under ``frame_index`` (no folder, or no
+    ``%05d.jpg`` in it). Such videos are an error naming them (their frames would be filler only, or nothing
+    at all), unless ``allow_missing``: then they are logged and returned, for the caller to skip. When none of
+    the videos has frames, the frames root is wrong, and that is said, allowed or not. ``what`` names the
+    videos in messages ("to extract", "annotated for va train")."""
+    without = [v for v in videos if frame_index.frame_numbers(v).size == 0]
+    if not without:
+        return []
+    where = frame_index.root
+    if len(without) == len(videos):
+        raise AffectMAEError(f"{where}: no frame images for any of the {len(videos)} videos {what} (looked for "
+                             f"{where / without[0] / '00001.jpg'}); give the cropped_aligned folder as --frames")
+    names = ", ".join(without[:5]) + (f" and {len(without) - 5} more" if len(without) > 5 else "")
+    if not allow_missing:
+        raise AffectMAEError(f"{where}: {len(without)} of the {len(videos)} videos {what} have no frame images: "
+                             f"{names}; fix --frames, or set allow_missing_videos=true to skip them")
+    log.warning("%s: %d videos %s have no frame images and are skipped (allow_missing_videos): %s",
+                where, len(without), what, names)
+    return without
+
+
 class AffWild2Frames(Dataset):
     """Frame-level dataset for fine-tuning: only frames with a valid label AND an existing image.
 
@@ -99,7 +124,9 @@ class AffWild2Frames(Dataset):
 
     ``summary`` counts: videos, annotated_frames, invalid_label, missing_image (valid label, no image),
     videos_without_frames, usable. ``frame_stride > 1`` keeps every n-th usable frame of each video
-    (neighbouring frames are near duplicates); the rest are counted as ``strided_out``.
+    (neighbouring frames are near duplicates); the rest are counted as ``strided_out``. An annotated video
+    without a single frame image is an error naming it, unless ``allow_missing_videos`` (the rule of
+    :func:`videos_without_frames`, which ``extract`` follows too).
     """
 
     def __init__(
@@ -111,6 +138,7 @@ class AffWild2Frames(Dataset):
         transform: Callable[[Any], Any] | None = None,
         skip_corrupt: bool = True,
         frame_stride: int = 1,
+        allow_missing_videos: bool = False,
     ):
         if frame_stride < 1:
             raise AffectMAEError(f"frame_stride must be >= 1, got {frame_stride}")
@@ -121,12 +149,10 @@ class AffWild2Frames(Dataset):
         self.skipped = SkipCounter(f"Aff-Wild2 {task} {split}")
         videos = load_annotations(annotation_root, task, split)
         self.videos = [v.video for v in videos]
+        no_frames = videos_without_frames(self.index, self.videos, f"annotated for {task} {split}", allow_missing_videos)
         vid_idx, frame_idx, labels = [], [], []
         n_invalid = n_missing = n_strided = 0
-        no_dir = []
         for i, v in enumerate(videos):
-            if not self.index.has_video(v.video):
-                no_dir.append(v.video)
             have = self.index.available(v.video, v.n_frames)
             keep = v.valid & have
             n_invalid += int((~v.valid).sum())
@@ -145,19 +171,10 @@ class AffWild2Frames(Dataset):
             "annotated_frames": int(sum(v.n_frames for v in videos)),
             "invalid_label": n_invalid,
             "missing_image": n_missing,
-            "videos_without_frames": len(no_dir),
+            "videos_without_frames": len(no_frames),
             "strided_out": n_strided,
             "usable": int(len(self._frame_of)),
         }
-        if no_dir:
-            log.warning(
-                "%d annotated videos have no frame folder under %s (e.g. %s)", len(no_dir), self.index.root, no_dir[0]
-            )
-        if len(no_dir) == len(videos):
-            raise AffectMAEError(
-                f"none of the {len(videos)} annotated {task} {split} videos has a frame folder under {self.index.root} "
-                f"(e.g. {self.index.root / videos[0].video}); is the frames root right?"
-            )
         if not len(self._frame_of):
             raise AffectMAEError(f"no usable {task} {split} frames: {self.summary}")
         log.info(

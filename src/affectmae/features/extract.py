@@ -171,21 +171,12 @@ def extract_features(cfg: ExtractConfig) -> dict:
 
 
 def _videos_with_frames(frame_index, counts: dict[str, int], allow_missing: bool) -> tuple[dict[str, int], list[str]]:
-    """``counts`` without the videos that have no frame image at all, and those videos' names. Such videos
-    are an error (their features would be all filler), unless ``allow_missing`` (then they are skipped)."""
-    without = [v for v in counts if frame_index.frame_numbers(v).size == 0]
-    if not without:
-        return counts, []
-    where = frame_index.root
-    if len(without) == len(counts):
-        raise AffectMAEError(f"{where}: no frame images for any of the {len(counts)} videos to extract (looked for "
-                             f"{where / without[0] / '00001.jpg'}); give the cropped_aligned folder as --frames")
-    names = ", ".join(without[:5]) + (f" and {len(without) - 5} more" if len(without) > 5 else "")
-    if not allow_missing:
-        raise AffectMAEError(f"{where}: {len(without)} of the {len(counts)} videos to extract have no frame images: "
-                             f"{names}; fix --frames, or set allow_missing_videos=true to skip them")
-    log.warning("%s: %d videos have no frame images and are skipped (allow_missing_videos): %s",
-                where, len(without), names)
+    """``counts`` without the videos that have no frame image at all, and those videos' names: an error
+    unless ``allow_missing`` (the rule :func:`affectmae.datasets.affwild2.videos_without_frames`, shared with
+    ``finetune``)."""
+    from affectmae.datasets.affwild2 import videos_without_frames
+
+    without = videos_without_frames(frame_index, list(counts), "to extract", allow_missing)
     return {v: n for v, n in counts.items() if v not in without}, without
 
 

@@ -43,24 +43,36 @@ def annotation_lengths(annotation_root: str | Path) -> dict[str, int]:
 def video_frame_counts(frame_index, annotation_root: str | Path | None = None,
                        videos: list[str] | None = None) -> dict[str, int]:
     """Frames per video: from the annotations when given (union over tasks), else from the frame folders
-    (largest frame number). ``frame_index`` is a :class:`affectmae.datasets.affwild2.FrameIndex`."""
+    (largest frame number). ``frame_index`` is a :class:`affectmae.datasets.affwild2.FrameIndex`.
+
+    A folder under the frames root that is neither annotated nor named in ``videos`` and holds no frame image
+    is not a video (a frames root given one level too high holds such folders): it is left out, so the
+    annotated videos are the ones looked up, and their missing frames reported by the caller."""
     counts: dict[str, int] = {}
     if annotation_root:
         counts = annotation_lengths(annotation_root)
-    names = set(videos) if videos else set(counts) | set(frame_index.videos())
-    out = {}
+    named = set(videos) if videos else set()
+    names = named or set(counts) | set(frame_index.videos())
+    out, not_videos = {}, []
     for video in sorted(names):
         nums = frame_index.frame_numbers(video)
         on_disk = int(nums.max()) if nums.size else 0
         n = counts.get(video, on_disk)
+        if n == 0 and video not in named:
+            not_videos.append(video)
+            continue
         if n == 0:
             raise AffectMAEError(f"video {video!r}: no annotation and no frame images in {frame_index.root / video}")
         if on_disk > n:
             log.warning("video %s: frame images up to %d but the annotation has %d lines; images past %d are ignored",
                         video, on_disk, n, n)
         out[video] = n
+    if not_videos:
+        log.info("%s: %d folders without annotation or frame images are not videos (e.g. %s)", frame_index.root,
+                 len(not_videos), not_videos[0])
     if not out:
-        raise AffectMAEError(f"no videos to extract: {frame_index.root} has no video folders")
+        found = f" (its folders {', '.join(not_videos[:5])} hold no frame images)" if not_videos else ""
+        raise AffectMAEError(f"no videos to extract: {frame_index.root} has no video folders{found}")
     return out
 
 

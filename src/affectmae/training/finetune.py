@@ -58,6 +58,8 @@ class FinetuneConfig:
 
     annotations: str = ""  # Aff-Wild2 root: annotation challenge folders and cropped_aligned/ somewhere below
     frames: str | None = None  # cropped_aligned folder, when it is not under `annotations`
+    # annotated videos without a single frame image: an error naming them, unless true (then they are skipped)
+    allow_missing_videos: bool = False
     encoder: str = ""  # pretrain run / encoder.safetensors / reference-MAE .pth / timm state dict
     out: str = field(default="", metadata={"path": "out_dir"})  # run folder
     task: str = field(default="expr", metadata={"choices": ("va", "expr", "au")})
@@ -282,8 +284,10 @@ def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int, norm: tuple 
     from affectmae.models.preprocess import eval_transform, train_transform
 
     frames_root = cfg.frames or cfg.annotations
-    train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train")
-    val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=eval_transform(img_size, *norm))
+    allow = cfg.allow_missing_videos
+    train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train", allow_missing_videos=allow)
+    val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=eval_transform(img_size, *norm),
+                                allow_missing_videos=allow)
     train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)),
                                 train_transform(img_size, cfg.crop_scale_min, cfg.hflip, *norm), cfg.seed)
     val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
