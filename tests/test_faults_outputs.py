@@ -263,6 +263,39 @@ def test_write_failure_is_one_line_naming_the_file_and_leaves_nothing_finished(
     assert hidden_temps(tmp_path) == []
 
 
+@pytest.mark.parametrize("fault", ["disk full at the flush", "rename fails"])
+def test_two_task_predict_writes_both_files_or_neither(work, tmp_path, capsys, monkeypatch, fault):
+    """The model has VA and EXPR heads. The EXPR file fails at the very end, after everything was written: when it
+    is flushed to disk, or when it is renamed into place after the VA file was. No submission file is left."""
+    out = tmp_path / "out"
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        if "expr_predictions.csv" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    def replace(src, dst, **kwargs):
+        if str(dst).endswith("expr_predictions.csv"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
+        real_replace(src, dst, **kwargs)
+
+    if fault == "disk full at the flush":
+        monkeypatch.setattr("os.fsync", fsync)
+    else:
+        monkeypatch.setattr("os.replace", replace)
+    capsys.readouterr()
+    assert main(["predict", "--features", str(work / "features"), "--model", str(work / "model"), "-o", str(out)]) == 2
+    reason = NO_SPACE if fault == "disk full at the flush" else "Input/output error"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"affectmae predict: error: cannot write {out / 'expr_predictions.csv'}: {reason}"]
+    assert sorted(p.name for p in out.glob("*.csv")) == []
+    assert hidden_temps(tmp_path) == []
+    monkeypatch.undo()
+    assert main(["predict", "--features", str(work / "features"), "--model", str(work / "model"), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.csv")) == ["expr_predictions.csv", "va_predictions.csv"]
+
+
 def test_analyze_disk_full_at_the_summary_leaves_no_table(tmp_path, capsys, monkeypatch):
     """The summary marks a finished video: when it cannot be written, the table, config and plots go too."""
     pytest.importorskip("yuface")

@@ -3,7 +3,8 @@
 - :func:`atomic_path` / :func:`atomic_write_text` / :func:`atomic_write_bytes`: a file appears all at once
   (temporary file + rename), with the mode a plain ``open()`` would give (``0666 & ~umask``). While it is
   written, the hidden temporary file ``.<name>.<random>.tmp`` is locked; one left by a killed process is
-  removed by :func:`remove_stale_temps` on the next run of the stage.
+  removed by :func:`remove_stale_temps` on the next run of the stage. :func:`atomic_paths` does the same for
+  several files that belong together: all of them appear, or none.
 - :class:`OutputWriteError`: a write that fails for a reason of the disk (full, read-only, no permission)
   becomes one line naming the file (:func:`writing` converts such an ``OSError``), and no partial file is
   left under the final name.
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from affectmae.errors import AffectMAEError
 
@@ -89,25 +90,47 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is fsynced, given the umask's mode and renamed
     over ``path``. On any exception the temporary file is removed and ``path`` is left as it was; a write
     error of the disk becomes :class:`OutputWriteError` naming ``path``."""
-    path = Path(path)
-    tmp_path: Path | None = None
-    fd = -1
+    with atomic_paths([path]) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """Several files that appear together or not at all: yield one temporary path next to each of ``paths``;
+    on success every one is fsynced and given the umask's mode, and only then are they renamed into place, in
+    order. On any exception, the last renames included, the temporary files are removed and so are the files
+    already renamed. A write error of the disk becomes :class:`OutputWriteError` naming the file concerned
+    (``paths[0]`` for an error inside the block that names no file)."""
+    paths = [Path(p) for p in paths]
+    temps: list[tuple[Path, int]] = []  # (temporary path, locked descriptor)
+    placed: list[Path] = []
     try:
-        with writing(path, path.parent):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp_path = Path(tmp)
-        _lock(fd, blocking=False)  # held until the rename: remove_stale_temps leaves a live temp alone
-        with writing(path, tmp_path):
-            yield tmp_path
-            with open(tmp_path, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(tmp_path, 0o666 & ~current_umask())
-            os.replace(tmp_path, path)
+        for path in paths:
+            with writing(path, path.parent):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((Path(tmp), fd))
+            _lock(fd, blocking=False)  # held until the rename: remove_stale_temps leaves a live temp alone
+        tmp_paths = [tmp for tmp, _ in temps]
+        with writing(paths[0], *tmp_paths):
+            yield tmp_paths
+        for path, tmp in zip(paths, tmp_paths, strict=True):
+            with writing(path, tmp):
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(tmp, 0o666 & ~current_umask())
+        for path, tmp in zip(paths, tmp_paths, strict=True):
+            with writing(path, tmp):
+                os.replace(tmp, path)
+            placed.append(path)
+    except BaseException:
+        for path in placed:  # a later rename failed: the files that belong with it go too
+            path.unlink(missing_ok=True)
+        raise
     finally:
-        if tmp_path is not None and tmp_path.exists():
-            tmp_path.unlink()
-        if fd >= 0:
+        for tmp, fd in temps:
+            if tmp.exists():
+                tmp.unlink()
             os.close(fd)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from affectmae.errors import AffectMAEError, InputFormatError
-from affectmae.io import atomic_path
+from affectmae.io import atomic_path, writing
 from affectmae.tasks import TASKS, TaskSpec, get_task
 
 LOCATION = re.compile(r"^(?P<video>.+)/(?P<number>\d{5,})\.jpg$")
@@ -72,19 +72,24 @@ def _values_to_write(spec: TaskSpec, video: str, values: Any) -> np.ndarray:
 class SubmissionWriter:
     """Write a submission one video at a time: ``with SubmissionWriter("va", path) as w: w.add(video, preds)``.
 
-    The file appears at ``path`` only when the ``with`` block ends without an exception.
+    The file appears at ``path`` only when the ``with`` block ends without an exception. ``staged``: write into
+    this temporary file instead and leave its renaming to ``path`` to the caller, which places several files
+    together (:func:`affectmae.io.atomic_paths`); write errors still name ``path``.
     """
 
-    def __init__(self, task: str, path: str | Path):
+    def __init__(self, task: str, path: str | Path, staged: str | Path | None = None):
         self.spec = get_task(task)
         self.path = Path(path)
+        self.staged = None if staged is None else Path(staged)
         self.rows = 0
         self._videos: set[str] = set()
 
     def __enter__(self) -> "SubmissionWriter":
-        self._atomic = atomic_path(self.path)
-        self._fh = open(self._atomic.__enter__(), "w", newline="\n")
-        self._fh.write(",".join(submission_columns(self.spec.name)) + "\n")
+        self._atomic = atomic_path(self.path) if self.staged is None else None
+        target = self._atomic.__enter__() if self._atomic is not None else self.staged
+        with writing(self.path, target):
+            self._fh = open(target, "w", newline="\n")
+            self._fh.write(",".join(submission_columns(self.spec.name)) + "\n")
         return self
 
     def add(self, video: str, values: Any, frames: Any = None) -> None:
@@ -101,12 +106,21 @@ class SubmissionWriter:
             raise AffectMAEError(f"video {video!r}: frame indices must be unique and >= 0")
         row_format = ",".join([VA_FORMAT if self.spec.kind == "regression" else "%d"] * values.shape[1])
         cells = [row_format % tuple(row) for row in values.tolist()]
-        self._fh.writelines(f"{video}/{k + 1:05d}.jpg,{c}\n" for k, c in zip(frames.tolist(), cells, strict=True))
+        with writing(self.path, *([self.staged] if self.staged else [])):
+            self._fh.writelines(f"{video}/{k + 1:05d}.jpg,{c}\n" for k, c in zip(frames.tolist(), cells, strict=True))
         self._videos.add(video)
         self.rows += len(cells)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._fh.close()
+        if self._atomic is None:
+            with writing(self.path, self.staged):
+                self._fh.close()
+            return
+        try:
+            self._fh.close()
+        except OSError as err:  # the last buffered rows did not fit: the file must not appear
+            self._atomic.__exit__(type(err), err, err.__traceback__)
+            raise
         self._atomic.__exit__(exc_type, exc, tb)
 
 

@@ -30,6 +30,7 @@ class / AU probabilities.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections import OrderedDict
@@ -43,7 +44,7 @@ from affectmae.config import build_config, save_config
 from affectmae.errors import AffectMAEError, InputFormatError
 from affectmae.features.store import FeatureStore
 from affectmae.inference.model import AffectModel, load_model_dir, load_runs
-from affectmae.io import OutputLayout, check_output_dir, prepare_output_dir
+from affectmae.io import OutputLayout, atomic_paths, check_output_dir, prepare_output_dir
 from affectmae.tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,8 @@ def check_same_encoder(store: FeatureStore, model: AffectModel) -> None:
 
 
 def predict_submissions(cfg: PredictConfig) -> dict:
-    """Write ``<out>/<task>_predictions.csv`` per task; returns ``{task: {"path", "rows", "videos"}}``."""
-    from tqdm import tqdm
-
-    from affectmae.evaluation.submission import SubmissionWriter
-
+    """Write ``<out>/<task>_predictions.csv`` per task, all of them or none (a failure while writing or placing
+    any of them leaves no submission file); returns ``{task: {"path", "rows", "videos"}}``."""
     if not cfg.out:
         raise AffectMAEError("predict needs an output folder (-o)")
     if not cfg.features:
@@ -156,14 +154,25 @@ def predict_submissions(cfg: PredictConfig) -> dict:
     out = prepare_output_dir(cfg.out, layout, mode)
     save_config(cfg, out / "config.yaml")
     paths = {t: out / f"{t}_predictions.csv" for t in tasks}
-    writers = {t: SubmissionWriter(t, paths[t]) for t in tasks}
+    with atomic_paths(list(paths.values())) as staged:  # every task's file appears, or none does
+        summary = _write_submissions(store, model, wanted, dict(zip(tasks, staged, strict=True)), paths)
+    log.info("wrote %s", ", ".join(f"{s['path']} ({s['rows']} rows)" for s in summary.values()))
+    return summary
+
+
+def _write_submissions(store: FeatureStore, model: AffectModel, wanted: "OrderedDict", staged: dict[str, Path],
+                       paths: dict[str, Path]) -> dict:
+    """Predict every video of ``wanted`` once and write each task's rows into its temporary file ``staged[t]``
+    (renamed to ``paths[t]`` by the caller once all are written)."""
+    from tqdm import tqdm
+
+    from affectmae.evaluation.submission import SubmissionWriter
+
+    tasks = list(paths)
     summary = {t: {"path": str(paths[t]), "rows": 0, "videos": 0} for t in tasks}
     thresholds = model.au_thresholds
-    entered = []
-    try:
-        for t in tasks:
-            writers[t].__enter__()
-            entered.append(t)
+    with contextlib.ExitStack() as stack:
+        writers = {t: stack.enter_context(SubmissionWriter(t, paths[t], staged=staged[t])) for t in tasks}
         for video, want in tqdm(wanted.items(), desc="predict", unit="video", disable=None):
             feats, present = store.rows(video)
             n = feats.shape[0]
@@ -180,13 +189,6 @@ def predict_submissions(cfg: PredictConfig) -> dict:
                 summary[t]["rows"] += len(frames)
                 summary[t]["videos"] += 1
             log.debug("%s: %d frames (%d without a face, interpolated)", video, len(frames), int((~present).sum()))
-    except BaseException as err:
-        for t in entered:
-            writers[t].__exit__(type(err), err, None)
-        raise
-    for t in entered:
-        writers[t].__exit__(None, None, None)
-    log.info("wrote %s", ", ".join(f"{s['path']} ({s['rows']} rows)" for s in summary.values()))
     return summary
 
 
