@@ -13,6 +13,7 @@ from affectmae.tasks import ACTION_UNITS, EXPRESSIONS
 def test_demo_runs_every_stage_and_reports_where_outputs_are(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "-o", str(out), "--videos", "4", "--frames", "40", "--faces", "48", "--analyze-frames", "45",
+                 "--analyze-video", "generated",
                  "--ablation-seeds", "0", "1", "--finetune-steps", "24"])
     assert code == 0
     printed = capsys.readouterr().out

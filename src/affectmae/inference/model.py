@@ -101,8 +101,11 @@ class AffectModel:
     def img_size(self) -> int:
         return int(self.encoder.arch["img_size"])
 
-    def predict_sequence(self, features, mask=None) -> dict[str, np.ndarray]:
-        """features: (N, D) float; mask: (N,) bool (True = face present) -> {task: (N, C) float32}."""
+    def predict_sequence(self, features, mask=None, window: int | None = None) -> dict[str, np.ndarray]:
+        """features: (N, D) float; mask: (N,) bool (True = face present) -> {task: (N, C) float32}.
+
+        ``window``: windows of this many frames, not overlapping, instead of each head's training window and
+        stride (``window=1``: every frame alone, no temporal context)."""
         from affectmae.models.temporal import predict_sequence
 
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
@@ -116,8 +119,8 @@ class AffectModel:
             for f in self.heads[task]:
                 if f not in cache:
                     model, meta = self._models[f]
-                    cache[f] = predict_sequence(model, features, mask, int(meta.get("window", 300)),
-                                                int(meta.get("stride", 200)))
+                    cache[f] = predict_sequence(model, features, mask, int(window or meta.get("window", 300)),
+                                                int(window or meta.get("stride", 200)))
                 parts.append(cache[f][task])
             out[task] = np.mean(parts, axis=0).astype(np.float32)
         return out

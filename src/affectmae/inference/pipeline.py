@@ -67,6 +67,7 @@ class AnalyzeConfig:
     out: str = field(default="", metadata={"path": "out_dir"})  # output folder
     batch_size: int = 32  # crops per encoder forward pass (the only frames-sized buffer)
     stride: int = 1  # analyse every k-th frame, interpolate the rest
+    max_frames: int = field(default=0, metadata={"min": 0})  # only the first N frames of each video (0: all of them)
     device: str = "auto"  # cpu | cuda | auto
     detector: str = "auto"
     min_face: int = field(default=32, metadata={"min": 1})  # pixels, shorter box side

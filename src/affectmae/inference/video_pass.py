@@ -187,12 +187,13 @@ def _frame_pass(video, analyzer, timings: dict, progress) -> tuple:
     found, frame_times = _Detections(), array("d")  # 8 bytes per frame
     with VideoReader(video) as reader:
         stream = reader.frames(cfg.stride)
-        bar = progress if progress is not None else tqdm(total=reader.info.n_frames or None, unit="frame",
-                                                          desc=Path(video).name, disable=None)
+        total = min(filter(None, (reader.info.n_frames, cfg.max_frames)), default=None)
+        bar = progress if progress is not None else tqdm(total=total, unit="frame", desc=Path(video).name,
+                                                          disable=None)
         chunk, chunk_cuts = [], []  # analysed frames waiting for their key frame (at most detect_every)
         while True:
             t0 = time.perf_counter()
-            frame = next(stream, None)
+            frame = next(stream, None) if not cfg.max_frames or len(frame_times) < cfg.max_frames else None
             ended = frame is None
             timings["decode"] += time.perf_counter() - t0
             if not ended:
@@ -253,6 +254,7 @@ def analyze_one(video, analyzer, out_dir, video_out, stem, progress) -> pd.DataF
         "detections": int(len(det_ids_a)),
         "shot_cuts": tracker.n_cuts,
         "stride": cfg.stride,
+        "max_frames": cfg.max_frames,
         "batch_size": cfg.batch_size,
         "device": str(analyzer.device),
         "detector": detector.name,
