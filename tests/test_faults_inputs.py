@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from affectmae.cli import main
-from affectmae.features.fingerprint import encoder_fingerprint
+from affectmae.features.fingerprint import encoder_fingerprint, fingerprint_of
 from affectmae.features.store import FeatureStore
 from affectmae.models.vit import build_encoder, load_encoder, save_encoder
 from affectmae.training.temporal import run_train
@@ -76,7 +76,7 @@ def work(tmp_path_factory):
                  "-o", str(root / "feats_a")]) == 0
     feats, ann = make_feature_dataset(root / "fd", n_videos=4, lengths=(40, 60))
     meta = json.loads((feats / "features.json").read_text())
-    meta["encoder_sha256"] = encoder_fingerprint(load_encoder(enc_a))
+    meta.update(fingerprint_of(load_encoder(enc_a)).record())  # as extract records it
     (feats / "features.json").write_text(json.dumps(meta))
     run_train("temporal_tiny", ["epochs=1", "tensorboard=false"], features=str(feats), annotations=str(ann),
               task="va", out=str(root / "run_a"))
@@ -148,7 +148,7 @@ def _other_encoder_model(w):
     if not (w / "model_b").exists():
         feats = _features_copy(w, "feats_b")
         meta = json.loads((feats / "features.json").read_text())
-        meta["encoder_sha256"] = encoder_fingerprint(load_encoder(w / "enc_b.safetensors"))
+        meta.update(fingerprint_of(load_encoder(w / "enc_b.safetensors")).record())
         (feats / "features.json").write_text(json.dumps(meta))
         run_train("temporal_tiny", ["epochs=1", "tensorboard=false"], features=str(feats),
                   annotations=str(w / "fd" / "annotations"), task="va", out=str(w / "run_b"))

@@ -16,7 +16,7 @@ import yaml
 
 from affectmae.checkpoint import read_metadata
 from affectmae.cli import main
-from affectmae.features.fingerprint import encoder_fingerprint
+from affectmae.features.fingerprint import fingerprint_of
 from affectmae.inference.crop_encoder import CropEncoder
 from affectmae.inference.model import load_model_dir
 from affectmae.models.mae import MaskedAutoencoder
@@ -41,7 +41,7 @@ def test_input_size_is_resampled_once_and_recorded_in_model_dir(tmp_path):
     at16 = load_encoder(tmp_path / "mae32.pth", img_size=16).eval()
     feats, ann = make_feature_dataset(tmp_path / "fd", n_videos=4, lengths=(40, 60), dim=24)
     meta = json.loads((feats / "features.json").read_text())
-    meta["encoder_sha256"] = encoder_fingerprint(at16)  # as `extract ... img_size=16` records it
+    meta.update(fingerprint_of(at16).record())  # as `extract ... img_size=16` records it
     (feats / "features.json").write_text(json.dumps(meta))
     run_train("temporal_tiny", ["epochs=1", "tensorboard=false"], features=str(feats), annotations=str(ann),
               task="va", out=str(tmp_path / "run"))

@@ -10,8 +10,9 @@ is extracted again). The merged config is saved as ``FEATURES/config.yaml``.
 
 Before any work: a video to extract without a single frame image under ``frames`` is an error naming it
 (its features would be filler only), unless ``allow_missing_videos=true``, which skips it; when no video
-has frames, ``frames`` is wrong and that is said. The encoder's fingerprint (sha256 of its weights) goes
-into ``features.json`` as ``encoder_sha256``.
+has frames, ``frames`` is wrong and that is said. The encoder's fingerprint (its weights, input size,
+normalisation and pooling; :mod:`affectmae.features.fingerprint`) goes into ``features.json`` as
+``encoder_sha256``, beside ``encoder_weights_sha256`` and ``encoder_input``.
 
 ``encoder`` names a checkpoint (ours, reference-MAE ``.pth`` or timm) or a baseline of the ablation table
 (``pixels[:S]``, ``random:<checkpoint>``; :mod:`affectmae.models.baseline_encoders`), all through this
@@ -106,16 +107,16 @@ def _check_settings(cfg: ExtractConfig) -> None:
 def load_extract_encoder(cfg: ExtractConfig, device):
     """The encoder ``cfg`` names, in eval mode on ``device`` (quantised when asked); returns
     ``(encoder, identifier, metadata, fingerprint)``: the first three as
-    :func:`affectmae.models.baseline_encoders.build_extract_encoder`, the last the sha256 of the weights before
-    any quantisation (:func:`~affectmae.features.fingerprint.encoder_fingerprint`)."""
-    from affectmae.features.fingerprint import encoder_fingerprint
+    :func:`affectmae.models.baseline_encoders.build_extract_encoder`, the last the encoder's fingerprint before
+    any quantisation (:func:`~affectmae.features.fingerprint.fingerprint_of`)."""
+    from affectmae.features.fingerprint import fingerprint_of
     from affectmae.models.baseline_encoders import build_extract_encoder
 
     if cfg.quantize != "none" and device.type != "cpu":  # the mode itself is checked with the config
         raise AffectMAEError(f"quantize={cfg.quantize} runs on the CPU only; use device=cpu")
     built, enc_id, enc_meta = build_extract_encoder(cfg.encoder, cfg.seed, img_size=cfg.img_size,
                                                     pooling=cfg.pooling, num_heads=cfg.num_heads)
-    fingerprint = encoder_fingerprint(built)
+    fingerprint = fingerprint_of(built)
     return quantize_encoder(built.eval().to(device), cfg.quantize), enc_id, enc_meta, fingerprint
 
 
@@ -161,7 +162,7 @@ def extract_features(cfg: ExtractConfig) -> dict:
     cpu_gemm = _continued_cpu_gemm(root / "features.json")
     write_features_meta(root, {"cpu_gemm": cpu_gemm,
         "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "encoder": enc_id, "encoder_meta": enc_meta,
-        "encoder_sha256": fingerprint,
+        **fingerprint.record(),
         "dim": dim, "dtype": "float16", "img_size": size, "missing": cfg.missing, "quantize": cfg.quantize,
         "mask": "present: True where the frame image existed and decoded"})
     save_config(cfg, root / "config.yaml")

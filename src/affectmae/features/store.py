@@ -3,13 +3,13 @@
 Layout of a features folder::
 
     FEATURES/features.json        {"format": "affectmae-features", "version": 1, "encoder": ..., "encoder_meta": ...,
-                                   "encoder_sha256": ...,
+                                   "encoder_sha256": ..., "encoder_weights_sha256": ..., "encoder_input": ...,
                                    "dim": D, "dtype": "float16", "missing": "linear", "mask": "present"}
     FEATURES/<video>.npy          (N, D) float16, one row per frame (frame k is image %05d.jpg % (k + 1))
     FEATURES/<video>.mask.npy     (N,) bool, True where the frame image existed and was decoded
 
-``encoder_sha256`` is the encoder's fingerprint (:func:`affectmae.features.fingerprint.encoder_fingerprint`,
-the sha256 of its weights): training runs record it and ``predict`` / ``export`` refuse features, runs and
+``encoder_sha256`` is the encoder's fingerprint (:mod:`affectmae.features.fingerprint`: its weights, input size,
+normalisation and pooling): training runs record it and ``predict`` / ``export`` refuse features, runs and
 encoders whose fingerprints differ. A video's two files count as finished only when their headers and
 sizes match features.json (:func:`video_problem`); ``extract`` redoes a damaged video, and reading one
 is a one-line error naming the file.
@@ -292,14 +292,19 @@ def write_video_features(root: Path, video: str, n: int, dim: int, batches, enco
 
 def write_features_meta(root: Path, meta: dict) -> None:
     """Write ``root/features.json``; a folder already holding features of another encoder (other identifier,
-    weights, feature size or quantisation) is refused, so one folder never mixes two encoders' features."""
+    fingerprint, feature size or quantisation) is refused, so one folder never mixes two encoders' features."""
+    from affectmae.features.fingerprint import WEIGHTS_ONLY_NOTE, compare_fingerprints, recorded_fingerprint
+
     meta_path = root / "features.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        same_weights = old.get("encoder_sha256", meta.get("encoder_sha256")) == meta.get("encoder_sha256")
-        if (old.get("encoder") != meta["encoder"] or old.get("dim") != meta["dim"] or not same_weights
+        before, now = recorded_fingerprint(old), recorded_fingerprint(meta)
+        verdict = compare_fingerprints(before, now) if before is not None and now is not None else "same"
+        if (old.get("encoder") != meta["encoder"] or old.get("dim") != meta["dim"] or verdict == "different"
                 or old.get("quantize", "none") != meta["quantize"]):
             raise AffectMAEError(f"{root} already holds features of another encoder ({old.get('encoder')}, dim "
                                  f"{old.get('dim')}, quantize {old.get('quantize', 'none')}, sha256 "
-                                 f"{str(old.get('encoder_sha256'))[:12]}); use a new output folder")
+                                 f"{before.shown[:12] if before else None}); use a new output folder")
+        if verdict == "weights only":
+            log.warning("%s %s; continuing it with the same encoder", meta_path, WEIGHTS_ONLY_NOTE)
     atomic_write_text(meta_path, json.dumps(meta, indent=2))

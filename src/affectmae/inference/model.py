@@ -44,6 +44,14 @@ from affectmae import __version__
 from affectmae.checkpoint import BEST_FILE, ENCODER_FILE
 from affectmae.config import build_config, save_config
 from affectmae.errors import AffectMAEError, CheckpointError
+from affectmae.features.fingerprint import (
+    WEIGHTS_ONLY_NOTE,
+    Fingerprint,
+    compare_fingerprints,
+    fingerprint_of,
+    recorded_fingerprint,
+    settings_difference,
+)
 from affectmae.io import OutputLayout, atomic_path, atomic_write_text, check_output_dir, prepare_output_dir
 from affectmae.tasks import TASKS
 
@@ -81,8 +89,8 @@ class AffectModel:
         if len(dims) != 1:
             raise CheckpointError(f"the temporal heads expect different feature sizes: {sorted(dims)}")
         self.feature_dim = dims.pop()
-        # sha256 of the encoder whose features each head was trained on (features.json; None in older runs)
-        self.trained_on = {f: (meta.get("features") or {}).get("encoder_sha256") for f, (_, meta) in self._models.items()}
+        # the fingerprint of the encoder whose features each head was trained on (features.json; None in older runs)
+        self.trained_on = {f: recorded_fingerprint(meta.get("features") or {}) for f, (_, meta) in self._models.items()}
         thr = [np.asarray(self._models[f][1]["au_thresholds"], dtype=np.float64)
                for f in self.heads.get("au", []) if self._models[f][1].get("au_thresholds") is not None]
         self.au_thresholds = np.mean(thr, axis=0) if thr else np.full(len(TASKS["au"].columns), 0.5)
@@ -219,7 +227,7 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     meta = {"format_version": MODEL_FORMAT_VERSION, "affectmae_version": __version__, "encoder": ENCODER_FILE,
             "heads": {t: entry[t] for t in TASKS if t in entry}, "runs": [str(r) for r in runs],
             "cpu_gemm": _features_cpu_gemm(names)}
-    meta["encoder_sha256"] = fingerprint
+    meta.update(fingerprint.record())
     if align_margin is not None:
         meta["align_margin"] = float(align_margin)
     atomic_write_text(out / MODEL_JSON, json.dumps(meta, indent=2))
@@ -254,17 +262,20 @@ def run_export(config: str | Path | None = None, overrides: list[str] | dict | N
     return export(build_config(ExportConfig, config, overrides, **explicit))
 
 
-def _check_trained_on(model: AffectModel, enc, source) -> str:
+def _check_trained_on(model: AffectModel, enc, source) -> Fingerprint:
     """The encoder's fingerprint, after checking that every head whose run recorded one was trained on
-    features of this encoder (same weights, not only the same size)."""
-    from affectmae.features.fingerprint import encoder_fingerprint
-
-    fingerprint = encoder_fingerprint(enc)
+    features of this encoder: same weights, input size, normalisation and pooling, not only the same size."""
+    fingerprint = fingerprint_of(enc)
     for head, trained_on in model.trained_on.items():
-        if trained_on is not None and trained_on != fingerprint:
-            raise CheckpointError(f"{head}: trained on features of another encoder (sha256 {trained_on[:12]}) than "
-                                  f"{source} (sha256 {fingerprint[:12]}); export the encoder the features were "
-                                  f"extracted with")
+        verdict = "same" if trained_on is None else compare_fingerprints(trained_on, fingerprint)
+        if verdict == "different":
+            other = settings_difference(fingerprint, trained_on)
+            detail = f"; the same weights, but {other}" if other else ""
+            raise CheckpointError(f"{head}: trained on features of another encoder (sha256 {trained_on.shown[:12]}) than "
+                                  f"{source} (sha256 {fingerprint.shown[:12]}{detail}); export the encoder the features "
+                                  "were extracted with")
+        if verdict == "weights only":
+            log.warning("%s %s with %s", head, WEIGHTS_ONLY_NOTE, source)
     return fingerprint
 
 

@@ -116,14 +116,30 @@ def _frames_for(video: str, wanted, n_features: int) -> np.ndarray:
 
 def check_same_encoder(store: FeatureStore, model: AffectModel) -> None:
     """Refuse features of another encoder than the one the model's heads were trained on: the fingerprints
-    (sha256 of the encoder weights) in features.json and in each head's run differ. Features or runs made
-    before fingerprints were recorded are not checked."""
-    fingerprint = store.meta.get("encoder_sha256")
+    (weights, input size, normalisation, pooling; :mod:`affectmae.features.fingerprint`) in features.json and in
+    each head's run differ. Features or runs made before fingerprints were recorded are not checked; where one
+    side recorded the weights only (an older version) and they agree, a warning says what cannot be compared."""
+    from affectmae.features.fingerprint import (
+        WEIGHTS_ONLY_NOTE,
+        compare_fingerprints,
+        recorded_fingerprint,
+        settings_difference,
+    )
+
+    fingerprint = recorded_fingerprint(store.meta)
     for head, trained_on in model.trained_on.items():
-        if fingerprint and trained_on and fingerprint != trained_on:
+        if fingerprint is None or trained_on is None:
+            continue
+        verdict = compare_fingerprints(fingerprint, trained_on)
+        if verdict == "different":
+            other = settings_difference(fingerprint, trained_on)
+            detail = f"; the same weights, but {other}" if other else ""
             raise AffectMAEError(f"{store.root / 'features.json'}: features of encoder {store.meta.get('encoder')} "
-                                 f"(sha256 {fingerprint[:12]}), but {head} was trained on features of another encoder "
-                                 f"(sha256 {trained_on[:12]}); extract with the model's encoder")
+                                 f"(sha256 {fingerprint.shown[:12]}), but {head} was trained on features of another "
+                                 f"encoder (sha256 {trained_on.shown[:12]}{detail}); extract with the model's encoder")
+        if verdict == "weights only":
+            old = head if trained_on.full is None else store.root / "features.json"
+            log.warning("%s %s (features %s, head %s)", old, WEIGHTS_ONLY_NOTE, store.root, head)
 
 
 def predict_submissions(cfg: PredictConfig) -> dict:

@@ -321,8 +321,18 @@ def _save_best(t: TemporalTraining, run: TrainingRun, metrics: dict[str, Any]) -
     save_temporal(run.run_dir / BEST_FILE, t.model, {
         "tasks": t.tasks, "window": cfg.window, "stride": cfg.stride, "au_thresholds": thresholds,
         "au_threshold_source": cfg.au_threshold_source if thresholds is not None else "none",
-        "val": metrics, "epoch": run.epoch, "features": {k: t.store.meta.get(k) for k in ("encoder", "dim", "cpu_gemm", "encoder_sha256")},
+        "val": metrics, "epoch": run.epoch, "features": _features_record(t.store.meta),
         **t.fold_info})
+
+
+def _features_record(meta: dict) -> dict:
+    """What a run records of its features: the encoder, feature size, CPU linear backend and the encoder's
+    fingerprint (:mod:`affectmae.features.fingerprint`; an older features.json's is read as it was recorded)."""
+    from affectmae.features.fingerprint import recorded_fingerprint
+
+    fingerprint = recorded_fingerprint(meta)
+    return {**{k: meta.get(k) for k in ("encoder", "dim", "cpu_gemm")},
+            **(fingerprint.record() if fingerprint is not None else {"encoder_sha256": None})}
 
 
 def run_train(config: str | Path | None = None, overrides: list[str] | dict | None = None, *,
