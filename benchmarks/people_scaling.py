@@ -70,8 +70,8 @@ def training_people(train: list, mode: str, seed: int) -> list:
 def patch_people(mode: str, seed: int) -> None:
     original = people_module.FaceSource.__init__
 
-    def init(self, source, seed_, photos=(), val_fraction=0.25):
-        original(self, source, seed_, photos, val_fraction)
+    def init(self, source, seed_, photos=(), val_fraction=0.25, **kwargs):
+        original(self, source, seed_, photos, val_fraction, **kwargs)
         self.people["train"] = training_people(self.people["train"], mode, seed)
         self.info["split"]["train"] = [p.key for p in self.people["train"]]
 

