@@ -228,3 +228,64 @@ def test_features_and_model_dir_record_the_backend(tmp_path):
         assert _continued_cpu_gemm(meta) == "aten" and cpu_gemm_backend() == "aten"  # a continued one: its own
     finally:
         fl._backend = saved
+
+
+def _gemm_worker(rank: int, world: int, port: int, envs: list, state: str, out: str) -> None:
+    """One process of a gloo run: its own AFFECTMAE_CPU_GEMM, then the backend it computes with after joining
+    the group (and after resuming from ``state``), whether it decided anything itself, and what it logged."""
+    import json
+
+    from affectmae.training.distributed import distributed_session
+    from affectmae.training.engine import TrainingRun
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    os.environ.pop(fl.ENV_VAR, None)
+    if envs[rank]:
+        os.environ[fl.ENV_VAR] = envs[rank]
+    torch.set_num_threads(1)
+    fl._backend = None
+    messages, decided = [], []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("affectmae").addHandler(handler)
+    logging.getLogger("affectmae").setLevel(logging.INFO)
+    real_auto = fl._auto_backend
+    fl._auto_backend = lambda *a: decided.append("auto") or real_auto(*a)
+    with distributed_session("cpu") as info:
+        started = fl.cpu_gemm_backend()
+        if state:
+            run = TrainingRun("train", state, 1, {}, is_main=info.is_main, tensorboard=False)
+            run.restore(nn.Linear(2, 2), None, ())
+    with open(os.path.join(out, f"{rank}.json"), "w") as fh:
+        json.dump({"started": started, "backend": fl.cpu_gemm_backend(), "decided": decided, "log": messages}, fh)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", ["start", "resume"])
+def test_distributed_processes_compute_with_the_choice_of_process_0(backend, tmp_path, monkeypatch, case):
+    """Two gloo processes whose environments ask for different backends: process 0 decides (from its environment,
+    or from the state the run resumes from) and process 1 takes its choice, deciding and logging nothing itself."""
+    import json
+    import socket
+
+    from affectmae.training.state import save_training_state
+
+    state = ""
+    if case == "resume":
+        backend("aten")
+        save_training_state(tmp_path / "last_state.safetensors", nn.Linear(2, 2), None, {"epoch": 1}, {})
+        state = str(tmp_path)
+    envs = ["aten", "onednn"] if case == "start" else ["", "onednn"]  # resume: process 0 takes the recorded aten
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_gemm_worker, args=(2, port, envs, state, str(tmp_path)), nprocs=2, join=True)
+    first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
+    assert first["backend"] == second["backend"] == "aten" and second["started"] == first["started"]
+    assert second["decided"] == [] and not any(m.startswith("CPU fp32 linear backend") for m in second["log"])
+    shared = [m for m in first["log"] if m.startswith("CPU fp32 linear backend of all 2 processes")]
+    assert shared == [f"CPU fp32 linear backend of all 2 processes: {b}"
+                      for b in ([first["started"], "aten"] if state else ["aten"])]  # once at start, once on resume
+    assert ("AFFECTMAE_CPU_GEMM=onednn in this process, but process 0 of the run computes fp32 CPU products with aten; "
+            "so does this process") in second["log"]

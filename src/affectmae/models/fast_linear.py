@@ -11,9 +11,13 @@ features and weights differ in their last digits between them. The backend is ch
 
 - ``AFFECTMAE_CPU_GEMM=onednn`` or ``aten`` forces one;
 - ``auto`` (the default) decides from the CPU, never from a timing, so every process on a machine (every
-  stage, every DDP rank) makes the same choice: oneDNN on AMD CPUs with AVX-512 (where MKL runs its AVX2
-  code), when this PyTorch has the op and it agrees with aten on a fixed product; aten everywhere else
-  (AVX2 CPUs, where the two run alike; Intel CPUs, where MKL uses AVX-512).
+  stage) makes the same choice: oneDNN on AMD CPUs with AVX-512 (where MKL runs its AVX2 code), when this
+  PyTorch has the op and it agrees with aten on a fixed product; aten everywhere else (AVX2 CPUs, where the
+  two run alike; Intel CPUs, where MKL uses AVX-512).
+
+In a distributed run the processes do not decide each for itself (their machines or environments may
+differ): process 0 decides, as above or from the run's recorded state, and the others take its choice
+(:func:`take_cpu_gemm_backend`, called by :func:`affectmae.training.distributed.agree_cpu_gemm_backend`).
 
 The backend is recorded with what it made (training state, ``features.json``, MODEL_DIR) and
 :func:`adopt_cpu_gemm_backend` takes the recorded one when a run resumes or a stage continues such an
@@ -142,6 +146,21 @@ def adopt_cpu_gemm_backend(recorded: str | None, source: str) -> str:
         log.info("CPU fp32 linear backend: %s, as recorded in %s", recorded, source)
         set_cpu_gemm_backend(recorded)
     return recorded
+
+
+def take_cpu_gemm_backend(chosen: str, source: str) -> str:
+    """Compute with ``chosen``, decided by ``source`` (process 0 of a distributed run), whatever this process
+    would have chosen; an ``AFFECTMAE_CPU_GEMM`` of this process that asks for the other backend gives way,
+    with a warning."""
+    forced = os.environ.get(ENV_VAR, "auto").strip().lower()
+    if forced in ("onednn", "aten") and forced != chosen:
+        log.warning("%s=%s in this process, but %s computes fp32 CPU products with %s; so does this process",
+                    ENV_VAR, forced, source, chosen)
+    if chosen == "onednn" and _onednn_op() is None:
+        raise AffectMAEError(f"{source} computes fp32 CPU products with oneDNN, which the PyTorch of this process "
+                             f"lacks; set {ENV_VAR}=aten for every process")
+    set_cpu_gemm_backend(chosen)
+    return chosen
 
 
 def set_cpu_gemm_backend(name: str | None) -> None:

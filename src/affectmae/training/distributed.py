@@ -3,7 +3,8 @@ worker with gloo).
 
 ``torchrun --nproc_per_node 4 -m affectmae pretrain ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them (no variables -> one process).
-Backend: nccl on GPUs, gloo on CPU. Only the main process (rank 0) writes files.
+Backend: nccl on GPUs, gloo on CPU. Only the main process (rank 0) writes files, and only it chooses the
+fp32 CPU linear backend (:func:`agree_cpu_gemm_backend`): every process computes with its choice.
 
 :class:`GlobalBatchSampler` splits each *global* batch (the optimizer-step batch) into micro-batches
 (gradient accumulation) and then across ranks, from one permutation seeded by (seed, epoch). Every
@@ -65,7 +66,29 @@ def init_distributed(device: str = "auto") -> DistInfo:
                 raise AffectMAEError(f"WORLD_SIZE={world} but {var} is not set; launch with torchrun")
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     log.info("process %d of %d on %s (%s)", rank, world, dev, backend)
+    agree_cpu_gemm_backend()
     return DistInfo(rank, world, local_rank, dev)
+
+
+def agree_cpu_gemm_backend(recorded: str | None = None, source: str = "") -> str:
+    """The fp32 CPU linear backend of every process (:mod:`affectmae.models.fast_linear`): process 0 decides,
+    taking ``recorded`` (the backend stored with the artifact ``source``, e.g. the state a run resumes from)
+    where given, else from its environment and CPU, and broadcasts it; the other processes take it and decide
+    nothing themselves, so the choice is made and logged once. Without a process group: this process's own
+    decision. In a process group every process must call it (at start, and on resume)."""
+    from affectmae.models.fast_linear import adopt_cpu_gemm_backend, take_cpu_gemm_backend
+
+    group = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    main = not group or dist.get_rank() == 0
+    choice = adopt_cpu_gemm_backend(recorded, source) if main else None
+    if not group:
+        return choice
+    shared = [choice]
+    dist.broadcast_object_list(shared, src=0)
+    if main:
+        log.info("CPU fp32 linear backend of all %d processes: %s", dist.get_world_size(), choice)
+        return choice
+    return take_cpu_gemm_backend(shared[0], "process 0 of the run")
 
 
 def cleanup_distributed() -> None:

@@ -30,7 +30,6 @@ from tqdm import tqdm
 
 from affectmae.errors import TrainingDivergedError
 from affectmae.io import atomic_write_text, prepare_output_dir
-from affectmae.models.fast_linear import adopt_cpu_gemm_backend
 from affectmae.training.checkpoints import (
     BEST_RECORD_FILE,
     CONFIG_FILE,
@@ -38,6 +37,7 @@ from affectmae.training.checkpoints import (
     check_run_dir,
     run_layout,
 )
+from affectmae.training.distributed import agree_cpu_gemm_backend
 from affectmae.training.metrics_log import ScalarLogger, read_metrics
 from affectmae.training.state import load_training_state
 
@@ -126,7 +126,7 @@ class TrainingRun:
         self.resumed = True
         self.epoch, self.step_in_epoch = c["epoch"], c.get("step_in_epoch", 0)
         self.loss_sum, self.loss_steps = float(c.get("epoch_loss_sum", 0.0)), int(c.get("epoch_loss_steps", 0))
-        adopt_cpu_gemm_backend(meta.get("cpu_gemm"), str(self.checkpoints.last))
+        agree_cpu_gemm_backend(meta.get("cpu_gemm"), str(self.checkpoints.last))  # every process: process 0's
         self.global_step = c.get("global_step", c.get("step", 0))  # `train` states before the shared loop: "step"
         if "best" in extra:
             self.best = extra["best"]
