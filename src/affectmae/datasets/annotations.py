@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from affectmae.errors import AffectMAEError, InputFormatError
+from affectmae.progress import progress_bar
 from affectmae.tasks import SPLITS, TASKS, TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ def load_annotations(annotation_root: str | Path, task: str, split: str) -> list
     files = sorted(p for p in split_dir.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
     if not files:
         raise AffectMAEError(f"split folder {split_dir} contains no .txt annotation files")
-    videos = [read_annotation_file(p, task) for p in tqdm(files, desc=f"{task} {split} annotations", disable=None)]
+    videos = [read_annotation_file(p, task) for p in progress_bar(files, desc=f"{task} {split} annotations", unit="file")]
     n = sum(v.n_frames for v in videos)
     n_valid = sum(int(v.valid.sum()) for v in videos)
     log.info("%s: %d videos, %d frames, %d with a valid %s label", split_dir, len(videos), n, n_valid, task)

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from affectmae.config import build_config, check_value
 from affectmae.datasets.annotations import read_annotation_file
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
 from affectmae.evaluation.submission import image_location, read_submission
+from affectmae.progress import progress_bar
 from affectmae.tasks import SPLITS, get_task
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def score_submission(task: str, pred_csv: str | Path, annotation_dir: str | Path
     n_rows = sum(len(frames) for frames, _ in predictions.values())
 
     pred_parts, true_parts, missing, n_missing, used_rows = [], [], [], 0, 0
-    for path in tqdm(files, desc="score", unit="video", leave=False, disable=len(files) < 50):
+    for path in progress_bar(files, desc="score", unit="video", leave=False, show=len(files) >= 50):
         labels = read_annotation_file(path, spec.name)
         n = labels.n_frames
         have = np.zeros(n, dtype=bool)

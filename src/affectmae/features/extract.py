@@ -43,6 +43,7 @@ from affectmae.features.store import (
     write_video_features,
 )
 from affectmae.io import OutputLayout, check_output_dir, prepare_output_dir
+from affectmae.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +196,13 @@ def _continued_cpu_gemm(meta_path: Path) -> str:
 def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], root: Path, dim: int, size: int,
                     encode, decode_threads: int) -> dict:
     """The videos of ``counts`` that ``root`` does not hold yet, one after the other; returns the summary."""
-    from tqdm import tqdm
-
     todo = [v for v in counts if _needs_extraction(root, v, counts[v], dim, frame_index)]
     summary = {"videos": len(counts), "skipped_done": len(counts) - len(todo), "extracted": 0, "frames": 0,
                "missing": 0, "corrupt": 0, "per_video": {}}
     if summary["skipped_done"]:
         log.info("%d of %d videos already extracted in %s; skipping them", summary["skipped_done"], len(counts), root)
     t0 = time.perf_counter()
-    bar = tqdm(total=sum(counts[v] for v in todo), unit="frame", desc="extract", disable=None)
+    bar = progress_bar(total=sum(counts[v] for v in todo), unit="frame", desc="extract")
     for video in todo:
         n = counts[video]
         present = frame_index.available(video, n)

@@ -24,12 +24,11 @@ import json
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
-
 from affectmae.config import build_config, config_to_dict
 from affectmae.errors import AffectMAEError
 from affectmae.inference.pipeline import AnalyzeConfig, Analyzer, remove_outputs, video_outputs
 from affectmae.io import OutputLayout, atomic_write_text, check_output_dir, prepare_output_dir
+from affectmae.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +144,8 @@ def analyze_inputs(inputs: list[str | Path], model_dir: str | Path, out_dir: str
             total += min(n_frames, cfg.max_frames) if cfg.max_frames else n_frames
         except AffectMAEError:
             pass  # reported when its turn comes
-    with Analyzer(model_dir, cfg) as analyzer, tqdm(total=total or None, unit="frame", disable=None,
-                                                   desc=f"{len(todo)} videos") as bar:
+    with Analyzer(model_dir, cfg) as analyzer, progress_bar(total=total or None, unit="frame",
+                                                           desc=f"{len(todo)} videos") as bar:
         for video, fingerprint in todo:
             stem = stems[video]
             bar.set_postfix_str(video.name)

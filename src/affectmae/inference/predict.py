@@ -45,6 +45,7 @@ from affectmae.errors import AffectMAEError, InputFormatError
 from affectmae.features.store import FeatureStore
 from affectmae.inference.model import AffectModel, load_model_dir, load_runs
 from affectmae.io import OutputLayout, atomic_paths, check_output_dir, prepare_output_dir
+from affectmae.progress import progress_bar
 from affectmae.tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,6 @@ def _write_submissions(store: FeatureStore, model: AffectModel, wanted: "Ordered
                        paths: dict[str, Path]) -> dict:
     """Predict every video of ``wanted`` once and write each task's rows into its temporary file ``staged[t]``
     (renamed to ``paths[t]`` by the caller once all are written)."""
-    from tqdm import tqdm
-
     from affectmae.evaluation.submission import SubmissionWriter
 
     tasks = list(paths)
@@ -189,7 +188,7 @@ def _write_submissions(store: FeatureStore, model: AffectModel, wanted: "Ordered
     thresholds = model.au_thresholds
     with contextlib.ExitStack() as stack:
         writers = {t: stack.enter_context(SubmissionWriter(t, paths[t], staged=staged[t])) for t in tasks}
-        for video, want in tqdm(wanted.items(), desc="predict", unit="video", disable=None):
+        for video, want in progress_bar(wanted.items(), total=len(wanted), desc="predict", unit="video"):
             feats, present = store.rows(video)
             n = feats.shape[0]
             frames = _frames_for(video, want, n)

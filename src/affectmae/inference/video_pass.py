@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from affectmae.config import save_config
 from affectmae.errors import InputFormatError
@@ -28,6 +27,7 @@ from affectmae.face.tracking import FaceTracker, ShotCutDetector
 from affectmae.inference.table import build_table, write_table
 from affectmae.io import atomic_path, atomic_write_text
 from affectmae.media.video import VideoReader
+from affectmae.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +188,7 @@ def _frame_pass(video, analyzer, timings: dict, progress) -> tuple:
     with VideoReader(video) as reader:
         stream = reader.frames(cfg.stride)
         total = min(filter(None, (reader.info.n_frames, cfg.max_frames)), default=None)
-        bar = progress if progress is not None else tqdm(total=total, unit="frame", desc=Path(video).name,
-                                                          disable=None)
+        bar = progress if progress is not None else progress_bar(total=total, unit="frame", desc=Path(video).name)
         chunk, chunk_cuts = [], []  # analysed frames waiting for their key frame (at most detect_every)
         while True:
             t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from affectmae.errors import TrainingDivergedError
 from affectmae.io import atomic_write_text, prepare_output_dir
+from affectmae.progress import progress_bar
 from affectmae.training.checkpoints import (
     BEST_RECORD_FILE,
     CONFIG_FILE,
@@ -44,11 +45,13 @@ from affectmae.training.state import load_training_state
 log = logging.getLogger(__name__)
 
 
-def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = True) -> tqdm:
-    """tqdm progress bar over ``iterable``: hidden with ``enabled=False`` (processes other than the main
-    one), shown only on a terminal with ``enabled=None``; ``bar.set_postfix(loss=...)`` shows running values."""
-    return tqdm(iterable, total=total, desc=desc, disable=None if enabled is None else not enabled,
-                dynamic_ncols=True, leave=False)
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = True,
+             unit: str = "step") -> tqdm:
+    """Progress bar over ``iterable`` (:func:`affectmae.progress.progress_bar`: tqdm's bar on a terminal, a plain
+    log line every ``AFFECTMAE_PROGRESS_SECONDS`` elsewhere); hidden with ``enabled=False`` (processes other than
+    the main one); ``bar.set_postfix(loss=...)`` shows running values."""
+    return progress_bar(iterable, total=total, desc=desc, unit=unit, show=enabled is not False, dynamic_ncols=True,
+                        leave=False)
 
 
 def check_finite(loss: torch.Tensor | float, epoch: int, step: int, run_dir: str | Path | None = None) -> None:

@@ -170,7 +170,7 @@ def predict_frames(model: FinetuneModel, dataset: Dataset, batch_size: int, devi
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skip_corrupt)
     outs, labels = [], []
-    for batch, _ in progress(loader, desc="validate", enabled=True):
+    for batch, _ in progress(loader, desc="validate", enabled=True, unit="batch"):
         if batch is None:
             continue
         out = model(batch[0].to(device)).float()
