@@ -12,6 +12,10 @@ face). ``names="openface"`` writes OpenFace-style names (see :data:`OPENFACE_NAM
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +150,10 @@ def build_table(det_frames, det_ids, det_boxes, det_scores, det_landmarks, predi
 def write_table(df: pd.DataFrame, path: str | Path, names: str = "affectmae") -> Path:
     """Write the table as CSV (atomically). ``names``: ``"affectmae"`` (default) or ``"openface"``.
 
-    Floats keep 5 significant digits, ``time_s`` microseconds (so an hour-long video keeps frame precision).
+    Floats keep 5 significant digits (``%.5g``), ``time_s`` microseconds (so an hour-long video keeps frame
+    precision); missing values are empty fields; text is quoted where it holds a comma, a quote or a line
+    break. The bytes are those of pandas' ``to_csv(index=False, float_format="%.5g")``, written column by
+    column with Python's own number formatting, about 4x faster (benchmarks/bench_table.py, docs/analyze.md).
     """
     if names not in ("affectmae", "openface"):
         raise AffectMAEError(f"column names must be 'affectmae' or 'openface', got {names!r}")
@@ -159,8 +166,81 @@ def write_table(df: pd.DataFrame, path: str | Path, names: str = "affectmae") ->
         out.columns = [OPENFACE_NAMES.get(c, c) for c in out.columns]
     path = Path(path)
     with atomic_path(path) as tmp:
-        out.to_csv(tmp, index=False, float_format="%.5g")
+        if not all(_csv_kind(out[c]) for c in out.columns):  # a column of another kind: pandas writes it all
+            out.to_csv(tmp, index=False, float_format="%.5g")
+            return path
+        with open(tmp, "w", newline="") as fh:
+            fh.write(",".join(_csv_text(pd.Series([str(c) for c in out.columns], dtype=object))) + os.linesep)
+            for begin in range(0, len(out), _CSV_CHUNK):  # a chunk of rows at a time: memory stays small
+                part = out.iloc[begin:begin + _CSV_CHUNK]
+                fields = [_csv_field(part[c]) for c in part.columns]
+                fh.write("".join(",".join(row) + os.linesep for row in zip(*fields, strict=True)))
     return path
+
+
+_CSV_CHUNK = 20_000
+_MAY_NEED_QUOTES = re.compile(r'[^\w .:/+-]')  # other texts go through the csv module
+
+
+def _csv_kind(column: pd.Series) -> str | None:
+    """How :func:`_csv_field` writes ``column``: "bool", "int", "float", "masked", "text", or None (another kind)."""
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype) and isinstance(dtype, np.dtype):
+        return "bool"
+    if isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        if pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+            return "masked"
+        return "text" if pd.api.types.is_string_dtype(dtype) else None
+    if dtype.kind in "iu":
+        return "int"
+    if dtype.kind == "f":
+        return "float"
+    return "text" if dtype == object else None
+
+
+def _csv_field(column: pd.Series) -> list[str]:
+    """The CSV field of every value of ``column``, as pandas' ``to_csv`` writes it (``float_format="%.5g"``,
+    missing values empty, minimal quoting)."""
+    kind = _csv_kind(column)
+    if kind == "bool":
+        return np.where(column.to_numpy(), "True", "False").tolist()
+    if kind == "int":
+        return [str(v) for v in column.to_numpy().tolist()]
+    if kind == "float":
+        values = column.to_numpy()
+        out = ["%.5g" % v for v in values.tolist()]
+        for i in np.flatnonzero(np.isnan(values)).tolist():
+            out[i] = ""
+        return out
+    if kind == "masked":
+        missing = column.isna().to_numpy()
+        values = column.to_numpy(dtype=object, na_value=None)
+        return ["" if m else str(v) for v, m in zip(values.tolist(), missing.tolist(), strict=True)]
+    return _csv_text(column)
+
+
+def _csv_text(column: pd.Series) -> list[str]:
+    """Text fields: missing values empty, each distinct text quoted as the csv module quotes it for pandas
+    (minimal quoting, quotes doubled, line terminator ``os.linesep``)."""
+    missing = column.isna().to_numpy()
+    fields: dict[str, str] = {}
+    out = []
+    for v, m in zip(column.to_numpy(dtype=object).tolist(), missing.tolist(), strict=True):
+        text = "" if m else str(v)
+        if text not in fields:
+            fields[text] = _quoted(text)
+        out.append(fields[text])
+    return out
+
+
+def _quoted(text: str) -> str:
+    """``text`` as one CSV field: through the csv writer pandas uses (an empty second field, so that an empty
+    text is not written as the quoted empty row of a single field)."""
+    if not _MAY_NEED_QUOTES.search(text):
+        return text
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator=os.linesep, quoting=csv.QUOTE_MINIMAL).writerow([text, ""])
+    return buffer.getvalue()[: -len("," + os.linesep)]
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
