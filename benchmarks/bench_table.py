@@ -1,4 +1,4 @@
-"""Writing `analyze`'s per-frame table as CSV: the previous writer (pandas ``to_csv`` with ``float_format``)
+"""Writing `analyze`'s per-frame table as CSV: pandas ``to_csv`` with ``float_format`` (the reference)
 against :func:`affectmae.inference.table.write_table`, side by side in one run, on the same table.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_table.py                  # 90,000 rows (about 46,000 frames, 2 faces)
@@ -47,7 +47,7 @@ def make_table(rows: int, seed: int = 0) -> pd.DataFrame:
 
 
 def write_table_previous(df: pd.DataFrame, path: Path, names: str = "affectmae") -> Path:
-    """The writer before the change: pandas ``to_csv`` with ``float_format="%.5g"`` (the reference)."""
+    """pandas ``to_csv`` with ``float_format="%.5g"``: the reference whose bytes ``write_table`` reproduces."""
     out = df.copy(deep=False)
     out["time_s"] = out["time_s"].map("{:.6f}".format)
     if names == "openface":
@@ -92,7 +92,7 @@ def main() -> None:
         same = old.read_bytes() == new.read_bytes()
         size = new.stat().st_size
     print(f"table: {len(df)} rows x {df.shape[1]} columns, names={args.names}, CSV {size / 1e6:.1f} MB")
-    print(f"previous writer (pandas to_csv): {t_old:7.2f} s")
+    print(f"pandas to_csv:                    {t_old:7.2f} s")
     print(f"write_table:                     {t_new:7.2f} s   ({t_old / t_new:.1f}x)")
     print(f"same bytes: {same}")
     print(f"machine: {machine()}")

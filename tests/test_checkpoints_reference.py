@@ -1,4 +1,4 @@
-"""Checkpoints researchers already have (issue 12): facebookresearch/mae training files with their args,
+"""Checkpoints researchers already have: facebookresearch/mae training files with their args,
 encoder-only and fine-tuned MAE files, timm files with config.json, ours; each computes timm's function with
 the checkpoint's own pooling, heads and normalisation, at its size and at another input size."""
 

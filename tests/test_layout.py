@@ -3,7 +3,9 @@
 - no function or method longer than 80 lines, no module longer than 400 lines;
 - the inference side (``inference``, ``face``, ``media``, ``models``, ``features.store``) never imports
   ``affectmae.training``;
-- no internal notes or per-machine timings in docstrings.
+- no internal notes or per-machine timings in docstrings;
+- no work-history notes (tracker issue numbers, work sessions) in the docs, the code, the tests or the
+  benchmarks: readers cannot look them up.
 """
 from __future__ import annotations
 
@@ -69,3 +71,26 @@ def test_no_relative_imports_and_no_internal_notes():
         hits = [i + 1 for i, line in enumerate(path.read_text().splitlines())
                 if re.search(r"\bengineer [A-Z]\b|\bTODO\b|\bXXX\b", line)]
         assert not hits, f"{_rel(path)}:{hits[0]}: internal note"
+
+
+REPO = PACKAGE.parents[1]
+HISTORY_NOTE = re.compile(r"\bissues? #?\d+|\b(this|second|third) session\b", re.IGNORECASE)
+TEXT_SUFFIXES = {".md", ".py", ".yaml", ".yml", ".toml", ".txt", ".cfg"}
+
+
+def _text_files() -> list[Path]:
+    files = [REPO / "README.md"]
+    for folder in ("docs", "src", "tests", "benchmarks"):
+        files += [p for p in sorted((REPO / folder).rglob("*"))
+                  if p.suffix in TEXT_SUFFIXES and p.is_file() and "__pycache__" not in p.parts]
+    return files
+
+
+def test_no_work_history_notes():
+    hits = []
+    for path in _text_files():
+        for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            match = HISTORY_NOTE.search(line)
+            if match:
+                hits.append(f"{path.relative_to(REPO).as_posix()}:{i}: {match.group(0)!r}")
+    assert not hits, "work-history notes a reader cannot look up:\n" + "\n".join(hits)

@@ -1,4 +1,4 @@
-"""The reference MAE's recipe where the project follows it (issue 12): input size recorded from extract to
+"""The reference MAE's recipe where the project follows it: input size recorded from extract to
 MODEL_DIR, the encoder's normalisation in analyze, the reference initialisation, timm's parameter groups and
 checkpoint filter, and configs that say what the paper did and did not fix."""
 

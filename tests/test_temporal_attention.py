@@ -120,7 +120,7 @@ def _cfg(**kw) -> TemporalConfig:
 
 
 def _old_model(cfg: TemporalConfig, monkeypatch) -> TemporalModel:
-    """The model as it was built before the change: nn.TransformerEncoder and plain nn.Linear layers."""
+    """The reference form of the model: nn.TransformerEncoder and plain nn.Linear layers."""
     with monkeypatch.context() as m:
         m.setattr(temporal, "TransformerEncoder", TorchTransformerEncoder)
         m.setattr(temporal, "use_fast_linear", lambda module: module)

@@ -2,7 +2,7 @@
 
 PyTorch computes fp32 ``nn.Linear`` on x86 CPUs with MKL's sgemm. On AMD CPUs with AVX-512 (Zen 4/5)
 MKL runs its AVX2 code path, while oneDNN, which PyTorch also ships, uses AVX-512, so oneDNN's fp32 products
-can be much faster there (figures in docs/benchmarks.md, "Pretraining and extraction on an AVX-512 machine").
+can be much faster there (figures in docs/benchmarks.md, "CPU GEMM: oneDNN or MKL").
 
 :class:`FastLinear` is an ``nn.Linear`` (same parameters, same state-dict keys) whose forward and backward
 go through ``torch.ops.mkldnn._linear_pointwise`` (the oneDNN matmul that TorchInductor uses) when the
