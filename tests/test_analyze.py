@@ -285,14 +285,14 @@ def test_memory_held_per_frame_does_not_grow_with_the_video(work, tmp_path, monk
         loop = [f.rgb for f in reader.frames()]
     loop += loop[::-1]
     held = {}
-    frame_pass = video_pass._frame_pass
+    frame_pass = video_pass.face_pass
 
     def measured_pass(*args, **kwargs):
         out = frame_pass(*args, **kwargs)
         held["after_pass"] = tracemalloc.get_traced_memory()[0]
         return out
 
-    monkeypatch.setattr(video_pass, "_frame_pass", measured_pass)
+    monkeypatch.setattr(video_pass, "face_pass", measured_pass)
     growth = {}
     with Analyzer(model_dir, plots=False, device="cpu") as analyzer:
         analyzer.analyze(clip)  # first-call allocations

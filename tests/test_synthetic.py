@@ -283,7 +283,7 @@ def test_cli_synth_end_to_end(tmp_path, capsys):
     assert "wrote 3 videos" in stdout and "4 face images" in stdout
     info = json.loads((out / "synth_info.json").read_text())
     assert info["parameters"] == {"videos": 3, "frames": 40, "seed": 5, "faces": 4, "size": 112, "source": "cartoon",
-                                  "photos": [], "train_people": 0}
+                                  "photos": [], "train_people": 0, "exclude_people": []}
     assert info["people"] == {"source": "cartoon"}
     assert info["complete"] is True
     assert [v["name"] for v in info["videos"]] == ["synth001", "synth002_left", "synth002_right"]
@@ -301,7 +301,7 @@ def test_cli_synth_config_file_and_overrides(tmp_path, capsys):
     assert "wrote 3 videos" in capsys.readouterr().out
     info = json.loads((tmp_path / "from_config" / "synth_info.json").read_text())
     assert info["parameters"] == {"videos": 3, "frames": 30, "seed": 4, "faces": 2, "size": 112, "source": "cartoon",
-                                  "photos": [], "train_people": 0}
+                                  "photos": [], "train_people": 0, "exclude_people": []}
     # OUT and a flag beat the config file; the dataset equals the one generate_affwild2 writes with those settings
     assert main(["synth", "--config", str(config), "--seed", "6", str(tmp_path / "flags"), "faces=1"]) == 0
     generate_affwild2(tmp_path / "direct", videos=3, frames=40, seed=6, faces=1)

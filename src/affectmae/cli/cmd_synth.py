@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--train-people", type=int, default=None, metavar="N",
                    help="photos: use only N of the seed's training people (0: all); the validation people stay the "
                    "same, so datasets with growing N give a score-vs-people curve")
+    p.add_argument("--exclude-people", nargs="+", default=None, metavar="NAME",
+                   help="photos: leave these people out of every video and face image (identity names as in "
+                   "synth_info.json, e.g. franck, whose video a model is then evaluated on)")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace a dataset previously written by `affectmae synth`")
     p.set_defaults(func=_run)
@@ -49,6 +52,7 @@ def _run(args) -> int:
     s = run_synth(
         args.config, overrides, out=out, videos=args.videos, frames=args.frames, seed=args.seed, faces=args.faces,
         size=args.size, overwrite=args.overwrite, source=args.source, photos=args.photos, train_people=args.train_people,
+        exclude_people=args.exclude_people,
     )
     if s.identities:
         print(f"{len(s.identities['train'])} training and {len(s.identities['val'])} validation people from face "

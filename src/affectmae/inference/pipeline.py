@@ -124,6 +124,17 @@ def remove_outputs(paths: list[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
+def face_detectors(cfg: AnalyzeConfig) -> tuple:
+    """(detector, :class:`KeyframeDetector` around it) with ``cfg``'s detector settings; the detector runs in a
+    child process with ``cfg.detector_worker`` (a ``WorkerDetector``: ``close()`` it when done)."""
+    det_args = dict(min_score=cfg.min_score, min_face=cfg.min_face, max_side=cfg.detect_max_side)
+    if cfg.detector_worker:
+        detector = WorkerDetector(cfg.detector, recycle_every=cfg.detector_recycle_frames, **det_args)
+    else:
+        detector = get_detector(cfg.detector, **det_args)
+    return detector, KeyframeDetector(detector, every=cfg.detect_every, min_face=cfg.min_face)
+
+
 class Analyzer:
     """A loaded MODEL_DIR and a running face detector, reused for many videos.
 
@@ -154,12 +165,7 @@ class Analyzer:
         if cfg.align_margin is None:
             cfg = dataclasses.replace(cfg, align_margin=model_align_margin(model_dir))
         self.config = cfg
-        det_args = dict(min_score=cfg.min_score, min_face=cfg.min_face, max_side=cfg.detect_max_side)
-        if cfg.detector_worker:
-            self.detector = WorkerDetector(cfg.detector, recycle_every=cfg.detector_recycle_frames, **det_args)
-        else:
-            self.detector = get_detector(cfg.detector, **det_args)
-        self._keyframes = KeyframeDetector(self.detector, every=cfg.detect_every, min_face=cfg.min_face)
+        self.detector, self._keyframes = face_detectors(cfg)
         self._encoder = CropEncoder(self.model.encoder, self.device, cfg.batch_size, dict.fromkeys(STAGES, 0.0),
                                  overlap=cfg.overlap)
 

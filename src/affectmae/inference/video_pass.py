@@ -151,13 +151,13 @@ class _Detections:
         return tuple(np.ascontiguousarray(records[name]) for name in ("frame", "id", "box", "score", "landmarks"))
 
 
-def _process_chunk(chunk: list, chunk_cuts: list[bool], analyzer, tracker: FaceTracker, found: _Detections,
-                   timings: dict) -> None:
+def _process_chunk(chunk: list, chunk_cuts: list[bool], faces: "FacePass", tracker: FaceTracker,
+                   found: _Detections, timings: dict) -> None:
     """Detect faces on a chunk of analysed frames (one key frame, then patches), align, describe and track
-    each face and hand its crop to the encoder."""
-    cfg, encoder = analyzer.config, analyzer._encoder
+    each face and hand its crop to ``faces.crops``."""
+    cfg, encoder = faces.config, faces.crops
     t1 = time.perf_counter()
-    per_frame = analyzer._keyframes.detect_chunk([f.rgb for f in chunk], chunk_cuts)
+    per_frame = faces.keyframes.detect_chunk([f.rgb for f in chunk], chunk_cuts)
     timings["detect"] += time.perf_counter() - t1
     for frame, dets, cut in zip(chunk, per_frame, chunk_cuts, strict=True):
         if cfg.max_faces:
@@ -176,16 +176,30 @@ def _process_chunk(chunk: list, chunk_cuts: list[bool], analyzer, tracker: FaceT
             encoder.add(crop)
 
 
-def _frame_pass(video, analyzer, timings: dict, progress) -> tuple:
-    """Stream the frames once; returns (detections, time of every decoded frame, crop features (M, D) float16 on
-    disk or None, video summary, tracker)."""
-    cfg = analyzer.config
+@dataclass
+class FacePass:
+    """What one pass over a video's faces needs: the settings (an ``AnalyzeConfig``: stride, max_frames,
+    align_margin, tracking and re-id), the key-frame detector, where the aligned crops go (``crops``:
+    ``reset(timings)``, ``add(crop)``, ``feature_rows()``; the encoder for ``analyze``) and how the video is
+    opened (``open_reader(path)``: a :class:`~affectmae.media.video.VideoReader` or a reader like it)."""
+
+    config: object
+    keyframes: object
+    crops: object
+    open_reader: object = VideoReader
+
+
+def face_pass(video, faces: FacePass, timings: dict, progress=None) -> tuple:
+    """Stream the frames once: detect, align, describe and track every face, hand each crop to ``faces.crops``.
+    Returns (detections, time of every decoded frame, ``faces.crops.feature_rows()``, video summary, tracker);
+    ``timings`` gains the seconds of each of :data:`STAGES`."""
+    cfg = faces.config
     tracker = FaceTracker(max_age=cfg.max_age, min_appearance=cfg.reid_min_appearance)
     cuts = ShotCutDetector(cfg.cut_threshold)
-    analyzer._encoder.reset(timings)
-    analyzer._keyframes.reset()
+    faces.crops.reset(timings)
+    faces.keyframes.reset()
     found, frame_times = _Detections(), array("d")  # 8 bytes per frame
-    with VideoReader(video) as reader:
+    with faces.open_reader(video) as reader:
         stream = reader.frames(cfg.stride)
         total = min(filter(None, (reader.info.n_frames, cfg.max_frames)), default=None)
         bar = progress if progress is not None else progress_bar(total=total, unit="frame", desc=Path(video).name)
@@ -204,20 +218,29 @@ def _frame_pass(video, analyzer, timings: dict, progress) -> tuple:
                 chunk.append(frame)
                 chunk_cuts.append(cuts.is_cut(frame.rgb))
                 timings["track"] += time.perf_counter() - t1
-                if len(chunk) < analyzer._keyframes.every:
+                if len(chunk) < faces.keyframes.every:
                     continue
             if not chunk:
                 break
-            _process_chunk(chunk, chunk_cuts, analyzer, tracker, found, timings)
+            _process_chunk(chunk, chunk_cuts, faces, tracker, found, timings)
             chunk, chunk_cuts = [], []
             if ended:
                 break
         if progress is None:
             bar.close()
-        feats = analyzer._encoder.feature_rows()  # on disk; None without faces
+        feats = faces.crops.feature_rows()  # the encoder's: on disk; None without faces
         summary = {"video": str(video), **reader.summary(), "fps": reader.info.fps,
                    "rotation": reader.info.rotation, "size": [reader.info.width, reader.info.height]}
     return found, frame_times, feats, summary, tracker
+
+
+def track_people(found: _Detections, cfg) -> dict[int, int]:
+    """Track id -> person id: with ``cfg.reid`` tracks linked into people by appearance (one id per person
+    across cuts and long occlusions), else each track its own person."""
+    frames, ids = found.arrays()[:2]
+    if cfg.reid:
+        return link_tracks(found.desc_sums, co_occurring_pairs(ids, frames), cfg.reid_threshold)
+    return {int(t): int(t) for t in np.unique(ids)}
 
 
 def analyze_one(video, analyzer, out_dir, video_out, stem, progress) -> pd.DataFrame:
@@ -225,7 +248,8 @@ def analyze_one(video, analyzer, out_dir, video_out, stem, progress) -> pd.DataF
     cfg, model, detector = analyzer.config, analyzer.model, analyzer.detector
     timings = dict.fromkeys(STAGES, 0.0)
     started = time.perf_counter()
-    found, frame_times, feats, summary, tracker = _frame_pass(video, analyzer, timings, progress)
+    faces = FacePass(cfg, analyzer._keyframes, analyzer._encoder)
+    found, frame_times, feats, summary, tracker = face_pass(video, faces, timings, progress)
     if not frame_times:
         raise InputFormatError(video, "no frame could be decoded (the file is truncated or damaged)")
     det_frames_a, det_ids_a, boxes_a, scores_a, landmarks_a = found.arrays()
@@ -238,10 +262,7 @@ def analyze_one(video, analyzer, out_dir, video_out, stem, progress) -> pd.DataF
             feats.close()
     timings["temporal"] += time.perf_counter() - t5
     t_link = time.perf_counter()
-    if cfg.reid:  # tracks -> people: one face_id per person across cuts and long occlusions
-        person = link_tracks(found.desc_sums, co_occurring_pairs(det_ids_a, det_frames_a), cfg.reid_threshold)
-    else:
-        person = {int(t): int(t) for t in np.unique(det_ids_a)}
+    person = track_people(found, cfg)
     timings["track"] += time.perf_counter() - t_link
     df = build_table(det_frames_a, det_ids_a, boxes_a, scores_a, landmarks_a, predictions, frame_times, cfg.stride,
                      getattr(model, "au_thresholds", None), input_name=str(video), face_ids=person)

@@ -54,7 +54,7 @@ __all__ = ["SynthConfig", "run_synth", "generate_affwild2", "SynthSummary", "for
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_OUTPUTS = ("cropped_aligned", "annotations", "faces", "latents", "synth_info.json")
+_OUTPUTS = ("cropped_aligned", "annotations", "faces", "latents", "synth_info.json", "pseudo_labels.json")
 _JPEG = [cv2.IMWRITE_JPEG_QUALITY, 90]
 
 
@@ -93,6 +93,7 @@ class SynthConfig:
     source: str = field(default="cartoon", metadata={"choices": ("cartoon", "photos")})  # cartoon | photos
     photos: list[str] = field(default_factory=list)  # folders or files of face photographs for source=photos
     train_people: int = field(default=0, metadata={"min": 0})  # photos: use only N training people (0: all)
+    exclude_people: list[str] = field(default_factory=list)  # photos: identities left out entirely (e.g. franck)
     overwrite: bool = False  # replace a dataset previously written by `affectmae synth`
 
 
@@ -104,6 +105,7 @@ def run_synth(config: str | Path | None = None, overrides: list[str] | dict | No
     return generate_affwild2(
         cfg.out, videos=cfg.videos, frames=cfg.frames, seed=cfg.seed, faces=cfg.faces, size=cfg.size,
         overwrite=cfg.overwrite, source=cfg.source, photos=cfg.photos, train_people=cfg.train_people,
+        exclude_people=cfg.exclude_people,
     )
 
 
@@ -150,7 +152,8 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _jpeg(rgb: np.ndarray) -> bytes:
+def encode_jpeg(rgb: np.ndarray) -> bytes:
+    """``rgb (H, W, 3)`` uint8 -> the bytes of a JPEG at the quality of the dataset's frames."""
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), _JPEG)
     if not ok:  # pragma: no cover - OpenCV built without JPEG support
         raise AffectMAEError("OpenCV could not encode a JPEG image")
@@ -164,7 +167,7 @@ def _write_frames(folder: Path, traj: Trajectory, present: np.ndarray, faces: Fa
             person, traj.observed[t], rng, size, pose=traj.pose[t], light=traj.light[t],
             occlusion=int(traj.occlusion[t]), blur=float(traj.blur[t]),
         )
-        (folder / f"{t + 1:05d}.jpg").write_bytes(_jpeg(img))
+        (folder / f"{t + 1:05d}.jpg").write_bytes(encode_jpeg(img))
 
 
 def _write_faces(folder: Path, count: int, seed: int, size: int, faces: FaceSource) -> dict[str, np.ndarray]:
@@ -180,7 +183,7 @@ def _write_faces(folder: Path, count: int, seed: int, size: int, faces: FaceSour
         latent[i], observed[i] = traj.latent[t], traj.observed[t]
         person = faces.person("train", i, rng)
         img = faces.render(person, traj.observed[t], rng, size, pose=traj.pose[t], light=traj.light[t])
-        (folder / f"{i + 1:05d}.jpg").write_bytes(_jpeg(img))
+        (folder / f"{i + 1:05d}.jpg").write_bytes(encode_jpeg(img))
     files = np.array([f"{i + 1:05d}.jpg" for i in range(count)])
     return {"latent": latent, "observed": observed, "files": files}
 
@@ -196,6 +199,7 @@ def generate_affwild2(
     source: str = "cartoon",
     photos: list[str] | tuple = (),
     train_people: int = 0,
+    exclude_people: list[str] | tuple = (),
 ) -> SynthSummary:
     """Write a synthetic Aff-Wild2 dataset to ``out`` (layout in the module docstring) and return a summary.
 
@@ -205,6 +209,8 @@ def generate_affwild2(
     ones plus ``photos`` folders/files; :mod:`affectmae.synth.photos`) instead of drawing cartoon faces;
     validation videos then show only people who appear in no training video and no ``faces/`` image, and
     ``train_people`` > 0 keeps only that many training people (the validation people stay those of the seed).
+    ``exclude_people``: identities (names as in ``synth_info.json``'s ``identity_split``, e.g. ``franck``) that
+    appear nowhere, e.g. the person of a real video the model is evaluated on; they are removed before the split.
     """
     if videos < 1 or frames < 1 or faces < 0 or size < 16:
         raise AffectMAEError(f"need videos >= 1, frames >= 1, faces >= 0, size >= 16 (got {videos}, {frames}, {faces}, {size})")
@@ -212,7 +218,7 @@ def generate_affwild2(
         log.warning("%d video(s): no _left/_right pair, and not every task gets 2 train + 1 validation videos", videos)
     start_time = time.perf_counter()
     out = Path(out)
-    people = FaceSource(source, seed, photos, train_people=train_people)  # before touching `out`: a missing photo source changes nothing on disk
+    people = FaceSource(source, seed, photos, train_people=train_people, exclude_people=exclude_people)  # before touching `out`: a missing photo source changes nothing on disk
     _prepare_output(out, overwrite)
     plan = plan_videos(videos, frames, seed)
     info = {
@@ -220,7 +226,8 @@ def generate_affwild2(
         "generator": "affectmae synth",
         "complete": False,  # until the end, so an interrupted run can be replaced with --overwrite
         "parameters": {"videos": videos, "frames": frames, "seed": seed, "faces": faces, "size": size,
-                       "source": source, "photos": [str(p) for p in photos], "train_people": train_people},
+                       "source": source, "photos": [str(p) for p in photos], "train_people": train_people,
+                       "exclude_people": list(exclude_people)},
         "people": people.info,
     }
     atomic_write_text(out / "synth_info.json", json.dumps(info, indent=2) + "\n")

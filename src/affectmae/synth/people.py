@@ -32,6 +32,16 @@ def split_identities(names: list[str], seed: int, val_fraction: float = 0.25,
     return train, val
 
 
+def _exclude(groups: dict[str, list], names) -> tuple[dict[str, list], dict[str, list]]:
+    """(``groups`` without the identities ``names``, the removed groups); an unknown name is an error that lists
+    the identities there are."""
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise AffectMAEError(f"exclude_people: no person named {', '.join(map(repr, unknown))} among the "
+                             f"{len(groups)} people of the photos; the people are: {', '.join(groups)}")
+    return ({n: g for n, g in groups.items() if n not in names}, {n: g for n, g in groups.items() if n in names})
+
+
 class FaceSource:
     """Who is drawn and how: cartoon people (a new random identity per video) or animated real photographs.
 
@@ -42,13 +52,15 @@ class FaceSource:
     :func:`render_face` or :func:`~affectmae.synth.photos.render_photo_face` with the same arguments.
     """
 
-    def __init__(self, source: str, seed: int, photos=(), val_fraction: float = 0.25, train_people: int = 0):
+    def __init__(self, source: str, seed: int, photos=(), val_fraction: float = 0.25, train_people: int = 0,
+                 exclude_people=()):
         self.source = source
         self.info: dict = {"source": source}
         self.people: dict[str, list] = {}
         if source == "cartoon":
-            if train_people:
-                raise AffectMAEError("train_people applies to --source photos (cartoon videos each draw a new person)")
+            if train_people or exclude_people:
+                raise AffectMAEError(f"{'train_people' if train_people else 'exclude_people'} applies to --source "
+                                     "photos (cartoon videos each draw a new person)")
             return
         if source != "photos":
             raise AffectMAEError(f"unknown synth source {source!r}; choose cartoon or photos")
@@ -56,7 +68,8 @@ class FaceSource:
 
         paths = photo_faces.find_face_photos(list(photos))
         people = photo_faces.load_photo_people(paths)
-        groups = identity_groups(people)
+        groups, excluded = _exclude(identity_groups(people), exclude_people)
+        people = [p for p in people if (p.identity or p.key) in groups]
         if len(groups) < 4:
             raise AffectMAEError(
                 f"synth --source photos found {len(people)} usable face(s) of {len(groups)} people in {len(paths)} "
@@ -72,6 +85,8 @@ class FaceSource:
             split={split: [p.key for p in group] for split, group in self.people.items()},
             identity_split={"train": train, "val": val}, sources=sorted({p.source for p in people}),
         )
+        if excluded:
+            self.info["excluded"] = {"identities": sorted(excluded), "faces": [p.key for g in excluded.values() for p in g]}
         log.info("face photographs: %d faces of %d people in %d photos (%s); %d training and %d validation people",
                  summary["faces"], summary["identities"], summary["photos"],
                  ", ".join(f"{k} {v}" for k, v in summary["identities_by_origin"].items()), len(train), len(val))
