@@ -178,7 +178,7 @@ def write_table(df: pd.DataFrame, path: str | Path, names: str = "affectmae") ->
     return path
 
 
-_CSV_CHUNK = 20_000
+_CSV_CHUNK = 512
 _MAY_NEED_QUOTES = re.compile(r'[^\w .:/+-]')  # other texts go through the csv module
 
 
