@@ -165,6 +165,17 @@ def print_table(title: str, rows: dict[str, dict[str, list[float]]]) -> None:
         print(f"| {v} | " + " | ".join(cells) + " |")
 
 
+def _probes(run: Path, data: Path, pixels: Path) -> dict:
+    """Identity and expression probes of the run's features (cached in RUN/probes.json)."""
+    cache = run / "probes.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    result = {name: identity_and_expression(FeatureStore(folder), data) for name, folder in (
+        ("fine-tuned", run / "features"), ("MAE", run / "features_mae"), ("raw pixels", pixels))}
+    cache.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def run_level(n: int, args, out: Path, timings: dict) -> dict:
     """Every seed at ``n`` training people (0: all); returns rows, claims, people counts and probes."""
     per_seed, people, probes = {}, [], []
@@ -179,8 +190,7 @@ def run_level(n: int, args, out: Path, timings: dict) -> dict:
         print(f"n={n} seed {seed}: {people[-1]} training people; validation people {', '.join(split['val'])}",
               flush=True)
         if args.probe:
-            probes.append({name: identity_and_expression(FeatureStore(run / folder), data)
-                           for name, folder in (("fine-tuned", "features"), ("MAE", "features_mae"))})
+            probes.append(_probes(run, data, pixels))
     first = next(iter(per_seed.values()))
     variants = [v for v in first if "skipped" not in first[v]]
     rows = {v: {c: [_score(r, v, c) for r in per_seed.values()] for c, _ in TASK_COLUMNS} for v in variants}
