@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from affectmae.errors import InputFormatError
 from affectmae.face.align import CROP_SIZE, align_face
 from affectmae.inference.video_pass import STAGES, FacePass, face_pass, track_people
 from affectmae.models.fer_teacher import FER_CLASSES, TEACHER_MARGIN, FERTeacher
@@ -114,6 +115,8 @@ def label_faces(source: str | Path, faces: FacePass, teacher: FERTeacher, margin
     timings = dict.fromkeys(STAGES, 0.0)
     start = time.perf_counter()
     found, frame_times, _, summary, _ = face_pass(source, faces, timings)
+    if not frame_times:
+        raise InputFormatError(source, "no frame could be decoded (the file is truncated or damaged)")
     stride = faces.config.stride
     n = (len(frame_times) + stride - 1) // stride
     landmarks, people = main_face(faces, found)
