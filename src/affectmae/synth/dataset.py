@@ -38,11 +38,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from affectmae.config import build_config
 from affectmae.errors import AffectMAEError
 from affectmae.io import atomic_write_bytes, atomic_write_text
+from affectmae.progress import progress_bar
 from affectmae.synth.latents import LATENT_NAMES, Trajectory, labels_from_latents, sample_trajectory
 from affectmae.synth.oracle import oracle_scores
 from affectmae.synth.people import FaceSource
@@ -177,7 +177,7 @@ def _write_faces(folder: Path, count: int, seed: int, size: int, faces: FaceSour
     folder.mkdir(parents=True, exist_ok=True)
     latent = np.zeros((count, len(LATENT_NAMES)), np.float32)
     observed = np.zeros_like(latent)
-    for i in tqdm(range(count), desc="synth faces", disable=None, leave=False):
+    for i in progress_bar(range(count), desc="synth faces", unit="face", leave=False):
         traj = sample_trajectory(60, rng, occlusion_rate=0.0, blur_rate=0.0)
         t = int(rng.integers(60))
         latent[i], observed[i] = traj.latent[t], traj.observed[t]
@@ -235,7 +235,7 @@ def generate_affwild2(
     info_videos = []
     expr_counts = np.zeros(len(EXPRESSIONS), dtype=np.int64)
     seen = {split: 0 for split in SPLITS}  # people handed out per split, so consecutive videos differ
-    for video in tqdm(plan, desc="synth videos", disable=None):
+    for video in progress_bar(plan, desc="synth videos", unit="video"):
         entry, video_expr = _write_video(out, video, seed, size, people, seen, first_with_task)
         info_videos.append(entry)
         expr_counts += video_expr
