@@ -123,8 +123,10 @@ def test_cli_stride_no_face_video_and_one_line_errors(clip, teacher, tmp_path, c
     # bad inputs: one line each, nothing written
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
+    (tmp_path / "no_images").mkdir()
     for source, message in ((tmp_path / "missing.mp4", f"source not found: {tmp_path / 'missing.mp4'}"),
-                            (bad, f"{bad}: not a readable video: ")):
+                            (bad, f"{bad}: not a readable video: "),
+                            (tmp_path / "no_images", f"{tmp_path / 'no_images'}: holds no images (.jpg, ")):
         assert main(["pseudo-label", str(source), "-o", str(tmp_path / "new"), "--teacher", str(teacher)]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith(f"affectmae pseudo-label: error: {message}")
@@ -166,3 +168,25 @@ def test_pseudo_labels_join_a_synth_dataset_that_finetune_reads(clip, teacher, t
     # synth --overwrite replaces the dataset, pseudo-labels included
     generate_affwild2(data, videos=3, frames=40, faces=0, size=32, overwrite=True)
     assert not (data / "pseudo_labels.json").exists() and not (data / ANNOTATION.format("clip")).exists()
+
+
+def test_an_image_folder_is_read_as_one_video_in_name_order(clip, teacher, tmp_path, caplog):
+    from PIL import Image
+
+    from affectmae.media.video import VideoReader
+
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    with VideoReader(clip.path) as reader:
+        for frame in reader.frames():
+            Image.fromarray(frame.rgb).save(seq / f"img_{frame.index:03d}.png")
+    (seq / "img_002.png").write_bytes(b"not an image")  # a damaged frame: no face there
+    (seq / "notes.txt").write_text("not a frame")
+    with caplog.at_level(logging.WARNING):
+        r = run_pseudo_label(None, [], sources=[str(seq)], out=str(tmp_path / "data"), teacher=str(teacher))
+    present = [t != 2 and not 6 <= t < 10 for t in range(20)]
+    assert sorted(p.name for p in (tmp_path / "data" / "cropped_aligned" / "seq").iterdir()) == \
+        [f"{t + 1:05d}.jpg" for t in range(20) if present[t]]
+    assert (tmp_path / "data" / ANNOTATION.format("seq")).read_text().splitlines()[1:] == \
+        [str(v) for v in expected_labels(present)]
+    assert r["videos"]["seq"]["frames"] == 20 and "img_002.png" in caplog.text
