@@ -38,6 +38,17 @@ def test_plain_lines_every_interval_and_at_the_end_short_loops_silent(monkeypatc
     assert len({m.split(",")[0] for m in lines}) == len(lines)  # never the same count twice
 
 
+def test_slow_loops_log_single_spaced_lines(monkeypatch, caplog):
+    """Below 10 steps/s tqdm pads the rate ("  6.67step/s"); the plain lines keep one space between fields."""
+    monkeypatch.setattr(progress_mod, "stderr_is_terminal", lambda: False)
+    monkeypatch.setenv("AFFECTMAE_PROGRESS_SECONDS", "0.05")
+    with caplog.at_level(logging.INFO, logger="affectmae.progress"):
+        for _ in progress_bar(range(3), desc="slow", unit="step"):
+            time.sleep(0.15)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and all(re.fullmatch(r"slow: \d/3 step \(\d+%\), 00:00 elapsed, \d\.\d\dstep/s", m) for m in lines), lines
+
+
 def test_a_terminal_gets_tqdm_and_hidden_bars_write_nothing(monkeypatch, caplog):
     monkeypatch.setattr(progress_mod, "stderr_is_terminal", lambda: True)
     bar = progress_bar(range(3), desc="x")

@@ -57,7 +57,7 @@ class PlainProgress(tqdm):
         """The bar's state as one line of text (no bar drawing, no control characters)."""
         fmt = dict(self.format_dict)
         fmt["bar_format"] = _WITH_TOTAL if fmt.get("total") else _WITHOUT_TOTAL
-        return self.format_meter(**fmt)
+        return " ".join(self.format_meter(**fmt).split())  # tqdm pads rates below 10 ("  8.40step/s")
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         now = time.time()
