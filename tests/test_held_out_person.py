@@ -95,14 +95,14 @@ def test_demo_pseudo_labels_the_other_clips_never_the_analysed_one(tmp_path, mon
     monkeypatch.setattr(pseudo_labels, "pseudo_label", fake_pseudo_label)
     monkeypatch.setattr(demo, "find_fer_model", lambda: tmp_path / "teacher.hdf5")
     timings = {}
-    summary = demo._pseudo_label_stage(demo.DemoConfig(), tmp_path / "data", timings, clips["franck"])
+    summary = demo._pseudo_label_stage(demo.DemoConfig(pseudo_labels=True), tmp_path / "data", timings, clips["franck"])
     assert summary == {"annotated_videos": 2, "frames": 10, "labelled": 8, "class_counts": {"Neutral": 8},
                        "without_face": [], "threshold": 0.5}
     cfg = seen["cfg"]
     assert (cfg.out, cfg.stride, cfg.align_margin, cfg.teacher) == (str(tmp_path / "data"), 2, demo.ALIGN_MARGIN,
                                                                      str(tmp_path / "teacher.hdf5"))
     assert cfg.sources == [str(p) for p in found] and list(timings) == ["pseudo-label"]
-    assert demo._pseudo_label_stage(demo.DemoConfig(pseudo_labels=False), tmp_path, {}, clips["franck"]) is None
+    assert demo._pseudo_label_stage(demo.DemoConfig(), tmp_path, {}, clips["franck"]) is None  # off by default
 
 
 def test_teacher_note_says_the_person_was_left_out(tmp_path):
