@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from affectmae.inference.table import OPENFACE_NAMES, build_table, write_table
+from affectmae.inference.table import build_table, csv_frame, write_table
 
 
 def make_table(rows: int, seed: int = 0) -> pd.DataFrame:
@@ -48,14 +48,7 @@ def make_table(rows: int, seed: int = 0) -> pd.DataFrame:
 
 def write_table_previous(df: pd.DataFrame, path: Path, names: str = "affectmae") -> Path:
     """pandas ``to_csv`` with ``float_format="%.5g"``: the reference whose bytes ``write_table`` reproduces."""
-    out = df.copy(deep=False)
-    out["time_s"] = out["time_s"].map("{:.6f}".format)
-    if names == "openface":
-        out["frame"] = out["frame"] + 1
-        out["face_detected"] = out["face_detected"].astype(np.int8)
-        out["pose_roll"] = np.radians(out["pose_roll"])
-        out.columns = [OPENFACE_NAMES.get(c, c) for c in out.columns]
-    out.to_csv(path, index=False, float_format="%.5g")
+    csv_frame(df, names).to_csv(path, index=False, float_format="%.5g")
     return path
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from affectmae.inference.table import OPENFACE_NAMES, build_table, expand_track, read_predictions, write_table
+from affectmae.inference.table import build_table, csv_frame, expand_track, read_predictions, write_table
 
 
 def test_expand_track_covers_the_frames_after_the_last_analysed_one():
@@ -23,14 +23,7 @@ def test_expand_track_covers_the_frames_after_the_last_analysed_one():
 
 def _reference_csv(df: pd.DataFrame, path, names: str) -> bytes:
     """The straightforward writer: pandas' to_csv with float_format, after the same column changes."""
-    out = df.copy()
-    out["time_s"] = out["time_s"].map("{:.6f}".format)
-    if names == "openface":
-        out["frame"] = out["frame"] + 1
-        out["face_detected"] = out["face_detected"].astype(np.int8)
-        out["pose_roll"] = np.radians(out["pose_roll"])
-        out.columns = [OPENFACE_NAMES.get(c, c) for c in out.columns]
-    out.to_csv(path, index=False, float_format="%.5g")
+    csv_frame(df, names).to_csv(path, index=False, float_format="%.5g")
     return path.read_bytes()
 
 

@@ -147,14 +147,9 @@ def build_table(det_frames, det_ids, det_boxes, det_scores, det_landmarks, predi
     return pd.DataFrame({c: columns[c] for c in TABLE_COLUMNS})
 
 
-def write_table(df: pd.DataFrame, path: str | Path, names: str = "affectmae") -> Path:
-    """Write the table as CSV (atomically). ``names``: ``"affectmae"`` (default) or ``"openface"``.
-
-    Floats keep 5 significant digits (``%.5g``), ``time_s`` microseconds (so an hour-long video keeps frame
-    precision); missing values are empty fields; text is quoted where it holds a comma, a quote or a line
-    break. The bytes are those of pandas' ``to_csv(index=False, float_format="%.5g")``, written column by
-    column with Python's own number formatting, about 4x faster (benchmarks/bench_table.py, docs/analyze.md).
-    """
+def csv_frame(df: pd.DataFrame, names: str = "affectmae") -> pd.DataFrame:
+    """The table as its CSV holds it: ``time_s`` as text with 6 decimals, and with ``names="openface"`` 1-based
+    frames, 0/1 ``face_detected``, roll in radians and OpenFace's column names. ``df`` is not changed."""
     if names not in ("affectmae", "openface"):
         raise AffectMAEError(f"column names must be 'affectmae' or 'openface', got {names!r}")
     out = df.copy(deep=False)  # columns are replaced below, never written into: the table stays as it is
@@ -164,6 +159,18 @@ def write_table(df: pd.DataFrame, path: str | Path, names: str = "affectmae") ->
         out["face_detected"] = out["face_detected"].astype(np.int8)
         out["pose_roll"] = np.radians(out["pose_roll"])
         out.columns = [OPENFACE_NAMES.get(c, c) for c in out.columns]
+    return out
+
+
+def write_table(df: pd.DataFrame, path: str | Path, names: str = "affectmae") -> Path:
+    """Write the table as CSV (atomically). ``names``: ``"affectmae"`` (default) or ``"openface"``.
+
+    Floats keep 5 significant digits (``%.5g``), ``time_s`` microseconds (so an hour-long video keeps frame
+    precision); missing values are empty fields; text is quoted where it holds a comma, a quote or a line
+    break. The bytes are those of pandas' ``to_csv(index=False, float_format="%.5g")``, written column by
+    column with Python's own number formatting, about 4x faster (benchmarks/bench_table.py, docs/analyze.md).
+    """
+    out = csv_frame(df, names)
     path = Path(path)
     with atomic_path(path) as tmp:
         if not all(_csv_kind(out[c]) for c in out.columns):  # a column of another kind: pandas writes it all
