@@ -147,13 +147,17 @@ def check_claims(rows: dict[str, dict[str, list[float]]]) -> list[tuple[str, boo
 
 
 def people_needed(ns: list[int], margins: list[float]) -> str:
-    """Where a least-squares line of margin against log(people) crosses zero: a rough extrapolation."""
+    """Where a least-squares line of margin against log(people) crosses zero: a rough extrapolation, given only
+    within 10x the largest number measured."""
     if len(ns) < 2 or margins[-1] >= 0:
         return "met" if margins[-1] >= 0 else "-"
     slope, icpt = np.polyfit(np.log(ns), margins, 1)
     if slope <= 0:
         return "not with more people at this trend"
-    return f"~{float(np.exp(-icpt / slope)):.0f} people (extrapolated)"
+    needed = float(np.exp(-icpt / slope))
+    if needed > 10 * max(ns):
+        return f"beyond 10x the people measured (> {10 * max(ns)}; no clear trend)"
+    return f"~{needed:.0f} people (extrapolated)"
 
 
 def print_table(title: str, rows: dict[str, dict[str, list[float]]]) -> None:
