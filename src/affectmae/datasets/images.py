@@ -4,6 +4,7 @@ Public API::
 
     IMAGE_EXTENSIONS                                  # (".jpg", ".jpeg", ".png", ".bmp", ".webp")
     open_rgb(path) -> PIL.Image.Image                 # fully decoded, mode "RGB"
+    open_rgb_reduced(path, draft) -> PIL.Image.Image  # draft(img) first (JPEG DCT scaling; datasets/decode.py)
     load_rgb(path) -> np.ndarray                      # (H, W, 3) uint8
     SkipCounter(name)                                 # .add(path, err), .count, .examples, summary()
     load_item(load, transform, skip_corrupt, skipped) -> image | None   # a dataset item's image
@@ -58,12 +59,20 @@ def open_rgb(path: str | Path) -> Image.Image:
 
     Raises InputFormatError naming ``path`` when the file is missing, unreadable, corrupt or truncated.
     """
+    return open_rgb_reduced(path, None)
+
+
+def open_rgb_reduced(path: str | Path, draft: Callable[[Image.Image], None] | None) -> Image.Image:
+    """:func:`open_rgb` with ``draft(img)`` called on the opened, not yet decoded image (JPEG DCT scaling,
+    :mod:`affectmae.datasets.decode`); the same errors."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             # PIL warns (rather than raises) for some broken EXIF blocks; the pixels are still fine.
             warnings.simplefilter("ignore", UserWarning)
             with Image.open(path) as img:
+                if draft is not None:
+                    draft(img)
                 img.load()
                 if img.mode != "RGB":
                     # RGBA/LA: drop alpha; P/L/I;16/CMYK: convert to 8-bit RGB
