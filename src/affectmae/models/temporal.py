@@ -3,8 +3,10 @@
 One model class serves VA, EXPR, AU and the multi-task setting; the heads are built from the task table
 (:data:`affectmae.tasks.TASKS`). Differences from the authors' code:
 
-- the TCN looks both ways by default (``causal=False``); ``causal=True`` only looks back (streaming);
-- the Transformer gets a sinusoidal positional encoding (theirs has none);
+- the TCN looks both ways by default (``causal=False``); ``causal=True`` only looks back, and with ``history``
+  the attention looks back at most that many frames and no position table is added: a streaming model that
+  runs frame by frame on a live source (``models/causal_stream.py``);
+- the Transformer gets a sinusoidal positional encoding (theirs has none; not in a streaming model);
 - weight norm uses ``torch.nn.utils.parametrizations.weight_norm`` (or none);
 - padded frames are excluded from attention and zeroed before the convolutions;
 - attention runs through ``F.scaled_dot_product_attention`` and every linear layer through
@@ -41,6 +43,10 @@ class TemporalConfig:
     tcn_kernel: int = field(default=3, metadata={"min": 1})
     tcn_dilations: list[int] = field(default_factory=list, metadata={"min": 1})  # empty: 1, 2, 4, ... per block
     causal: bool = False
+    # With causal: each attention layer looks at most this many frames back (itself included) and no absolute
+    # position table is added, so the model runs on an unbounded stream frame by frame (CausalStream in
+    # models/causal_stream.py) and gives what it gives over whole sequences. 0: positions within the window.
+    history: int = field(default=0, metadata={"min": 0})
     weight_norm: bool = True
     use_transformer: bool = True  # ablation "w/o Transformer"
     transformer_layers: int = field(default=2, metadata={"min": 1})
@@ -64,6 +70,9 @@ class TemporalConfig:
         if self.tcn_dilations and len(self.tcn_dilations) != len(self.tcn_channels):
             raise AffectMAEError(f"{prefix}tcn_dilations has {len(self.tcn_dilations)} entries but "
                                  f"{prefix}tcn_channels has {len(self.tcn_channels)}")
+        if self.history and not self.causal:
+            raise AffectMAEError(f"{prefix}history={self.history} needs {prefix}causal=true (a history is how far a "
+                                 "causal model looks back)")
         width = self.tcn_channels[-1]
         if self.arch == "temporal" and self.use_transformer and width % self.transformer_heads:
             raise AffectMAEError(f"{prefix}transformer_heads must divide the transformer width "
@@ -185,16 +194,23 @@ class EncoderLayer(nn.Module):
         return x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(self.norm2(x))))))
 
 
-def attention_mask(unpadded: torch.Tensor | None, causal: bool, length: int) -> torch.Tensor | None:
+def attention_mask(unpadded: torch.Tensor | None, causal: bool, length: int, history: int = 0,
+                   device=None) -> torch.Tensor | None:
     """The bool attention mask for :class:`SelfAttention`: (B, 1, 1, T) keys that are frames of the video,
-    (T, T) frames at or before the query when ``causal``, (B, 1, T, T) both; ``None`` when neither
-    (``causal`` alone is then passed as ``is_causal``). unpadded: (B, T), False on padding."""
+    (T, T) frames at or before the query when ``causal`` (and, with ``history``, fewer than ``history`` frames
+    before it), (B, 1, T, T) both; ``None`` when neither restricts (``causal`` alone is then passed as
+    ``is_causal``). unpadded: (B, T), False on padding."""
+    device = unpadded.device if unpadded is not None else device
+    band = None
+    if causal and 0 < history < length:
+        i = torch.arange(length, device=device)
+        band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - history)  # (T, T)
     if unpadded is None:
-        return None
+        return band
     keys = unpadded[:, None, None, :]  # (B, 1, 1, T)
     if not causal:
         return keys
-    past = torch.ones(length, length, dtype=torch.bool, device=unpadded.device).tril()  # (T, T)
+    past = band if band is not None else torch.ones(length, length, dtype=torch.bool, device=device).tril()
     return keys & past  # (B, 1, T, T)
 
 
@@ -207,9 +223,11 @@ class TransformerEncoder(nn.Module):
         layer = EncoderLayer(dim, heads, ff, dropout)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, unpadded: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        """unpadded: (B, T) False on padding (excluded as keys); ``causal``: attend only to the past."""
-        mask = attention_mask(unpadded, causal, x.shape[1])
+    def forward(self, x: torch.Tensor, unpadded: torch.Tensor | None = None, causal: bool = False,
+                history: int = 0) -> torch.Tensor:
+        """unpadded: (B, T) False on padding (excluded as keys); ``causal``: attend only to the past (with
+        ``history``: to fewer than ``history`` frames before each query)."""
+        mask = attention_mask(unpadded, causal, x.shape[1], history, x.device)
         for layer in self.layers:
             x = layer(x, mask, is_causal=causal and mask is None)
         return x
@@ -224,7 +242,10 @@ class TorchTransformerEncoder(nn.TransformerEncoder):
         layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout, batch_first=True, norm_first=True)
         super().__init__(layer, layers, enable_nested_tensor=False)
 
-    def forward(self, x: torch.Tensor, unpadded: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, unpadded: torch.Tensor | None = None, causal: bool = False,
+                history: int = 0) -> torch.Tensor:
+        if history:
+            raise ValueError("the torch reference encoder has no attention history")
         causal_mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device) if causal else None
         return super().forward(x, mask=causal_mask, src_key_padding_mask=None if unpadded is None else ~unpadded)
 
@@ -264,11 +285,18 @@ class TemporalModel(nn.Module):
         })
         use_fast_linear(self)  # oneDNN fp32 products on CPUs where they beat MKL (models/fast_linear.py)
 
+    @property
+    def streaming(self) -> bool:
+        """True for a model that only looks back over a bounded history (``causal`` with ``history``): it runs
+        frame by frame on a live stream (:class:`~affectmae.models.causal_stream.CausalStream`)."""
+        return bool(self.cfg.causal and self.cfg.history)
+
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
                 unpadded: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """x: (B, T, D) features; present: (B, T) True where the frame had a face (else the learned
         missing embedding is used, when enabled); unpadded: (B, T) False on segment padding; reference: (B, D)
-        the mean feature of each segment's video (:func:`person_reference`), needed with ``person_norm``.
+        the mean feature of each segment's video (:func:`person_reference`), or (B, T, D) one per frame (a
+        streaming model's :func:`causal_reference`), needed with ``person_norm``.
 
         Returns ``{task: (B, T, num_outputs)}``: VA after tanh (in [-1, 1]), logits for EXPR and AU.
         """
@@ -277,14 +305,16 @@ class TemporalModel(nn.Module):
         if self.cfg.person_norm:
             if reference is None:
                 raise ValueError("this model was trained with person_norm: pass each video's person_reference")
-            x = torch.cat([x, x - reference[:, None, :].to(x.dtype)], dim=-1)  # (B, T, 2D)
+            ref = reference if reference.dim() == 3 else reference[:, None, :]  # (B, T or 1, D)
+            x = torch.cat([x, x - ref.to(x.dtype)], dim=-1)  # (B, T, 2D)
         if unpadded is not None:
             x = x * unpadded[..., None].to(x.dtype)
         if self.cfg.arch == "temporal":
             x = self.tcn(x, unpadded) if self.cfg.use_tcn else self.tcn(x)  # (B, T, W)
             if self.transformer is not None:
-                x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device)
-                x = self.transformer(x, unpadded, self.cfg.causal)  # (B, T, W)
+                if not self.streaming:  # a stream has no window start to count positions from
+                    x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device)
+                x = self.transformer(x, unpadded, self.cfg.causal, self.cfg.history)  # (B, T, W)
         out = {}
         for spec in self.specs:
             y = self.heads[spec.name](x)
@@ -308,6 +338,27 @@ def person_reference(features: np.ndarray | torch.Tensor, present: np.ndarray | 
     return (total / max(count, 1)).astype(np.float32)
 
 
+def causal_reference(features: np.ndarray | torch.Tensor, present: np.ndarray | None = None,
+                     start: tuple | None = None) -> np.ndarray:
+    """The person reference of a streaming model, one per frame: for frame t the mean feature over frames
+    0..t with a face (over all frames 0..t while none had one). (N, D) -> (N, D) float32.
+
+    ``start``: the running sums before frame 0 (``(sum with a face (D,), count, sum of all (D,), count)``,
+    float64), for a part of a longer sequence; :class:`~affectmae.models.causal_stream.CausalStream`
+    computes the same frame by frame.
+    """
+    x = np.asarray(features[:], dtype=np.float64)
+    n, d = x.shape
+    p = np.ones(n, bool) if present is None else np.asarray(present, dtype=bool)
+    s_p, c_p, s_a, c_a = start if start is not None else (np.zeros(d), 0, np.zeros(d), 0)
+    sum_p = s_p + np.cumsum(x * p[:, None], axis=0)
+    cnt_p = c_p + np.cumsum(p)
+    sum_a = s_a + np.cumsum(x, axis=0)
+    cnt_a = c_a + np.arange(1, n + 1)
+    ref = np.where((cnt_p > 0)[:, None], sum_p / np.maximum(cnt_p, 1)[:, None], sum_a / cnt_a[:, None])
+    return ref.astype(np.float32)
+
+
 def postprocess(task: str, outputs: torch.Tensor) -> torch.Tensor:
     """Model outputs -> what users get: VA values, EXPR class probabilities, AU probabilities."""
     kind = get_task(task).kind
@@ -327,10 +378,16 @@ def predict_sequence(
 
     features: (N, D) (float16 or float32; read window by window, so a memory-mapped array stays on
     disk); present: (N,) bool or None. Returns ``{task: (N, C) float32}`` postprocessed (VA values,
-    EXPR and AU probabilities). Windows shorter than ``window`` (short videos) are padded and masked.
+    EXPR and AU probabilities). Windows shorter than ``window`` (short videos) are padded and masked. A
+    streaming model (:attr:`TemporalModel.streaming`) is run causally over the whole sequence instead
+    (:func:`~affectmae.models.causal_stream.predict_causal`; ``window`` and ``stride`` are not used).
     """
     from affectmae.segments import OverlapMerger, segment_starts
 
+    if model.streaming:  # frame t's output depends on frames <= t only; no windows to merge
+        from affectmae.models.causal_stream import predict_causal
+
+        return predict_causal(model, features, present)
     was_training = model.training
     model.eval()
     n = int(features.shape[0])
