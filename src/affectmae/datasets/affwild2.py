@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from affectmae.datasets.annotations import FRAMES_DIR_NAME, load_annotations, read_annotation_file
 from affectmae.datasets.images import SkipCounter, load_item, open_rgb
-from affectmae.errors import AffectMAEError
+from affectmae.errors import AffectMAEError, InputFormatError
 from affectmae.tasks import get_task
 
 __all__ = ["FrameIndex", "AffWild2Frames", "videos_without_frames", "FRAMES_DIR_NAME", "load_annotations", "read_annotation_file"]
@@ -139,6 +139,9 @@ class AffWild2Frames(Dataset):
         skip_corrupt: bool = True,
         frame_stride: int = 1,
         allow_missing_videos: bool = False,
+        min_side: int = 0,
+        decoder: str = "auto",
+        pack: Any = None,
     ):
         if frame_stride < 1:
             raise AffectMAEError(f"frame_stride must be >= 1, got {frame_stride}")
@@ -147,6 +150,7 @@ class AffWild2Frames(Dataset):
         self.transform = transform
         self.skip_corrupt = skip_corrupt
         self.skipped = SkipCounter(f"Aff-Wild2 {task} {split}")
+        self.min_side, self.decoder, self.pack = min_side, decoder, pack
         videos = load_annotations(annotation_root, task, split)
         self.videos = [v.video for v in videos]
         no_frames = videos_without_frames(self.index, self.videos, f"annotated for {task} {split}", allow_missing_videos)
@@ -195,7 +199,34 @@ class AffWild2Frames(Dataset):
             return torch.tensor(int(row[0]), dtype=torch.int64)
         return torch.from_numpy(row.copy())
 
+    def read_image(self, i: int) -> Any:
+        """Item ``i``'s frame: from the pack when one is given, else decoded from its JPEG (reduced to
+        ``min_side`` when > 0; a PIL image when 0, as before)."""
+        video, k = self.frame_id(i)
+        path = self.index.frame_path(video, k)
+        if self.pack is not None:
+            return read_packed_frame(self.pack, video, k, path)
+        if self.min_side > 0:
+            from affectmae.datasets.decode import decode_rgb
+
+            return decode_rgb(path, self.min_side, self.decoder)
+        return open_rgb(path)
+
     def __getitem__(self, i: int) -> tuple[Any, torch.Tensor] | None:
-        path = self.index.frame_path(*self.frame_id(i))
-        image = load_item(lambda: open_rgb(path), self.transform, self.skip_corrupt, self.skipped)
+        image = load_item(lambda: self.read_image(i), self.transform, self.skip_corrupt, self.skipped)
         return None if image is None else (image, self.label(i))
+
+
+def read_packed_frame(pack: Any, video: str, k: int, path: Path) -> np.ndarray:
+    """Frame ``k`` (0-based) of ``video`` from a frames pack (datasets/pack.py); an image that could not be
+    decoded when packed raises InputFormatError naming ``path``, a frame the pack lacks a PackError."""
+    from affectmae.datasets.pack import PackError
+
+    item = pack.frame_item(video, k + 1)
+    if item is None:
+        raise PackError(f"{pack.root} does not hold {path} (packed before the frame was added?); pack the frames "
+                        "again")
+    try:
+        return pack.pixels(item)
+    except InputFormatError as err:
+        raise InputFormatError(path, err.message) from None

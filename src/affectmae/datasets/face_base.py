@@ -4,6 +4,10 @@ Items are ``(image, label)``: ``image`` an RGB PIL image (or ``transform(image)`
 Aff-Wild2 expression order (:data:`affectmae.tasks.EXPRESSIONS`) or -1 when the source has none. A file
 that cannot be decoded gives ``None`` (counted in ``skipped``) when ``skip_corrupt``, else raises
 InputFormatError; batch with :func:`affectmae.datasets.images.collate_skip_corrupt`.
+
+``min_side`` > 0 decodes a JPEG reduced inside the decoder to at least that shorter side
+(:func:`affectmae.datasets.decode.decode_rgb`; the image is then an (H, W, 3) uint8 array); ``pack`` (set by
+:func:`affectmae.datasets.pack.attach_face_pack`) reads the same pixels from a packed folder instead.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from affectmae.datasets.images import SkipCounter, load_item, open_rgb
+from affectmae.errors import InputFormatError
 
 
 class FaceImages(Dataset):
@@ -31,6 +36,9 @@ class FaceImages(Dataset):
         self._paths: list[Path] = []
         self._labels = np.zeros(0, dtype=np.int64)
         self.summary: dict[str, Any] = {"kind": self.kind, "source": source}
+        self.min_side, self.decoder = 0, "auto"  # JPEG decoding (build_face_dataset sets them)
+        self.pack: Any = None  # a datasets.pack.Pack holding this source's items from pack_offset on
+        self.pack_offset = 0
 
     def __len__(self) -> int:
         return int(len(self._labels))
@@ -38,10 +46,24 @@ class FaceImages(Dataset):
     def label(self, i: int) -> int:
         return int(self._labels[i])
 
-    def load_image(self, i: int) -> Image.Image:
+    def load_image(self, i: int) -> Image.Image | np.ndarray:
         """The RGB image of item ``i``; raises InputFormatError when it cannot be decoded."""
+        if self.min_side > 0:
+            from affectmae.datasets.decode import decode_rgb
+
+            return decode_rgb(self._paths[i], self.min_side, self.decoder)
         return open_rgb(self._paths[i])
 
+    def read_image(self, i: int) -> Image.Image | np.ndarray:
+        """Item ``i``'s image from the pack when one is attached, else :meth:`load_image`."""
+        if self.pack is None:
+            return self.load_image(i)
+        try:
+            return self.pack.pixels(self.pack_offset + i)
+        except InputFormatError as err:  # undecodable when packed: named by its own file, as from the JPEG path
+            where = self._paths[i] if i < len(self._paths) else self.source
+            raise InputFormatError(where, err.message) from None
+
     def __getitem__(self, i: int) -> tuple[Any, int] | None:
-        image = load_item(lambda: self.load_image(i), self.transform, self.skip_corrupt, self.skipped)
+        image = load_item(lambda: self.read_image(i), self.transform, self.skip_corrupt, self.skipped)
         return None if image is None else (image, self.label(i))

@@ -333,18 +333,27 @@ class FaceImageCollection(ConcatDataset):
 
 
 def build_face_dataset(
-    specs: list[str], transform: Callable[[Any], Any] | None = None, skip_corrupt: bool = True
+    specs: list[str], transform: Callable[[Any], Any] | None = None, skip_corrupt: bool = True,
+    min_side: int = 0, decoder: str = "auto", pack: str | Path | None = None,
 ) -> FaceImageCollection:
-    """Combine face-image sources given as specs (see the module docstring) into one Dataset."""
+    """Combine face-image sources given as specs (see the module docstring) into one Dataset. ``min_side`` > 0
+    decodes JPEGs reduced to at least that shorter side (datasets/decode.py); ``pack``: read the images from
+    that packed folder (datasets/pack.py), checked against the sources."""
     if not specs:
         raise AffectMAEError(f"no face datasets given; use specs like folder:PATH ({', '.join(FACE_KINDS)})")
     sources = []
     for spec in specs:
         kind, paths, options = parse_face_spec(spec)
         src = _build_source(kind, paths, options, transform, skip_corrupt)
+        src.min_side, src.decoder = min_side, decoder
         log.info("face images %s: %d", spec, len(src))
         sources.append(src)
-    return FaceImageCollection(sources, list(specs))
+    collection = FaceImageCollection(sources, list(specs))
+    if pack:
+        from affectmae.datasets.pack import Pack, attach_face_pack
+
+        attach_face_pack(collection, Pack(pack))
+    return collection
 
 
 __all__ = [
