@@ -99,4 +99,4 @@ def decode_rgb(path: str | Path, min_side: int = 0, decoder: str = "auto") -> np
             pixels = _simplejpeg(data, min_side)
             if pixels is not None:
                 return pixels
-    return np.asarray(open_rgb_reduced(path, _pillow_draft(min_side)), dtype=np.uint8)
+    return np.array(open_rgb_reduced(path, _pillow_draft(min_side)), dtype=np.uint8)

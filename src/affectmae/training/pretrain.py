@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from affectmae.config import build_config, config_to_dict
-from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
+from affectmae.models.augment import FaceAugment
 from affectmae.models.mae import MaskedAutoencoder
-from affectmae.models.preprocess import encoder_normalisation, train_transform
+from affectmae.models.preprocess import encoder_normalisation
 from affectmae.models.vit import ENCODER_FILE, build_encoder, init_like_reference_mae, load_encoder, save_encoder
 from affectmae.training.checkpoints import check_run_dir
 from affectmae.training.distributed import (
@@ -42,9 +42,10 @@ from affectmae.training.distributed import (
     distributed_session,
 )
 from affectmae.training.engine import Stage, TrainingRun, check_finite, fit
+from affectmae.training.loader import EpochBatches, make_loader, resolve_loader
 from affectmae.training.memory import keep_freed_memory
 from affectmae.training.optim import make_adamw, param_groups_weight_decay, set_lr, warmup_cosine_lr
-from affectmae.training.pretrain_data import MAEAugmented, fixed_batch, save_reconstruction_figure
+from affectmae.training.pretrain_data import MAEAugmented, collate_augment, fixed_batch, save_reconstruction_figure
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,19 @@ class PretrainConfig:
     # augmentation
     crop_scale_min: float = field(default=0.2, metadata={"gt": 0, "max": 1})
     hflip: bool = True
+    # input pipeline (docs/training.md, "Input pipeline"): JPEGs decoded reduced to at least this shorter side
+    # (None: 2 x img_size; 0: full size), by `decoder`; or the pixels of a packed folder (affectmae pack)
+    decode_min_side: int | None = field(default=None, metadata={"min": 0})
+    decoder: str = field(default="auto", metadata={"choices": ("auto", "simplejpeg", "pillow")})
+    pack: str | None = field(default=None, metadata={"path": "dir"})
+    device_augment: bool = False  # crop, resize, flip and normalise whole batches on the training device
     # run
     seed: int = 0
     device: str = "auto"
     bf16: bool = True  # autocast on GPUs with bf16 support; never on CPU
-    num_workers: int = field(default=4, metadata={"min": 0})
+    num_workers: int = field(default=-1, metadata={"min": -1})  # -1: from the cores (training/loader.py)
+    pin_memory: bool | None = None  # None: on CUDA
+    prefetch_factor: int = field(default=4, metadata={"min": 1})
     log_every_steps: int = field(default=10, metadata={"min": 1})
     tensorboard: bool = True
     checkpoint_every_steps: int = field(default=0, metadata={"min": 0})  # 0: checkpoint at epoch ends only
@@ -102,6 +111,11 @@ class PretrainConfig:
     @property
     def effective_lr(self) -> float:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
+
+    @property
+    def min_side(self) -> int:
+        """The shorter side JPEGs are decoded to (``decode_min_side``; by default twice the input size)."""
+        return 2 * self.img_size if self.decode_min_side is None else self.decode_min_side
 
 
 RESUME_KEYS = ("images", "model_size", "img_size", "depth", "decoder_dim", "decoder_depth", "decoder_heads",
@@ -132,6 +146,8 @@ class Pretraining:
     total_steps: int
     warmup_steps: int
     fig_batch: torch.Tensor | None
+    augment: FaceAugment
+    loader: DataLoader
     skipped_total: int = 0
 
 
@@ -164,17 +180,20 @@ def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining,
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_decay_names=("pos_embed", "cls_token", "mask_token"))
     optimizer = make_adamw(groups, cfg.effective_lr, cfg.betas)
 
-    images = build_face_dataset(list(cfg.images))
+    images = build_face_dataset(list(cfg.images), min_side=cfg.min_side, decoder=cfg.decoder, pack=cfg.pack)
     norm = encoder_normalisation(model.encoder)  # ImageNet's, or an init_encoder's own (it stays recorded)
-    dataset = MAEAugmented(images, train_transform(cfg.img_size, cfg.crop_scale_min, cfg.hflip, *norm),
-                           model.encoder.num_patches, cfg.seed)
+    augment = FaceAugment(cfg.img_size, cfg.crop_scale_min, cfg.hflip, *norm)  # = train_transform, in two halves
+    dataset = MAEAugmented(images, augment, model.encoder.num_patches, cfg.seed, device_augment=cfg.device_augment)
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, info.rank, info.world_size, cfg.accum_steps,
                                  seed=cfg.seed, shuffle=True, drop_last=True)
     steps_per_epoch = sampler.steps_per_epoch
     log.info("MAE pretraining: %d images, %d steps/epoch x %d epochs, global batch %d (%d processes x %d accum), lr %.3g",
              len(dataset), steps_per_epoch, cfg.epochs, cfg.batch_size, info.world_size, cfg.accum_steps, cfg.effective_lr)
 
-    run = TrainingRun("pretrain", cfg.out, cfg.epochs, config_to_dict(dataclasses.replace(cfg, resume=False)),
+    workers, pin = resolve_loader(cfg.num_workers, cfg.pin_memory, device)
+    ran = dataclasses.replace(cfg, resume=False, num_workers=workers, pin_memory=pin,
+                              decode_min_side=cfg.min_side)  # config.yaml records the settings that ran
+    run = TrainingRun("pretrain", cfg.out, cfg.epochs, config_to_dict(ran),
                       is_main=info.is_main, tensorboard=cfg.tensorboard, keep_checkpoints=cfg.keep_checkpoints)
     if cfg.resume:
         run.restore(model, optimizer, RESUME_KEYS, PretrainConfig.RENAMED)
@@ -182,8 +201,10 @@ def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining,
     net = model
     if info.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = make_loader(dataset, EpochBatches(sampler, lambda: run.epoch), workers, pin, cfg.prefetch_factor,
+                         collate_augment)
     p = Pretraining(cfg, info, model, net, optimizer, dataset, sampler, cfg.epochs * steps_per_epoch,
-                    cfg.warmup_epochs * steps_per_epoch, fig_batch)
+                    cfg.warmup_epochs * steps_per_epoch, fig_batch, augment, loader)
     return p, run
 
 
@@ -194,8 +215,7 @@ def train_one_epoch(p: Pretraining, run: TrainingRun) -> dict[str, Any]:
     p.model.train()
     p.sampler.set_epoch(run.epoch, run.step_in_epoch)
     p.dataset.set_epoch(run.epoch)
-    loader = DataLoader(p.dataset, batch_sampler=p.sampler, num_workers=cfg.num_workers, collate_fn=collate_skip_corrupt,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    loader = p.loader  # one for the run: its persistent workers get the epoch with each index (EpochBatches)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     t0, n_images, step_loss, skipped = time.perf_counter(), 0, 0.0, 0
     bar = run.progress(loader, total=len(p.sampler))
@@ -207,7 +227,12 @@ def train_one_epoch(p: Pretraining, run: TrainingRun) -> dict[str, Any]:
             set_lr(p.optimizer, lr)
         if batch is None:
             raise AffectMAEError("a whole micro-batch of images was unreadable; check the data sources")
-        imgs, noise = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        if cfg.device_augment:  # uint8 images + the sampled crops: the pixel work on the device, whole batch
+            imgs = p.augment.apply_batch([im.to(device, non_blocking=True) for im in batch[0]],
+                                         batch[1].to(device))
+        else:
+            imgs = batch[0].to(device, non_blocking=True)
+        noise = batch[-1].to(device, non_blocking=True)
         sync = contextlib.nullcontext() if (last or not info.enabled) else p.net.no_sync()
         with sync:
             with autocast(device, use_bf16):

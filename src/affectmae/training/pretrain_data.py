@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.io import atomic_path
+from affectmae.models.augment import as_uint8_chw
 from affectmae.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from affectmae.training.seeds import step_seed
 
@@ -30,11 +32,15 @@ def _image_of(item: Any) -> Any:
 class MAEAugmented(Dataset):
     """Wraps a face-image dataset: item ``i`` -> ``(image (3, S, S), noise (L,))``, or None if corrupt.
 
-    ``set_epoch(e)`` must be called before each epoch's DataLoader is created.
+    ``set_epoch(e)`` sets the epoch of plain indices; an ``(epoch, i)`` key (:class:`affectmae.training.loader.
+    EpochBatches`, for persistent workers) carries its own. With ``device_augment`` (``transform`` a
+    :class:`~affectmae.models.augment.FaceAugment`) the item is ``(uint8 (3, H, W), params (5,), noise (L,))``:
+    the same random draws, the pixel work left to :meth:`FaceAugment.apply_batch` on the training device.
     """
 
-    def __init__(self, images: Dataset, transform: Any, num_patches: int, seed: int):
+    def __init__(self, images: Dataset, transform: Any, num_patches: int, seed: int, device_augment: bool = False):
         self.images, self.transform, self.num_patches, self.seed = images, transform, num_patches, seed
+        self.device_augment = device_augment
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -43,15 +49,30 @@ class MAEAugmented(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         item = self.images[i]
         if item is None:  # corrupt file: the source counted and logged it
             return None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(step_seed(self.seed, self.epoch, i))
+            torch.manual_seed(step_seed(self.seed, epoch, i))
+            if self.device_augment:
+                pixels = as_uint8_chw(_image_of(item))
+                params = self.transform.sample(int(pixels.shape[-2]), int(pixels.shape[-1]))
+                return pixels, params, torch.rand(self.num_patches)
             image = self.transform(_image_of(item))
             noise = torch.rand(self.num_patches)
         return image, noise
+
+
+def collate_augment(batch: list[Any]) -> tuple[Any, int]:
+    """``collate_skip_corrupt`` for :class:`MAEAugmented` items, also with ``device_augment``: then
+    ``(list of B uint8 (3, H_i, W_i), params (B, 5), noise (B, L))`` (the images may differ in size)."""
+    kept = [item for item in batch if item is not None]
+    if kept and len(kept[0]) == 3:
+        return ([k[0] for k in kept], torch.stack([k[1] for k in kept]), torch.stack([k[2] for k in kept])), \
+            len(batch) - len(kept)
+    return collate_skip_corrupt(batch)
 
 
 def fixed_batch(images: Dataset, img_size: int, count: int) -> torch.Tensor:
