@@ -351,3 +351,12 @@ def run_pack(images: list[str] | None = None, frames: str | None = None, out: st
         return pack_faces(images, out, 224 if min_side is None else min_side, decoder, shard_size or 2048, workers,
                           overwrite)
     return pack_frames(frames, out, min_side or 0, decoder, shard_size or 4096, workers, overwrite)
+
+
+def open_frames_pack(path: str | Path) -> Pack:
+    """A validated pack of Aff-Wild2 frames (``finetune`` and ``extract`` read it through the frame index)."""
+    pack = Pack(path)
+    if pack.kind != "frames":
+        raise PackError(f"{pack.root} packs face images; finetune and extract read a pack of Aff-Wild2 frames "
+                        "(affectmae pack --frames)")
+    return pack

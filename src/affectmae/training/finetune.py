@@ -32,12 +32,14 @@ from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
+from affectmae.models.augment import FaceAugment, as_uint8_chw
 from affectmae.models.preprocess import encoder_normalisation
 from affectmae.models.vit import ENCODER_FILE, ViTEncoder, load_encoder, save_encoder
 from affectmae.tasks import TaskSpec, get_task
 from affectmae.training.checkpoints import check_run_dir
 from affectmae.training.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
 from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, progress
+from affectmae.training.loader import EpochBatches, make_loader, resolve_loader
 from affectmae.training.losses import class_weights, task_loss
 from affectmae.training.memory import keep_freed_memory
 from affectmae.training.optim import (
@@ -86,12 +88,20 @@ class FinetuneConfig:
     label_smoothing: float = field(default=0.0, metadata={"min": 0, "lt": 1})
     crop_scale_min: float = field(default=0.8, metadata={"gt": 0, "max": 1})
     hflip: bool = True
+    # input pipeline (docs/training.md): frames decoded reduced to at least this shorter side (None: the input
+    # size; 0: full size), or read from a packed folder of the frames (affectmae pack --frames)
+    decode_min_side: int | None = field(default=None, metadata={"min": 0})
+    decoder: str = field(default="auto", metadata={"choices": ("auto", "simplejpeg", "pillow")})
+    pack: str | None = field(default=None, metadata={"path": "dir"})
+    device_augment: bool = False  # crop, resize, flip and normalise whole batches on the training device
     frame_stride: int = field(default=1, metadata={"min": 1})  # train on every n-th usable frame (Aff-Wild2 neighbours are near-duplicates)
     val_stride: int = field(default=1, metadata={"min": 1})
     seed: int = 0
     device: str = "auto"
     bf16: bool = True
-    num_workers: int = field(default=4, metadata={"min": 0})
+    num_workers: int = field(default=-1, metadata={"min": -1})  # -1: from the cores (training/loader.py)
+    pin_memory: bool | None = None  # None: on CUDA
+    prefetch_factor: int = field(default=4, metadata={"min": 1})
     log_every_steps: int = field(default=10, metadata={"min": 1})
     tensorboard: bool = True
     overfit_batches: int = field(default=0, metadata={"min": 0})  # sanity mode: > 0 trains on that many fixed batches (no augmentation), scored on them
@@ -122,21 +132,37 @@ class FinetuneModel(nn.Module):
 
 
 class AugmentedFrames(Dataset):
-    """(image, label) items with a transform seeded per (seed, epoch, index); None stays None (corrupt)."""
+    """(image, label) items with a transform seeded per (seed, epoch, index); None stays None (corrupt). An
+    ``(epoch, i)`` key carries its own epoch (persistent workers, training/loader.py). With ``device_augment``
+    (``transform`` a FaceAugment) items are ``(uint8 (3, H, W), params (5,), label)`` for the device."""
 
-    def __init__(self, frames: Dataset, transform: Any, seed: int):
+    def __init__(self, frames: Dataset, transform: Any, seed: int, device_augment: bool = False):
         self.frames, self.transform, self.seed, self.epoch = frames, transform, seed, 0
+        self.device_augment = device_augment
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         item = self.frames[i]
         if item is None:
             return None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(step_seed(self.seed, self.epoch, i))
+            torch.manual_seed(step_seed(self.seed, epoch, i))
+            if self.device_augment:
+                pixels = as_uint8_chw(item[0])
+                return pixels, self.transform.sample(int(pixels.shape[-2]), int(pixels.shape[-1])), item[1]
             return self.transform(item[0]), item[1]
+
+
+def collate_frames(batch: list[Any]) -> tuple[Any, int]:
+    """``collate_skip_corrupt``, and for ``device_augment`` items ``(list of uint8 images, params (B, 5), labels)``."""
+    kept = [item for item in batch if item is not None]
+    if kept and len(kept[0]) == 3:
+        labels = torch.utils.data.default_collate([k[2] for k in kept])
+        return ([k[0] for k in kept], torch.stack([k[1] for k in kept]), labels), len(batch) - len(kept)
+    return collate_skip_corrupt(batch)
 
 
 def layer_decay_groups(model: FinetuneModel, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -202,6 +228,8 @@ class Finetuning:
     weights: torch.Tensor | None  # class weights of the loss
     total_steps: int
     warmup_steps: int
+    loader: DataLoader
+    num_workers: int  # resolved (training/loader.py)
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
@@ -249,17 +277,26 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
              if cfg.freeze_encoder else "fine-tuning", spec.name, len(train_set), cfg.frame_stride, len(val_set),
              steps_per_epoch, total_steps)
 
-    run = TrainingRun("finetune", cfg.out, -(-total_steps // steps_per_epoch),
-                      config_to_dict(dataclasses.replace(cfg, resume=False)), is_main=info.is_main,
-                      tensorboard=cfg.tensorboard)
+    workers, pin = resolve_loader(cfg.num_workers, cfg.pin_memory, device)
+    ran = dataclasses.replace(cfg, resume=False, num_workers=workers, pin_memory=pin,
+                              decode_min_side=_min_side(cfg, encoder.arch["img_size"]))  # what ran, in config.yaml
+    run = TrainingRun("finetune", cfg.out, -(-total_steps // steps_per_epoch), config_to_dict(ran),
+                      is_main=info.is_main, tensorboard=cfg.tensorboard)
     if cfg.resume:
         run.restore(model, optimizer, RESUME_KEYS, FinetuneConfig.RENAMED)
     net = model
     if info.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                         find_unused_parameters=cfg.head_only_steps > 0)
-    f = Finetuning(cfg, info, spec, model, net, optimizer, train_set, val_set, sampler, weights, total_steps, warmup_steps)
+    loader = make_loader(train_set, EpochBatches(sampler, lambda: run.epoch), workers, pin, cfg.prefetch_factor,
+                         collate_frames)
+    f = Finetuning(cfg, info, spec, model, net, optimizer, train_set, val_set, sampler, weights, total_steps, warmup_steps,
+                   loader, workers)
     return f, run
+
+
+def _min_side(cfg: FinetuneConfig, img_size: int) -> int:
+    return img_size if cfg.decode_min_side is None else cfg.decode_min_side
 
 
 def _loss_weights(cfg: FinetuneConfig, spec: TaskSpec, train_frames: Any, train_set: AugmentedFrames,
@@ -281,20 +318,23 @@ def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int, norm: tuple 
     """(training frames, augmented training set, validation set); with ``overfit_batches`` a few fixed
     training frames, unaugmented, for both training and scoring. ``norm``: the encoder's (mean, std)."""
     from affectmae.datasets.affwild2 import AffWild2Frames
-    from affectmae.models.preprocess import eval_transform, train_transform
+    from affectmae.datasets.pack import open_frames_pack
+    from affectmae.models.preprocess import eval_transform
 
     frames_root = cfg.frames or cfg.annotations
-    allow = cfg.allow_missing_videos
-    train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train", allow_missing_videos=allow)
+    read = {"allow_missing_videos": cfg.allow_missing_videos, "min_side": _min_side(cfg, img_size),
+            "decoder": cfg.decoder, "pack": open_frames_pack(cfg.pack) if cfg.pack else None}
+    train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train", **read)
     val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=eval_transform(img_size, *norm),
-                                allow_missing_videos=allow)
+                                **read)
     train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)),
-                                train_transform(img_size, cfg.crop_scale_min, cfg.hflip, *norm), cfg.seed)
+                                FaceAugment(img_size, cfg.crop_scale_min, cfg.hflip, *norm), cfg.seed,
+                                device_augment=cfg.device_augment)
     val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
     if cfg.overfit_batches:
         keep = _spread(len(train_frames), cfg.overfit_batches * cfg.batch_size)
         train_frames.transform = eval_transform(img_size, *norm)
-        train_set = AugmentedFrames(Subset(train_frames, keep), _unchanged, cfg.seed)
+        train_set = AugmentedFrames(Subset(train_frames, keep), _unchanged, cfg.seed)  # no device_augment: fixed
         val_set = Subset(train_frames, keep)
         log.info("sanity mode: fitting %d fixed training frames (%d batches); the loss should fall towards 0",
                  len(keep), cfg.overfit_batches)
@@ -309,8 +349,8 @@ def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
         f.model.encoder.eval()
     f.sampler.set_epoch(run.epoch)
     f.train_set.epoch = run.epoch
-    loader = DataLoader(f.train_set, batch_sampler=f.sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_skip_corrupt, pin_memory=device.type == "cuda")
+    loader = f.loader  # one for the run: its persistent workers get the epoch with each index (EpochBatches)
+    deferred = f.train_set.device_augment
     use_bf16 = cfg.bf16 and device.type == "cuda"
     losses, skipped = [], 0
     bar = run.progress(loader, total=min(len(f.sampler), f.total_steps - run.global_step))
@@ -322,9 +362,14 @@ def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
             continue
         lr = _set_step_lr(f.optimizer, cfg, run.global_step, f.total_steps, f.warmup_steps)
         f.model.encoder_grad = run.global_step >= cfg.head_only_steps and not cfg.freeze_encoder
+        if deferred:  # uint8 frames + the sampled crops: the pixel work on the device, whole batch
+            images = f.train_set.transform.apply_batch([im.to(device, non_blocking=True) for im in batch[0]],
+                                                       batch[1].to(device))
+        else:
+            images = batch[0].to(device, non_blocking=True)
         with autocast(device, use_bf16):
-            outputs = f.net(batch[0].to(device, non_blocking=True))
-        loss = frame_loss(f.spec, outputs.float(), batch[1].to(device), f.weights, cfg.label_smoothing)
+            outputs = f.net(images)
+        loss = frame_loss(f.spec, outputs.float(), batch[-1].to(device), f.weights, cfg.label_smoothing)
         loss_value = float(all_reduce_mean(loss.detach(), info))
         check_finite(loss_value, run.epoch, step, run.run_dir)
         f.optimizer.zero_grad(set_to_none=True)
@@ -342,7 +387,7 @@ def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
 
 def evaluate_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
     """The task's official metric on the validation frames (the fitted frames with ``overfit_batches``)."""
-    outputs, labels = predict_frames(f.model, f.val_set, min(f.cfg.batch_size, 256), f.info.device, f.cfg.num_workers)
+    outputs, labels = predict_frames(f.model, f.val_set, min(f.cfg.batch_size, 256), f.info.device, f.num_workers)
     return _jsonable(score(f.spec, outputs, labels))
 
 
