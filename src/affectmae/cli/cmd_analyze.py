@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--video-out", action="store_true", help="also write OUT/<stem>.annotated.mp4")
     p.add_argument("--shard", metavar="K/N", help="analyse only the K-th of N equal parts of the inputs (K = 1..N)")
     p.add_argument("--overwrite", action="store_true", help="re-analyse videos that are already finished in OUT")
+    p.add_argument("--causal", action="store_true",
+                   help="analyse as `affectmae live` does: each frame from past frames only (needs a model trained "
+                   "with `train causal=true`)")
     p.set_defaults(func=run, omp_passive=True)
 
 
@@ -49,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
                     device=args.device, detector=args.detector,
                     min_face=args.min_face, plots=False if args.no_plots else None,
                     column_names="openface" if args.openface_names else None, video_out=args.video_out or None,
-                    shard=args.shard, overwrite=args.overwrite or None)
+                    shard=args.shard, overwrite=args.overwrite or None, causal=args.causal or None)
     print(f"{len(r['analyzed'])} videos analysed ({r['frames']} frames), {len(r['skipped'])} already done -> {r['out']}")
     return 0

@@ -51,11 +51,13 @@ class KeyframeDetector:
         self.min_face = float(min_face)
         self.previous: list[Detection] = []  # faces of the last frame of the previous chunk
         self.calls = {"full": 0, "patch": 0}
+        self._since_key = 0  # frames since the last key frame (detect_frame)
 
     def reset(self) -> None:
         """A new video: no faces to follow, call counts from 0."""
         self.previous = []
         self.calls = {"full": 0, "patch": 0}
+        self._since_key = 0  # frames since the last key frame (detect_frame)
 
     def redetect(self, rgb: np.ndarray, box: np.ndarray) -> Detection | None:
         """The face near ``box (4,)`` in ``rgb``, detected on a patch around it; None when not found."""
@@ -98,6 +100,22 @@ class KeyframeDetector:
                 continue
             out.append(det)
         return out
+
+    def detect_frame(self, rgb: np.ndarray, cut: bool) -> list[Detection]:
+        """One frame at a time, nothing held (a live stream): a full detection on every ``every``-th call, on a
+        cut and when there is no face to follow; in between the previous frame's faces followed on patches.
+        A face that enters between key frames is found at the next key frame (no backward pass)."""
+        key = self._since_key % self.every == 0
+        if cut:
+            self.previous = []
+        if self.previous and not key:
+            found = self._follow(rgb, self.previous, [])
+        else:
+            self.calls["full"] += 1
+            found = self.detector.detect(rgb)
+        self._since_key = 1 if key or not self.previous else self._since_key + 1
+        self.previous = found
+        return sorted(found, key=lambda d: -d.score)
 
     def detect_chunk(self, rgbs: list[np.ndarray], cuts: list[bool]) -> list[list[Detection]]:
         """Detections for each of ``rgbs`` (consecutive analysed frames; the last one is the key frame)."""

@@ -19,7 +19,8 @@ Layout (``format_version`` 1)::
 
     MODEL_DIR/affectmae_model.json   {"format_version": 1, "affectmae_version": ..., "encoder": "encoder.safetensors",
                                       "heads": {"va": "temporal_va.safetensors", "expr": [...], ...},
-                                      "align_margin": 1.0 (optional, read by analyze)}
+                                      "align_margin": 1.0 (optional, read by analyze),
+                                      "causal": false (true: every head is a streaming model, for live)}
     MODEL_DIR/encoder.safetensors
     MODEL_DIR/temporal_<name>.safetensors
 
@@ -96,6 +97,20 @@ class AffectModel:
         self.au_thresholds = np.mean(thr, axis=0) if thr else np.full(len(TASKS["au"].columns), 0.5)
 
     @property
+    def streaming(self) -> bool:
+        """True when every head only looks back over a bounded history (trained with ``train causal=true``), so
+        the model runs on a live stream (:meth:`stream`, ``affectmae live``, ``analyze --causal``)."""
+        return all(model.streaming for model, _ in self._models.values())
+
+    def two_way_heads(self) -> list[str]:
+        """The files of heads that are not streaming models (they look ahead, or count window positions)."""
+        return [f.name for f, (model, _) in self._models.items() if not model.streaming]
+
+    def stream(self) -> "EnsembleStream":
+        """A fresh frame-by-frame state for one face track (every head must be a streaming model)."""
+        return EnsembleStream(self)
+
+    @property
     def encoder(self):
         if self._encoder is None:
             if self._encoder_path is None:
@@ -132,6 +147,28 @@ class AffectModel:
                 parts.append(cache[f][task])
             out[task] = np.mean(parts, axis=0).astype(np.float32)
         return out
+
+
+class EnsembleStream:
+    """Every head of an :class:`AffectModel` run frame by frame over one track
+    (:class:`~affectmae.models.causal_stream.CausalStream` each; multi-task files once), averaged per task as
+    :meth:`AffectModel.predict_sequence` averages them.
+
+    ``step(features (C, D), present (C,)) -> {task: (C, n) float32}``.
+    """
+
+    def __init__(self, model: AffectModel):
+        from affectmae.models.causal_stream import CausalStream
+
+        if not model.streaming:
+            raise AffectMAEError(f"{', '.join(model.two_way_heads())}: not a streaming model")
+        self.model = model
+        self.streams = {f: CausalStream(m) for f, (m, _) in model._models.items()}
+
+    def step(self, features: np.ndarray, present: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        outs = {f: stream.step(features, present) for f, stream in self.streams.items()}
+        return {task: np.mean([outs[f][task] for f in self.model.heads[task]], axis=0).astype(np.float32)
+                for task in self.model.tasks}
 
 
 def load_runs(run_dirs: list[str | Path], tasks: list[str] | None = None) -> AffectModel:
@@ -226,7 +263,9 @@ def export_model_dir(encoder: str | Path, runs: list[str | Path], out: str | Pat
     entry = {t: ([names[f] for f in files] if len(files) > 1 else names[files[0]]) for t, files in heads.items()}
     meta = {"format_version": MODEL_FORMAT_VERSION, "affectmae_version": __version__, "encoder": ENCODER_FILE,
             "heads": {t: entry[t] for t in TASKS if t in entry}, "runs": [str(r) for r in runs],
-            "cpu_gemm": _features_cpu_gemm(names)}
+            "cpu_gemm": _features_cpu_gemm(names),
+            # a streaming model (`train causal=true`): `affectmae live` and `analyze --causal` refuse any other
+            "causal": model.streaming}
     meta.update(fingerprint.record())
     if align_margin is not None:
         meta["align_margin"] = float(align_margin)

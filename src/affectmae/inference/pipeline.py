@@ -89,6 +89,9 @@ class AnalyzeConfig:
     shard: str | None = None  # "K/N": only the K-th of N equal parts of the inputs (K = 1..N)
     video_out: bool = False  # also write OUT/<stem>.annotated.mp4
     overwrite: bool = False  # re-analyse videos already finished in OUT
+    # as `affectmae live` computes it (inference/live.py): every frame from the past only, nothing held back,
+    # face_id = track id; needs a streaming model (`train causal=true`)
+    causal: bool = False
 
 
 def model_align_margin(model_dir: str | Path) -> float:
@@ -165,6 +168,10 @@ class Analyzer:
         if cfg.align_margin is None:
             cfg = dataclasses.replace(cfg, align_margin=model_align_margin(model_dir))
         self.config = cfg
+        if cfg.causal:
+            from affectmae.inference.live import require_streaming
+
+            require_streaming(self.model, model_dir)
         self.detector, self._keyframes = face_detectors(cfg)
         self._encoder = CropEncoder(self.model.encoder, self.device, cfg.batch_size, dict.fromkeys(STAGES, 0.0),
                                  overlap=cfg.overlap)
@@ -178,15 +185,31 @@ class Analyzer:
         is given (the batch layout). ``video_out``: an annotated MP4. ``progress``: a tqdm-like object whose
         ``update(1)`` is called per decoded frame (default: a bar for this video).
         """
+        if self.config.causal:
+            from affectmae.inference.live_run import analyze_causal as one
+        else:
+            one = analyze_one
         if out_dir is None:
-            return analyze_one(video, self, out_dir, video_out, stem, progress)
+            return one(video, self, out_dir, video_out, stem, progress)
         outputs = video_outputs(out_dir, stem, video_out)
         remove_outputs(outputs)  # nothing of an earlier analysis (plots, parquet) stays beside the new table
         try:
-            return analyze_one(video, self, out_dir, video_out, stem, progress)
+            return one(video, self, out_dir, video_out, stem, progress)
         except BaseException:
             remove_outputs(outputs)  # a table without its summary must not look finished
             raise
+
+    def stream(self, source, realtime: bool = False, drop: bool = True, queue: int = 2, timeout: float = 10.0,
+               max_frames: int = 0, **source_options):
+        """Rows of a live ``source`` as each frame is analysed: a
+        :class:`~affectmae.inference.live.LiveStream` (iterate it for row dicts with the table's columns;
+        ``.summary()`` afterwards: frames, drops, latency). ``source``: a camera (``/dev/video0`` or ``0``), a
+        URL, ``-`` (standard input; ``input_format``, ``raw_size=(W, H)``, ``fps``) or a file (``realtime``:
+        at its own rate). The model must be a streaming one (``affectmae train ... causal=true``)."""
+        from affectmae.inference.live import LiveStream
+
+        return LiveStream(self, source, drop=drop, queue=queue, timeout=timeout, max_frames=max_frames,
+                          realtime=realtime, **source_options)
 
     def close(self) -> None:
         self._encoder.reset(self._encoder.timings)  # stops the encoder thread

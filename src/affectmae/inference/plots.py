@@ -143,13 +143,20 @@ def write_annotated_video(video: str | Path, df: pd.DataFrame, out_path: str | P
         with VideoWriter(out_path, (width, height), fps=reader.info.fps) as writer:
             for frame in reader.frames():
                 img = np.ascontiguousarray(frame.rgb[:height, :width])
-                for row in by_frame.get(frame.index, pd.DataFrame()).itertuples():
-                    colour = tuple(int(255 * c) for c in _EXPR_COLOURS[EXPRESSIONS.index(row.expression)]) \
-                        if row.expression else (255, 255, 255)
-                    p1, p2 = (int(row.x1), int(row.y1)), (int(row.x2), int(row.y2))
-                    cv2.rectangle(img, p1, p2, colour, 2)
-                    label = f"{row.face_id} {row.expression} v{row.valence:+.2f} a{row.arousal:+.2f}"
-                    cv2.putText(img, label, (p1[0], max(p1[1] - 5, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1,
-                                cv2.LINE_AA)
+                draw_faces(img, [row._asdict() for row in by_frame.get(frame.index, pd.DataFrame()).itertuples()])
                 writer.write(img)
     return Path(out_path)
+
+
+def draw_faces(img: np.ndarray, rows: list[dict]) -> np.ndarray:
+    """Draw each face row's box, id, top expression and valence/arousal on ``img (H, W, 3) uint8`` in place."""
+    for row in rows:
+        if not row["face_detected"]:
+            continue
+        colour = tuple(int(255 * c) for c in _EXPR_COLOURS[EXPRESSIONS.index(row["expression"])]) \
+            if row["expression"] else (255, 255, 255)
+        p1, p2 = (int(row["x1"]), int(row["y1"])), (int(row["x2"]), int(row["y2"]))
+        cv2.rectangle(img, p1, p2, colour, 2)
+        label = f"{row['face_id']} {row['expression']} v{row['valence']:+.2f} a{row['arousal']:+.2f}"
+        cv2.putText(img, label, (p1[0], max(p1[1] - 5, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    return img

@@ -83,6 +83,9 @@ class TrainConfig:
     log_every_steps: int = field(default=1, metadata={"min": 1})  # a "train" line in metrics.jsonl every n optimizer steps
     resume: bool = False
     overwrite: bool = False  # replace a finished run in `out` (the output-folder rule, affectmae.io)
+    # a streaming model for `affectmae live` and `analyze --causal`: model.causal, and attention over the last
+    # model.history frames (0: `window`) without a position table; validated on its causal outputs
+    causal: bool = False
     model: TemporalConfig = field(default_factory=TemporalConfig)
 
 
@@ -241,6 +244,8 @@ def setup_temporal(cfg: TrainConfig) -> tuple[TemporalTraining, TrainingRun]:
     videos = load_labelled_videos(store, cfg.annotations, tasks)
     train_videos, val_videos = select_fold(videos, cfg.fold, cfg.n_folds, cfg.fold_seed)
     mcfg = TemporalConfig(**{**asdict(cfg.model), "input_dim": store.dim, "tasks": tasks})
+    if cfg.causal:
+        mcfg = dataclasses.replace(mcfg, causal=True, history=mcfg.history or cfg.window)
     cfg = dataclasses.replace(cfg, model=mcfg)
     check_run_dir(Path(cfg.out), cfg.resume, cfg.overwrite, "train")
     torch.manual_seed(cfg.seed)
@@ -248,7 +253,8 @@ def setup_temporal(cfg: TrainConfig) -> tuple[TemporalTraining, TrainingRun]:
     device = select_device(cfg.device)
     model = TemporalModel(mcfg).to(device)
     optimizer = make_adamw(param_groups_weight_decay(model, cfg.weight_decay), cfg.lr, fused=False)
-    batches = SegmentBatches(store, train_videos, tasks, cfg.window, cfg.stride, cfg.batch_size)
+    batches = SegmentBatches(store, train_videos, tasks, cfg.window, cfg.stride, cfg.batch_size,
+                             causal_reference=mcfg.person_norm and mcfg.causal and mcfg.history > 0)
     label_weights = _label_weights(train_videos, tasks, device) if cfg.class_weights else None
     steps_per_epoch = len(batches)
     run = TrainingRun("train", cfg.out, cfg.epochs, config_to_dict(dataclasses.replace(cfg, resume=False)),

@@ -134,7 +134,8 @@ def select_fold(videos: list[LabelledVideo], fold: int, n_folds: int, seed: int)
 class Batch:
     """x: (B, W, D) float32; present: (B, W) face found; unpadded: (B, W) a frame of the video, not padding;
     targets[t]: (B, W, label_width); masks[t]: (B, W) unpadded frame with a valid label for task t;
-    reference: (B, D) the mean feature of each segment's video (``TemporalConfig.person_norm``)."""
+    reference: (B, D) the mean feature of each segment's video (``TemporalConfig.person_norm``), or (B, W, D)
+    the causal reference of each frame (:func:`~affectmae.models.temporal.causal_reference`, streaming models)."""
 
     x: torch.Tensor
     present: torch.Tensor
@@ -148,7 +149,7 @@ class SegmentBatches:
     """Padded training batches of windows over ``videos``; shuffled with ``seed + epoch``."""
 
     def __init__(self, store: FeatureStore, videos: list[LabelledVideo], tasks: list[str], window: int, stride: int,
-                 batch_size: int):
+                 batch_size: int, causal_reference: bool = False):
         from affectmae.segments import make_segments
 
         if not videos:
@@ -158,6 +159,8 @@ class SegmentBatches:
         self.segments = make_segments([v.n_frames for v in videos], window, stride)
         self._cache: dict[int, np.ndarray] = {}
         self._references: dict[int, np.ndarray] = {}
+        self.causal_reference = causal_reference
+        self._sums: dict[tuple[int, int], tuple] = {}  # (video, start) -> running sums before that frame
 
     def __len__(self) -> int:
         return -(-len(self.segments) // self.batch_size)
@@ -178,6 +181,29 @@ class SegmentBatches:
             feats.close()
         return self._references[i]
 
+    def _causal_reference(self, seg) -> np.ndarray:
+        """(window, D): the causal reference of each frame of ``seg`` (padding rows: its last frame's), from the
+        running sums of the video's frames before the segment (computed once per segment)."""
+        from affectmae.models.temporal import causal_reference
+
+        feats, pres = self._features(seg.video)
+        key = (seg.video, seg.start)
+        if key not in self._sums:
+            d = self.store.dim
+            total_p, count_p, total_a = np.zeros(d), 0, np.zeros(d)
+            for begin in range(0, seg.start, 4096):
+                rows = np.asarray(feats[begin:min(begin + 4096, seg.start)], dtype=np.float64)
+                p = np.asarray(pres[begin:min(begin + 4096, seg.start)], dtype=bool)
+                total_p += rows[p].sum(axis=0)
+                count_p += int(p.sum())
+                total_a += rows.sum(axis=0)
+            self._sums[key] = (total_p, count_p, total_a, seg.start)
+        ref = causal_reference(feats[seg.start:seg.stop], pres[seg.start:seg.stop], self._sums[key])
+        feats.close()
+        out = np.empty((self.window, ref.shape[1]), np.float32)
+        out[: len(ref)], out[len(ref):] = ref, ref[-1]
+        return out
+
     def epoch(self, epoch: int, seed: int) -> Iterator[Batch]:
         order = np.random.default_rng(seed + epoch).permutation(len(self.segments))
         for b in range(len(self)):
@@ -190,7 +216,10 @@ class SegmentBatches:
         unpadded = np.zeros((len(segs), w), bool)
         targets = {t: np.full((len(segs), w, get_task(t).label_width), get_task(t).invalid, np.float32) for t in self.tasks}
         masks = {t: np.zeros((len(segs), w), bool) for t in self.tasks}
-        reference = np.stack([self._reference(seg.video) for seg in segs])
+        if self.causal_reference:
+            reference = np.stack([self._causal_reference(seg) for seg in segs])  # (B, W, D)
+        else:
+            reference = np.stack([self._reference(seg.video) for seg in segs])  # (B, D)
         for j, seg in enumerate(segs):
             feats, pres = self._features(seg.video)
             lv = self.videos[seg.video]
