@@ -207,7 +207,7 @@ def test_extract_config_file_override_and_unknown_key(tmp_path, encoder_path, ca
     assert main(["extract", "--config", str(config), "-o", str(tmp_path / "f2"), "batchsize=4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     known = ", ".join(sorted(f.name for f in dataclasses.fields(ExtractConfig)))
-    assert "allow_missing_videos, annotations, batch_size, decode_threads, device, encoder, frames" in known
+    assert "allow_missing_videos, annotations, batch_size, decode_threads, decoder, device, encoder, frames" in known
     assert err == [f"affectmae extract: error: command line: unknown setting 'batchsize' for ExtractConfig; known: {known}"]
     assert not (tmp_path / "f2").exists()
 

@@ -74,6 +74,9 @@ class ExtractConfig:
     batch_size: int = field(default=32, metadata={"min": 1})
     # -1 auto: 0 on CPU (decode between batches), 2 on GPU (decode ahead); see iter_decoded
     decode_threads: int = field(default=-1, metadata={"min": -1})
+    # frame decoding: auto | simplejpeg | pillow on the CPU, cuda = nvJPEG on the GPU (features/frames.py)
+    decoder: str = field(default="auto", metadata={"choices": ("auto", "simplejpeg", "pillow", "cuda")})
+    pack: str | None = field(default=None, metadata={"path": "dir"})  # a pack of the frames (affectmae pack --frames)
     missing: str = field(default="linear", metadata={"choices": MISSING_METHODS})  # linear | nearest | zero
     threads: int = field(default=0, metadata={"min": 0})  # torch threads; 0 = torch default
     device: str = "auto"  # auto = cuda when available, else cpu
@@ -103,6 +106,8 @@ def _check_settings(cfg: ExtractConfig) -> None:
     check_config(cfg)  # also when the config was made in code rather than by build_config
     if not cfg.encoder or not cfg.frames or not cfg.out:
         raise AffectMAEError("extract needs an encoder checkpoint, a frames folder and an output folder")
+    if cfg.decoder == "cuda" and cfg.pack:
+        raise AffectMAEError("extract: decoder=cuda decodes JPEGs; a pack holds decoded frames already (pass one)")
 
 
 def load_extract_encoder(cfg: ExtractConfig, device):
@@ -155,6 +160,13 @@ def extract_features(cfg: ExtractConfig) -> dict:
     counts = video_frame_counts(frame_index, cfg.annotations or None, list(cfg.videos) if cfg.videos else None)
     counts, without_frames = _videos_with_frames(frame_index, counts, cfg.allow_missing_videos)
     device = select_device(cfg.device)
+    if cfg.decoder == "cuda" and device.type != "cuda":
+        raise AffectMAEError(f"extract: decoder=cuda needs the encoder on a GPU, not {device}")
+    pack = None
+    if cfg.pack:
+        from affectmae.datasets.pack import open_frames_pack
+
+        pack = open_frames_pack(cfg.pack)
     encoder, enc_id, enc_meta, fingerprint = load_extract_encoder(cfg, device)
     decode_threads = cfg.decode_threads if cfg.decode_threads >= 0 else (0 if device.type == "cpu" else 2)
     dim = int(encoder.embed_dim)
@@ -168,7 +180,7 @@ def extract_features(cfg: ExtractConfig) -> dict:
         "mask": "present: True where the frame image existed and decoded"})
     save_config(cfg, root / "config.yaml")
     encode = _frame_encoder(encoder, device, size)
-    summary = _extract_videos(cfg, frame_index, counts, root, dim, size, encode, decode_threads)
+    summary = _extract_videos(cfg, frame_index, counts, root, dim, size, encode, decode_threads, pack)
     return {**summary, "without_frames": without_frames}
 
 
@@ -194,7 +206,7 @@ def _continued_cpu_gemm(meta_path: Path) -> str:
 
 
 def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], root: Path, dim: int, size: int,
-                    encode, decode_threads: int) -> dict:
+                    encode, decode_threads: int, pack=None) -> dict:
     """The videos of ``counts`` that ``root`` does not hold yet, one after the other; returns the summary."""
     todo = [v for v in counts if _needs_extraction(root, v, counts[v], dim, frame_index)]
     summary = {"videos": len(counts), "skipped_done": len(counts) - len(todo), "extracted": 0, "frames": 0,
@@ -206,7 +218,8 @@ def _extract_videos(cfg: ExtractConfig, frame_index, counts: dict[str, int], roo
     for video in todo:
         n = counts[video]
         present = frame_index.available(video, n)
-        batches = iter_decoded(frame_index, video, n, present, size, cfg.batch_size, decode_threads)
+        batches = iter_decoded(frame_index, video, n, present, size, cfg.batch_size, decode_threads, decoder=cfg.decoder,
+                               pack=pack)
 
         def counted(batches=batches):
             for images, ks, bad in batches:

@@ -6,6 +6,10 @@ some annotation files have one line more than there are frame images (the last f
 That frame is simply marked missing and filled, so the feature array always matches the annotation.
 
 Frames are decoded in batches, in frame order; a corrupt JPEG is logged, counted and treated as missing.
+A JPEG larger than the encoder input is decoded reduced inside the decoder to at least the input size
+(:func:`affectmae.datasets.decode.decode_rgb`; Aff-Wild2's 112-px frames at 112 px are decoded whole, as
+before). ``decoder="cuda"`` decodes each batch on the GPU (``torchvision.io.decode_jpeg(device="cuda")``,
+nvJPEG); ``pack`` reads the frames from a packed folder (:mod:`affectmae.datasets.pack`) instead.
 """
 
 from __future__ import annotations
@@ -76,17 +80,22 @@ def video_frame_counts(frame_index, annotation_root: str | Path | None = None,
     return out
 
 
-def _decode_batch(frame_index, video: str, ks: list[int], present: np.ndarray, size: int) -> tuple[np.ndarray, list[int], int]:
+def _decode_batch(frame_index, video: str, ks: list[int], present: np.ndarray, size: int, decoder: str = "auto",
+                  pack=None) -> tuple[np.ndarray, list[int], int]:
     """Decode frames ``ks`` that exist; returns (uint8 (B, size, size, 3), decoded ks, corrupt count)."""
-    from affectmae.datasets.images import load_rgb
+    from affectmae.datasets.affwild2 import read_packed_frame
+    from affectmae.datasets.decode import decode_rgb
     from affectmae.models.preprocess import resize_frame
 
+    if decoder == "cuda" and pack is None:
+        return _decode_batch_cuda(frame_index, video, ks, present, size)
     images, done, corrupt = [], [], 0
     for k in ks:
         if not present[k]:
             continue
+        path = frame_index.frame_path(video, k)
         try:
-            img = load_rgb(frame_index.frame_path(video, k))
+            img = read_packed_frame(pack, video, k, path) if pack is not None else decode_rgb(path, size, decoder)
         except InputFormatError as err:
             log.warning("%s", err)
             corrupt += 1
@@ -97,8 +106,40 @@ def _decode_batch(frame_index, video: str, ks: list[int], present: np.ndarray, s
     return arr, done, corrupt
 
 
+def _decode_batch_cuda(frame_index, video: str, ks: list[int], present: np.ndarray, size: int):
+    """:func:`_decode_batch` with nvJPEG: the batch's files decoded together on the GPU, resized there when they
+    are not ``size`` (the interpolation of :func:`~affectmae.models.preprocess.resize_frame`); returns a cuda
+    uint8 tensor (B, size, size, 3). A batch nvJPEG refuses (a corrupt file in it) is decoded on the CPU, which
+    names and counts the corrupt file as that path does."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from affectmae.models.preprocess import INTERPOLATION
+
+    done = [k for k in ks if present[k]]
+    if not done:
+        return torch.zeros((0, size, size, 3), dtype=torch.uint8, device="cuda"), [], 0
+    data = [torch.frombuffer(bytearray(frame_index.frame_path(video, k).read_bytes()), dtype=torch.uint8)
+            for k in done]
+    try:
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")  # list of (3, H, W) uint8 on the GPU
+    except RuntimeError:
+        arr, done_cpu, corrupt = _decode_batch(frame_index, video, ks, present, size, "auto")
+        return torch.from_numpy(arr).cuda(), done_cpu, corrupt
+    out = []
+    for img in decoded:
+        if tuple(img.shape[-2:]) != (size, size):
+            x = F.interpolate(img[None].float(), size=(size, size), mode=INTERPOLATION.value, align_corners=False,
+                              antialias=True)
+            img = x[0].round_().clamp_(0, 255).to(torch.uint8)
+        out.append(img)
+    return torch.stack(out).permute(0, 2, 3, 1), done, 0
+
+
 def iter_decoded(frame_index, video: str, n: int, present: np.ndarray, size: int, batch_size: int,
-                 threads: int = 2, prefetch: int = 4) -> Iterator[tuple[np.ndarray, list[int], int]]:
+                 threads: int = 2, prefetch: int = 4, decoder: str = "auto",
+                 pack=None) -> Iterator[tuple[np.ndarray, list[int], int]]:
     """Yield decoded batches of one video in frame order.
 
     ``threads >= 1``: decode ``prefetch`` batches ahead on a thread pool (PIL releases the GIL), which hides
@@ -109,18 +150,18 @@ def iter_decoded(frame_index, video: str, n: int, present: np.ndarray, size: int
     batches = [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
     if threads == 0:
         for ks in batches:
-            yield _decode_batch(frame_index, video, ks, present, size)
+            yield _decode_batch(frame_index, video, ks, present, size, decoder, pack)
         return
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending = []
         it = iter(batches)
         for ks in it:
-            pending.append(pool.submit(_decode_batch, frame_index, video, ks, present, size))
+            pending.append(pool.submit(_decode_batch, frame_index, video, ks, present, size, decoder, pack))
             if len(pending) >= prefetch:
                 break
         for ks in it:
             yield pending.pop(0).result()
-            pending.append(pool.submit(_decode_batch, frame_index, video, ks, present, size))
+            pending.append(pool.submit(_decode_batch, frame_index, video, ks, present, size, decoder, pack))
         for fut in pending:
             yield fut.result()
 
