@@ -6,9 +6,8 @@ some annotation files have one line more than there are frame images (the last f
 That frame is simply marked missing and filled, so the feature array always matches the annotation.
 
 Frames are decoded in batches, in frame order; a corrupt JPEG is logged, counted and treated as missing.
-A JPEG larger than the encoder input is decoded reduced inside the decoder to at least the input size
-(:func:`affectmae.datasets.decode.decode_rgb`; Aff-Wild2's 112-px frames at 112 px are decoded whole, as
-before). ``decoder="cuda"`` decodes each batch on the GPU (``torchvision.io.decode_jpeg(device="cuda")``,
+Frames are decoded whole (:func:`affectmae.datasets.decode.decode_rgb`: simplejpeg or Pillow, the same
+pixels as before), so features do not change. ``decoder="cuda"`` decodes each batch on the GPU (``torchvision.io.decode_jpeg(device="cuda")``,
 nvJPEG); ``pack`` reads the frames from a packed folder (:mod:`affectmae.datasets.pack`) instead.
 """
 
@@ -95,7 +94,7 @@ def _decode_batch(frame_index, video: str, ks: list[int], present: np.ndarray, s
             continue
         path = frame_index.frame_path(video, k)
         try:
-            img = read_packed_frame(pack, video, k, path) if pack is not None else decode_rgb(path, size, decoder)
+            img = read_packed_frame(pack, video, k, path) if pack is not None else decode_rgb(path, 0, decoder)
         except InputFormatError as err:
             log.warning("%s", err)
             corrupt += 1
