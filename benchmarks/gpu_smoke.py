@@ -18,7 +18,9 @@ Stages, each on tiny synthetic data the package generates (no network, no weight
    bf16 switch, so it runs fp32;
 8. ``temporal_bf16``: the paper-size temporal model (768-d, w=300) forward + backward under bf16 autocast
    (cuda only; skipped on CPU, where bf16 is many times slower);
-9. ``export`` + ``analyze``: a MODEL_DIR, then ``analyze --device`` on a generated MP4 with faces.
+9. ``export`` + ``analyze``: a MODEL_DIR, then ``analyze --device`` on a generated MP4 with faces;
+10. ``input``: the GPU input paths (cuda only): nvJPEG batch decoding of the frames and the batched
+    augmentation on the device, their images/s and their largest difference to the CPU path.
 
 Each stage prints one ``STAGE <name>: PASS|FAIL|SKIP`` line with its throughput (images/s, frames/s or
 segments/s); the last line is ``SMOKE: PASS ...`` or ``SMOKE: FAIL ...``, and the exit status is 1 on any
@@ -314,6 +316,44 @@ def stage_temporal_bf16(args) -> tuple[str, str]:
             f"loss {first:.4f} -> {last:.4f}")
 
 
+def stage_input(args, out: Path) -> tuple[str, str]:
+    """The GPU input paths: nvJPEG batches of the synthetic frames (against the CPU decoder's pixels) and the
+    batched augmentation (FaceAugment.apply_batch) on the device against the CPU path."""
+    import numpy as np
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from affectmae.datasets.decode import decode_rgb
+    from affectmae.models.augment import FaceAugment, as_uint8_chw
+
+    paths = sorted((out / "data" / "cropped_aligned").rglob("*.jpg"))[:256]
+    data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
+    decode_jpeg(data[:8], mode=ImageReadMode.RGB, device="cuda")  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    gpu = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")
+    torch.cuda.synchronize()
+    decode_rate = len(paths) / (time.perf_counter() - t0)
+    diff = max(int((g.permute(1, 2, 0).cpu().int() - torch.from_numpy(decode_rgb(p).astype(np.int32))).abs().max())
+               for g, p in zip(gpu, paths, strict=True))
+    aug = FaceAugment(112, 0.2, True)
+    images = [as_uint8_chw(decode_rgb(p)) for p in paths]
+    torch.manual_seed(0)
+    params = torch.stack([aug.sample(int(x.shape[1]), int(x.shape[2])) for x in images])
+    on_gpu = [x.cuda() for x in images]
+    aug.apply_batch(on_gpu[:8], params[:8].cuda())
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    batch = aug.apply_batch(on_gpu, params.cuda())
+    torch.cuda.synchronize()
+    aug_rate = len(paths) / (time.perf_counter() - t0)
+    aug_diff = float((batch.cpu() - aug.apply_batch(images, params)).abs().max())
+    if diff > 8 or aug_diff > 0.05:
+        raise RuntimeError(f"GPU input differs from the CPU path: nvJPEG {diff} levels, augmentation {aug_diff:.4f}")
+    return (f"nvJPEG {decode_rate:,.0f} images/s, device augmentation {aug_rate:,.0f} images/s",
+            f"{len(paths)} frames; max difference to the CPU path: decode {diff} levels, augmentation {aug_diff:.2e}")
+
+
 def stage_export_analyze(args, out: Path, smoke: Smoke) -> tuple[str, str]:
     from affectmae.inference.model import export_model_dir
     from affectmae.inference.pipeline import analyze_video
@@ -381,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         smoke.run("temporal_bf16", lambda: stage_temporal_bf16(args), needs=("env",),
                   skip="" if cuda else "cpu: bf16 is many times slower than fp32 here")
         smoke.run("analyze", lambda: stage_export_analyze(args, out, smoke), needs=("finetune", "train"))
+        smoke.run("input", lambda: stage_input(args, out), needs=("synth",),
+                  skip="" if cuda else "cpu: nvJPEG and the device augmentation need CUDA (bench_input.py on CPU)")
         line = smoke.summary(time.perf_counter() - started)
     print(line, flush=True)
     return 1 if line.startswith("SMOKE: FAIL") else 0

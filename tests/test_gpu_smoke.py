@@ -13,7 +13,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
-STAGES = ["env", "synth", "pretrain", "finetune", "ddp", "extract", "train", "temporal_bf16", "analyze"]
+STAGES = ["env", "synth", "pretrain", "finetune", "ddp", "extract", "train", "temporal_bf16", "analyze", "input"]
 
 
 def _load_script():
@@ -64,8 +64,8 @@ def test_cuda_without_a_gpu_fails_every_stage_and_exits_1(capsys, tmp_path):
     assert stages["synth"][-1] == "not run: needs env"
     assert stages["analyze"][-1] == "not run: needs finetune, train"
     assert all(v[0] == "FAIL" for v in stages.values())
-    assert re.search(r"^SMOKE: FAIL 0 passed, 9 failed, 0 skipped in [\d.]+ s \(failed: env, synth, pretrain, "
-                     r"finetune, ddp, extract, train, temporal_bf16, analyze\)$", out, re.M)
+    assert re.search(r"^SMOKE: FAIL 0 passed, 10 failed, 0 skipped in [\d.]+ s \(failed: env, synth, pretrain, "
+                     r"finetune, ddp, extract, train, temporal_bf16, analyze, input\)$", out, re.M)
     assert list(tmp_path.iterdir()) == []  # nothing was generated
 
 
@@ -76,7 +76,8 @@ def test_every_stage_passes_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stages = _stage_lines(proc.stdout)
     assert list(stages) == STAGES
-    assert {name: v[0] for name, v in stages.items()} == {**dict.fromkeys(STAGES, "PASS"), "temporal_bf16": "SKIP"}
+    assert {name: v[0] for name, v in stages.items()} == {**dict.fromkeys(STAGES, "PASS"), "temporal_bf16": "SKIP",
+                                                          "input": "SKIP"}
     assert stages["synth"][-1].startswith("80 frame JPEGs, 48 face images")
     assert re.fullmatch(r"\d+\.\d images/s \(last epoch\)", stages["pretrain"][2])
     assert re.fullmatch(r"\d+\.\d images/s \(train steps \+ validation\)", stages["finetune"][2])
