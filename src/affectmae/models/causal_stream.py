@@ -15,11 +15,12 @@ over the whole sequence (same mask, same reference), whatever the chunk sizes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from affectmae.models.fast_linear import fast_linear
 from affectmae.models.temporal import TemporalModel, postprocess
 
 
@@ -32,6 +33,47 @@ def tcn_receptive_field(model: TemporalModel) -> int:
     return sum(2 * (cfg.tcn_kernel - 1) * d for d in dilations)
 
 
+def _lin(x: torch.Tensor, layer) -> torch.Tensor:
+    """A linear layer as a plain product: the stream's few rows are faster through BLAS than through oneDNN."""
+    return F.linear(x, layer.weight, layer.bias)
+
+
+class _TcnBlock:
+    """One causal TCN block run forward in time: the last 2 (kernel - 1) dilation inputs and the last
+    (kernel - 1) dilation outputs of its first convolution are kept (zeros before the track's first frame, as
+    the whole sequence's left padding). Weights are read once (weight norm applied)."""
+
+    def __init__(self, block, kernel: int, dilation: int):
+        self.k, self.d = kernel, dilation
+        w1, w2 = block.conv1.weight.detach(), block.conv2.weight.detach()  # (Cout, Cin, K)
+        self.w1 = w1.permute(0, 2, 1).reshape(w1.shape[0], -1)  # (Cout, K * Cin), taps in time order
+        self.w2 = w2.permute(0, 2, 1).reshape(w2.shape[0], -1)
+        self.b1, self.b2 = block.conv1.bias.detach(), block.conv2.bias.detach()
+        down = block.down
+        self.down = None if isinstance(down, torch.nn.Identity) else (down.weight.detach()[:, :, 0], down.bias.detach())
+        span = (kernel - 1) * dilation
+        self.x_past = torch.zeros(span, w1.shape[1])  # inputs before the chunk
+        self.y_past = torch.zeros(span, w1.shape[0])  # first-conv outputs before the chunk
+
+    def _conv(self, seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n_out: int) -> torch.Tensor:
+        """Valid dilated convolution of ``seq (n_out + span, Cin)`` -> (n_out, Cout)."""
+        taps = torch.cat([seq[i * self.d: i * self.d + n_out] for i in range(self.k)], dim=1)  # (n_out, K * Cin)
+        return F.linear(taps, weight, bias)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (C, Cin) the next C positions -> (C, Cout)."""
+        C = len(x)
+        span = len(self.x_past)
+        xs = torch.cat([self.x_past, x])  # (span + C, Cin)
+        y1 = F.relu(self._conv(xs, self.w1, self.b1, C))  # (C, Cout): first conv at the new positions
+        ys = torch.cat([self.y_past, y1])  # (span + C, Cout)
+        y2 = F.relu(self._conv(ys, self.w2, self.b2, C))
+        res = x if self.down is None else F.linear(x, *self.down)
+        if span:
+            self.x_past, self.y_past = xs[-span:], ys[-span:]
+        return F.relu(y2 + res)
+
+
 class CausalStream:
     """The state of a streaming :class:`TemporalModel` over one track; see the module docstring."""
 
@@ -39,14 +81,19 @@ class CausalStream:
         if not model.streaming:
             raise ValueError("CausalStream needs a streaming model (TemporalConfig causal=True with history > 0)")
         self.model = model.eval()
-        self.history = int(model.cfg.history)
-        self.device = next(model.parameters()).device
+        cfg = model.cfg
+        self.history = int(cfg.history)
         self.n_frames = 0
         self.field = tcn_receptive_field(model)
-        self._tcn_inputs: torch.Tensor | None = None  # (<= field, d) the last TCN inputs
+        self._blocks = []
+        if cfg.arch == "temporal" and cfg.use_tcn:
+            dilations = list(cfg.tcn_dilations) or [2**i for i in range(len(cfg.tcn_channels))]
+            with torch.no_grad():
+                self._blocks = [_TcnBlock(b, cfg.tcn_kernel, d) for b, d in zip(model.tcn.blocks, dilations, strict=True)]
         layers = model.transformer.layers if getattr(model, "transformer", None) is not None else []
+        self._layers = list(layers)
         self._cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(layers)  # (nh, L, hs) each
-        d = model.cfg.input_dim
+        d = cfg.input_dim
         self._sums = (np.zeros(d), 0, np.zeros(d), 0)  # person reference: sum/count with a face, of all frames
 
     @torch.inference_mode()
@@ -58,57 +105,53 @@ class CausalStream:
         feats = np.asarray(x, dtype=np.float32)
         chunk = len(feats)
         pres = np.ones(chunk, bool) if present is None else np.asarray(present, dtype=bool)
-        h = torch.from_numpy(feats).to(self.device)
-        pres_t = torch.from_numpy(pres).to(self.device)
+        h = torch.from_numpy(feats)
         if model.missing is not None:
-            h = torch.where(pres_t[:, None], h, model.missing.to(h.dtype))
+            h = torch.where(torch.from_numpy(pres)[:, None], h, model.missing.detach())
         if cfg.person_norm:
             ref = causal_reference(feats, pres, self._sums)
             f64, p = feats.astype(np.float64), pres[:, None]
             s_p, c_p, s_a, c_a = self._sums
             self._sums = (s_p + (f64 * p).sum(0), c_p + int(pres.sum()), s_a + f64.sum(0), c_a + chunk)
-            h = torch.cat([h, h - torch.from_numpy(ref).to(self.device)], dim=-1)  # (C, 2D)
+            h = torch.cat([h, h - torch.from_numpy(ref)], dim=-1)  # (C, 2D)
         if cfg.arch == "temporal":
-            h = self._tcn(h)  # (C, W)
-            for i, layer in enumerate(model.transformer.layers if model.transformer is not None else []):
+            if cfg.use_tcn:
+                for block in self._blocks:
+                    h = block.step(h)  # (C, W)
+            else:
+                h = F.relu(_lin(h, model.tcn[0]))
+            for i, layer in enumerate(self._layers):
                 h = self._layer(i, layer, h)
         self.n_frames += chunk
         out = {}
         for spec in model.specs:  # as TemporalModel.forward: tanh on VA, then what users get
-            y = model.heads[spec.name](h)
+            head = model.heads[spec.name]
+            y = _lin(h, head) if cfg.arch == "linear" else _lin(F.relu(_lin(h, head[0])), head[3])
             y = torch.tanh(y) if spec.kind == "regression" else y
-            out[spec.name] = postprocess(spec.name, y).float().cpu().numpy()
+            out[spec.name] = postprocess(spec.name, y).float().numpy()
         return out
-
-    def _tcn(self, h: torch.Tensor) -> torch.Tensor:
-        if not self.model.cfg.use_tcn:
-            return self.model.tcn(h)
-        if self.field == 0:
-            return self.model.tcn(h[None])[0]
-        past = self._tcn_inputs
-        seq = h if past is None else torch.cat([past, h])  # (L + C, d): the zero padding of a whole
-        self._tcn_inputs = seq[-self.field:]  # sequence's start is the TCN's own left padding here too
-        return self.model.tcn(seq[None])[0, -len(h):]
 
     def _layer(self, i: int, layer, x: torch.Tensor) -> torch.Tensor:
         """One pre-norm encoder layer for the C new positions, attending to the cached ones. x: (C, W)."""
         attn = layer.self_attn
         C, W = x.shape
         hs = W // attn.heads
-        q, k, v = fast_linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).split(W, dim=1)  # 3 x (C, W)
-        q, k, v = (t.view(C, attn.heads, hs).transpose(0, 1) for t in (q, k, v))  # (nh, C, hs)
+        q, k, v = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).split(W, dim=1)  # 3 x (C, W)
+        q, k, v = (t.reshape(C, attn.heads, hs).transpose(0, 1) for t in (q, k, v))  # (nh, C, hs)
         if self._cache[i] is not None:
             k = torch.cat([self._cache[i][0], k], dim=1)  # (nh, L + C, hs)
             v = torch.cat([self._cache[i][1], v], dim=1)
         cached = k.shape[1] - C
-        query = torch.arange(C, device=x.device)[:, None] + cached
-        key = torch.arange(k.shape[1], device=x.device)[None, :]
-        mask = (key <= query) & (key > query - self.history)  # (C, L + C)
-        y = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask[None, None])[0]  # (nh, C, hs)
+        query = torch.arange(C)[:, None] + cached
+        key = torch.arange(k.shape[1])[None, :]
+        allowed = (key <= query) & (key > query - self.history)  # (C, L + C)
+        scores = (q @ k.transpose(1, 2)) / math.sqrt(hs)  # (nh, C, L + C)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        y = scores.softmax(-1) @ v  # (nh, C, hs)
         keep = self.history - 1
         self._cache[i] = (k[:, -keep:], v[:, -keep:]) if keep > 0 else None
-        x = x + attn.out_proj(y.transpose(0, 1).reshape(C, W))
-        return x + layer.linear2(F.relu(layer.linear1(layer.norm2(x))))
+        x = x + _lin(y.transpose(0, 1).reshape(C, W), attn.out_proj)
+        return x + _lin(F.relu(_lin(layer.norm2(x), layer.linear1)), layer.linear2)
 
 
 @torch.no_grad()
