@@ -32,13 +32,14 @@ from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
-from affectmae.models.augment import FaceAugment, as_uint8_chw
+from affectmae.models.augment import FaceAugment
 from affectmae.models.preprocess import encoder_normalisation
 from affectmae.models.vit import ENCODER_FILE, ViTEncoder, load_encoder, save_encoder
 from affectmae.tasks import TaskSpec, get_task
 from affectmae.training.checkpoints import check_run_dir
 from affectmae.training.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
 from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, progress
+from affectmae.training.finetune_data import AugmentedFrames, collate_frames, images_on_device
 from affectmae.training.loader import EpochBatches, make_loader, resolve_loader
 from affectmae.training.losses import class_weights, task_loss
 from affectmae.training.memory import keep_freed_memory
@@ -49,7 +50,6 @@ from affectmae.training.optim import (
     vit_layer_matcher,
     warmup_cosine_lr,
 )
-from affectmae.training.seeds import step_seed
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ class FinetuneConfig:
     label_smoothing: float = field(default=0.0, metadata={"min": 0, "lt": 1})
     crop_scale_min: float = field(default=0.8, metadata={"gt": 0, "max": 1})
     hflip: bool = True
-    # input pipeline (docs/training.md): frames decoded reduced to at least this shorter side (None: the input
-    # size; 0: full size), or read from a packed folder of the frames (affectmae pack --frames)
+    # input pipeline (docs/training.md): JPEG decoding size (None: img_size; 0: full), a pack of the frames
     decode_min_side: int | None = field(default=None, metadata={"min": 0})
     decoder: str = field(default="auto", metadata={"choices": ("auto", "simplejpeg", "pillow")})
     pack: str | None = field(default=None, metadata={"path": "dir"})
@@ -129,40 +128,6 @@ class FinetuneModel(nn.Module):
             pooled = self.encoder.forward_features(x)["pooled"]
         out = self.head(pooled)
         return torch.tanh(out) if self.spec.kind == "regression" else out
-
-
-class AugmentedFrames(Dataset):
-    """(image, label) items with a transform seeded per (seed, epoch, index); None stays None (corrupt). An
-    ``(epoch, i)`` key carries its own epoch (persistent workers, training/loader.py). With ``device_augment``
-    (``transform`` a FaceAugment) items are ``(uint8 (3, H, W), params (5,), label)`` for the device."""
-
-    def __init__(self, frames: Dataset, transform: Any, seed: int, device_augment: bool = False):
-        self.frames, self.transform, self.seed, self.epoch = frames, transform, seed, 0
-        self.device_augment = device_augment
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, key: int | tuple[int, int]):
-        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
-        item = self.frames[i]
-        if item is None:
-            return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(step_seed(self.seed, epoch, i))
-            if self.device_augment:
-                pixels = as_uint8_chw(item[0])
-                return pixels, self.transform.sample(int(pixels.shape[-2]), int(pixels.shape[-1])), item[1]
-            return self.transform(item[0]), item[1]
-
-
-def collate_frames(batch: list[Any]) -> tuple[Any, int]:
-    """``collate_skip_corrupt``, and for ``device_augment`` items ``(list of uint8 images, params (B, 5), labels)``."""
-    kept = [item for item in batch if item is not None]
-    if kept and len(kept[0]) == 3:
-        labels = torch.utils.data.default_collate([k[2] for k in kept])
-        return ([k[0] for k in kept], torch.stack([k[1] for k in kept]), labels), len(batch) - len(kept)
-    return collate_skip_corrupt(batch)
 
 
 def layer_decay_groups(model: FinetuneModel, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -279,7 +244,7 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
 
     workers, pin = resolve_loader(cfg.num_workers, cfg.pin_memory, device)
     ran = dataclasses.replace(cfg, resume=False, num_workers=workers, pin_memory=pin,
-                              decode_min_side=_min_side(cfg, encoder.arch["img_size"]))  # what ran, in config.yaml
+                              decode_min_side=train_frames.min_side)  # what ran, in config.yaml
     run = TrainingRun("finetune", cfg.out, -(-total_steps // steps_per_epoch), config_to_dict(ran),
                       is_main=info.is_main, tensorboard=cfg.tensorboard)
     if cfg.resume:
@@ -293,10 +258,6 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
     f = Finetuning(cfg, info, spec, model, net, optimizer, train_set, val_set, sampler, weights, total_steps, warmup_steps,
                    loader, workers)
     return f, run
-
-
-def _min_side(cfg: FinetuneConfig, img_size: int) -> int:
-    return img_size if cfg.decode_min_side is None else cfg.decode_min_side
 
 
 def _loss_weights(cfg: FinetuneConfig, spec: TaskSpec, train_frames: Any, train_set: AugmentedFrames,
@@ -322,7 +283,8 @@ def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int, norm: tuple 
     from affectmae.models.preprocess import eval_transform
 
     frames_root = cfg.frames or cfg.annotations
-    read = {"allow_missing_videos": cfg.allow_missing_videos, "min_side": _min_side(cfg, img_size),
+    min_side = img_size if cfg.decode_min_side is None else cfg.decode_min_side
+    read = {"allow_missing_videos": cfg.allow_missing_videos, "min_side": min_side,
             "decoder": cfg.decoder, "pack": open_frames_pack(cfg.pack) if cfg.pack else None}
     train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train", **read)
     val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=eval_transform(img_size, *norm),
@@ -362,11 +324,7 @@ def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
             continue
         lr = _set_step_lr(f.optimizer, cfg, run.global_step, f.total_steps, f.warmup_steps)
         f.model.encoder_grad = run.global_step >= cfg.head_only_steps and not cfg.freeze_encoder
-        if deferred:  # uint8 frames + the sampled crops: the pixel work on the device, whole batch
-            images = f.train_set.transform.apply_batch([im.to(device, non_blocking=True) for im in batch[0]],
-                                                       batch[1].to(device))
-        else:
-            images = batch[0].to(device, non_blocking=True)
+        images = images_on_device(batch, device, f.train_set.transform if deferred else None)
         with autocast(device, use_bf16):
             outputs = f.net(images)
         loss = frame_loss(f.spec, outputs.float(), batch[-1].to(device), f.weights, cfg.label_smoothing)
