@@ -2,8 +2,8 @@
 splits, and how they move with the number of training people.
 
     python benchmarks/realistic_claims.py [-o OUT] [--seeds 0 1 2 3 4] [--train-people 0] [--videos 64]
-        [--frames 80] [--split per-seed|fixed] [--pretrain key=value ...] [--finetune key=value ...]
-        [--temporal key=value ...]
+        [--frames 160] [--split per-seed|fixed] [--pretrain key=value ...] [--pretrain-images SPEC ...]
+        [--finetune key=value ...] [--temporal key=value ...]
 
 For every seed the whole learned pipeline is run again. With ``--split per-seed`` (the default) every seed
 also gets its own dataset, ``synth --seed k``, and with it its own validation people (unseen in training),
@@ -12,7 +12,7 @@ keeps one dataset (seed 0) for every seed. ``--train-people N [N ...]`` repeats 
 training people (``synth --train-people N``: the same validation people for a seed at every N; 0 = all of
 them) and prints each target against N: the scaling curve. Below, DATA is OUT/n<N>/s<k>/data::
 
-    affectmae synth DATA --source photos --videos 64 --frames 80 --seed k --train-people N
+    affectmae synth DATA --source photos --videos 64 --frames 160 --seed k --train-people N
     affectmae pretrain --config pretrain_tiny -o RUN/pretrain --images DATA/faces seed=k
     affectmae finetune --config finetune_tiny --annotations DATA --encoder RUN/pretrain -o RUN/finetune seed=k
     affectmae extract --encoder RUN/finetune ...           (and the MAE encoder, random:<encoder> --seed k)
@@ -85,8 +85,9 @@ def _extract(encoder: str, out: Path, data: Path, seed: int, timings: dict) -> P
 def run_seed(seed: int, run: Path, data: Path, pixels: Path, args, timings: dict) -> dict:
     """The learned pipeline of one seed on ``data`` into ``run``; returns the ablation's results."""
     if not (run / "pretrain" / "encoder.safetensors").is_file():
+        extra = [a for spec in args.pretrain_images for a in ("--images", spec.replace("{data}", str(data)))]
         _run(["pretrain", "--config", "pretrain_tiny", "-o", str(run / "pretrain"), "--images", str(data / "faces"),
-              f"seed={seed}", *args.pretrain], timings, "pretrain")
+              *extra, f"seed={seed}", *args.pretrain], timings, "pretrain")
     if not (run / "finetune" / "encoder.safetensors").is_file():
         _run(["finetune", "--config", "finetune_tiny", "--annotations", str(data), "--encoder", str(run / "pretrain"),
               "-o", str(run / "finetune"), f"seed={seed}", *args.finetune], timings, "finetune")
@@ -239,12 +240,15 @@ def main() -> None:
     parser.add_argument("--train-people", type=int, nargs="+", default=[0],
                         help="numbers of training people, each a level of the curve (0 = all)")
     parser.add_argument("--videos", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=80)
+    parser.add_argument("--frames", type=int, default=160, help="frames per video (with 80, person normalisation removes most of the affect: docs/benchmarks.md)")
     parser.add_argument("--split", choices=("per-seed", "fixed"), default="per-seed",
                         help="per-seed: synth --seed k for seed k (other validation people per seed); "
                              "fixed: one dataset, seed 0")
     parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip the identity/expression probes")
     parser.add_argument("--pretrain", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--pretrain-images", nargs="*", default=[], metavar="SPEC",
+                        help="more pretraining images beside DATA/faces, as face specs; {data} is the seed's data "
+                             "folder, e.g. 'affwild2:{data}?every=4' (the training videos' frames)")
     parser.add_argument("--finetune", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--temporal", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()

@@ -271,7 +271,7 @@ def test_face_specs_errors(tmp_path):
         build_face_dataset(["celeba:/data/celeba"])
     assert str(err.value) == (
         "unknown face dataset kind 'celeba' in 'celeba:/data/celeba'; "
-        "choose one of folder, fer2013, ferplus, rafdb, affectnet (or give a folder)"
+        "choose one of folder, fer2013, ferplus, rafdb, affectnet, affwild2 (or give a folder)"
     )
     with pytest.raises(AffectMAEError, match="ferplus: expected FER\\+ CSV,FER2013 CSV, got 1 path"):
         build_face_dataset(["ferplus:/d/new.csv"])

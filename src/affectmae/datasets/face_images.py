@@ -9,6 +9,7 @@ Public API::
         #   ferplus:/data/fer2013new.csv,/data/fer2013.csv[?usage=Training]
         #   rafdb:/data/RAF-DB/basic[?split=train]
         #   affectnet:/data/AffectNet[?split=train|val&crop=true]
+        #   affwild2:/data/Aff-Wild2[?split=train|val|all&every=N&frames=DIR]   unlabelled video frames
     FaceImageCollection (a ConcatDataset): .sources, .summary -> list[dict] (one per source, with "len")
     ImageFolderFaces(root), RAFDB(root, split=None), AffectNet(root, split="train", crop=True)
     FER2013(csv, usage=None), FERPlus(ferplus_csv, fer2013_csv, usage=None)       # in data/fer2013.py
@@ -30,6 +31,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset
 
 from affectmae.datasets.face_base import FaceImages
+from affectmae.datasets.face_video_frames import AffWild2VideoFrames
 from affectmae.datasets.fer2013 import FER2013, FERPlus, csv_rows, open_csv_with_header
 from affectmae.datasets.images import IMAGE_EXTENSIONS, open_rgb
 from affectmae.errors import AffectMAEError, InputFormatError
@@ -271,7 +273,8 @@ _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no":
 
 def _build_source(kind: str, paths: list[str], options: dict[str, str], transform, skip_corrupt) -> FaceImages:
     common = {"transform": transform, "skip_corrupt": skip_corrupt}
-    allowed = {"folder": set(), "fer2013": {"usage"}, "ferplus": {"usage"}, "rafdb": {"split"}, "affectnet": {"split", "crop"}}
+    allowed = {"folder": set(), "fer2013": {"usage"}, "ferplus": {"usage"}, "rafdb": {"split"}, "affectnet": {"split", "crop"},
+               "affwild2": {"split", "every", "frames"}}
     n_paths = {"ferplus": 2}.get(kind, 1)
     unknown = set(options) - allowed[kind]
     if unknown:
@@ -287,13 +290,19 @@ def _build_source(kind: str, paths: list[str], options: dict[str, str], transfor
         return FERPlus(paths[0], paths[1], usage=options.get("usage"), **common)
     if kind == "rafdb":
         return RAFDB(paths[0], split=options.get("split"), **common)
+    if kind == "affwild2":
+        every = options.get("every", "1")
+        if not every.isdigit():
+            raise AffectMAEError(f"affwild2: every must be a whole number, got {every!r}")
+        return AffWild2VideoFrames(paths[0], split=options.get("split", "train"), every=int(every),
+                                   frames=options.get("frames"), **common)
     crop = options.get("crop", "true").lower()
     if crop not in _BOOL:
         raise AffectMAEError(f"affectnet: crop must be true or false, got {crop!r}")
     return AffectNet(paths[0], split=options.get("split", "train"), crop=_BOOL[crop], **common)
 
 
-FACE_KINDS = ("folder", "fer2013", "ferplus", "rafdb", "affectnet")
+FACE_KINDS = ("folder", "fer2013", "ferplus", "rafdb", "affectnet", "affwild2")
 
 
 def parse_face_spec(spec: str) -> tuple[str, list[str], dict[str, str]]:
