@@ -8,6 +8,8 @@ InputFormatError; batch with :func:`affectmae.datasets.images.collate_skip_corru
 ``min_side`` > 0 decodes a JPEG reduced inside the decoder to at least that shorter side
 (:func:`affectmae.datasets.decode.decode_rgb`; the image is then an (H, W, 3) uint8 array); ``pack`` (set by
 :func:`affectmae.datasets.pack.attach_face_pack`) reads the same pixels from a packed folder instead.
+:meth:`FaceImages.read_cropped` decodes an image file for one random crop (crop-aware decoding,
+:func:`affectmae.datasets.decode.decode_for_crop`).
 """
 
 from __future__ import annotations
@@ -67,3 +69,18 @@ class FaceImages(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int] | None:
         image = load_item(lambda: self.read_image(i), self.transform, self.skip_corrupt, self.skipped)
         return None if image is None else (image, self.label(i))
+
+    def read_cropped(self, i: int, sample: Callable[[int, int], Any], out_size: int) -> tuple[Any, int] | None:
+        """Item ``i`` for one random crop: ``((pixels (h, w, 3) uint8, params (5,)), label)``, or None (corrupt,
+        counted as in ``__getitem__``). An image file is decoded at its crop's scale (``decode_for_crop``); a
+        packed item, or a source that decodes otherwise, is read as usual and ``sample(h, w)`` drawn on it."""
+        def load() -> tuple[np.ndarray, Any]:
+            if self.pack is None and self._paths and type(self).load_image is FaceImages.load_image:
+                from affectmae.datasets.decode import decode_for_crop
+
+                return decode_for_crop(self._paths[i], sample, out_size, self.decoder)
+            pixels = np.asarray(self.read_image(i), dtype=np.uint8)
+            return pixels, sample(int(pixels.shape[0]), int(pixels.shape[1]))
+
+        item = load_item(load, None, self.skip_corrupt, self.skipped)
+        return None if item is None else (item, self.label(i))

@@ -20,6 +20,7 @@ the Aff-Wild2 expression order (-1: none); a corrupt image yields ``None`` (see 
 
 from __future__ import annotations
 
+import bisect
 import csv
 import logging
 import os
@@ -339,6 +340,11 @@ class FaceImageCollection(ConcatDataset):
             {"spec": spec, **src.summary, "skipped_corrupt": src.skipped.count}
             for spec, src in zip(self.specs, self.sources, strict=True)
         ]
+
+    def read_cropped(self, i: int, sample: Callable[[int, int], Any], out_size: int) -> tuple[Any, int] | None:
+        """Item ``i`` decoded for one random crop (:meth:`FaceImages.read_cropped` of its source)."""
+        k = bisect.bisect_right(self.cumulative_sizes, i)
+        return self.sources[k].read_cropped(i - (self.cumulative_sizes[k - 1] if k else 0), sample, out_size)
 
 
 def build_face_dataset(

@@ -81,7 +81,8 @@ class PretrainConfig:
     crop_scale_min: float = field(default=0.2, metadata={"gt": 0, "max": 1})
     hflip: bool = True
     # input pipeline (docs/training.md, "Input pipeline"): JPEGs decoded reduced to at least this shorter side
-    # (None: 2 x img_size; 0: full size), by `decoder`; or the pixels of a packed folder (affectmae pack)
+    # (0: full size), by `decoder`; None: each at the scale where its random crop keeps img_size pixels; or
+    # the pixels of a packed folder (affectmae pack; None then means its 2 x img_size)
     decode_min_side: int | None = field(default=None, metadata={"min": 0})
     decoder: str = field(default="auto", metadata={"choices": ("auto", "simplejpeg", "pillow")})
     pack: str | None = field(default=None, metadata={"path": "dir"})
@@ -116,6 +117,11 @@ class PretrainConfig:
     def min_side(self) -> int:
         """The shorter side JPEGs are decoded to (``decode_min_side``; by default twice the input size)."""
         return 2 * self.img_size if self.decode_min_side is None else self.decode_min_side
+
+    @property
+    def crop_decode(self) -> bool:
+        """Each JPEG decoded at its crop's scale (``decode_min_side`` unset and no pack)."""
+        return self.decode_min_side is None and not self.pack
 
 
 RESUME_KEYS = ("images", "model_size", "img_size", "depth", "decoder_dim", "decoder_depth", "decoder_heads",
@@ -183,7 +189,8 @@ def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining,
     images = build_face_dataset(list(cfg.images), min_side=cfg.min_side, decoder=cfg.decoder, pack=cfg.pack)
     norm = encoder_normalisation(model.encoder)  # ImageNet's, or an init_encoder's own (it stays recorded)
     augment = FaceAugment(cfg.img_size, cfg.crop_scale_min, cfg.hflip, *norm)  # = train_transform, in two halves
-    dataset = MAEAugmented(images, augment, model.encoder.num_patches, cfg.seed, device_augment=cfg.device_augment)
+    dataset = MAEAugmented(images, augment, model.encoder.num_patches, cfg.seed, device_augment=cfg.device_augment,
+                           crop_decode=cfg.crop_decode)
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, info.rank, info.world_size, cfg.accum_steps,
                                  seed=cfg.seed, shuffle=True, drop_last=True)
     steps_per_epoch = sampler.steps_per_epoch
@@ -192,7 +199,7 @@ def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining,
 
     workers, pin = resolve_loader(cfg.num_workers, cfg.pin_memory, device)
     ran = dataclasses.replace(cfg, resume=False, num_workers=workers, pin_memory=pin,
-                              decode_min_side=cfg.min_side)  # config.yaml records the settings that ran
+                              decode_min_side=None if cfg.crop_decode else cfg.min_side)  # what ran, in config.yaml
     run = TrainingRun("pretrain", cfg.out, cfg.epochs, config_to_dict(ran),
                       is_main=info.is_main, tensorboard=cfg.tensorboard, keep_checkpoints=cfg.keep_checkpoints)
     if cfg.resume:

@@ -36,11 +36,14 @@ class MAEAugmented(Dataset):
     EpochBatches`, for persistent workers) carries its own. With ``device_augment`` (``transform`` a
     :class:`~affectmae.models.augment.FaceAugment`) the item is ``(uint8 (3, H, W), params (5,), noise (L,))``:
     the same random draws, the pixel work left to :meth:`FaceAugment.apply_batch` on the training device.
+    ``crop_decode`` (``images`` a :class:`~affectmae.datasets.face_images.FaceImageCollection`): each JPEG is
+    decoded at its crop's scale, the crop drawn first on the header's size (``datasets/decode.py``).
     """
 
-    def __init__(self, images: Dataset, transform: Any, num_patches: int, seed: int, device_augment: bool = False):
+    def __init__(self, images: Dataset, transform: Any, num_patches: int, seed: int, device_augment: bool = False,
+                 crop_decode: bool = False):
         self.images, self.transform, self.num_patches, self.seed = images, transform, num_patches, seed
-        self.device_augment = device_augment
+        self.device_augment, self.crop_decode = device_augment, crop_decode
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -51,6 +54,8 @@ class MAEAugmented(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]):
         epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        if self.crop_decode:
+            return self._crop_decoded(epoch, i)
         item = self.images[i]
         if item is None:  # corrupt file: the source counted and logged it
             return None
@@ -63,6 +68,19 @@ class MAEAugmented(Dataset):
             image = self.transform(_image_of(item))
             noise = torch.rand(self.num_patches)
         return image, noise
+
+    def _crop_decoded(self, epoch: int, i: int):
+        """The item with the crop drawn while decoding: the same draws, in the same order, as the other paths."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(step_seed(self.seed, epoch, i))
+            item = self.images.read_cropped(i, self.transform.sample, self.transform.img_size)
+            if item is None:
+                return None
+            pixels, params = as_uint8_chw(item[0][0]), item[0][1]
+            noise = torch.rand(self.num_patches)
+        if self.device_augment:
+            return pixels, params, noise
+        return self.transform.apply(pixels, params), noise
 
 
 def collate_augment(batch: list[Any]) -> tuple[Any, int]:
