@@ -13,7 +13,7 @@ from affectmae.cli import main
 from affectmae.datasets.decode import decode_rgb, reduction
 from affectmae.datasets.face_images import build_face_dataset
 from affectmae.datasets.images import load_rgb
-from affectmae.datasets.pack import Pack, PackError, pack_faces, pack_frames
+from affectmae.datasets.pack import Pack, PackError, pack_faces
 from affectmae.errors import InputFormatError
 from affectmae.models.augment import FaceAugment, as_uint8_chw
 from affectmae.models.preprocess import train_transform
@@ -204,3 +204,22 @@ def test_pretrain_device_augment_and_pack_follow_the_jpeg_loss_curve(tmp_path):
     assert "num_workers: 1" in (tmp_path / "packed" / "config.yaml").read_text()
     assert losses["device"] == pytest.approx(losses["jpeg"], abs=1e-6)
     assert losses["packed"] == pytest.approx(losses["jpeg"], abs=1e-6)
+
+
+def test_finetune_device_augment_follows_the_default_loss_curve(tmp_path):
+    from affectmae.models.vit import build_encoder, save_encoder
+    from affectmae.synth.dataset import generate_affwild2
+
+    generate_affwild2(tmp_path / "aw2", videos=2, frames=24, faces=0, size=32)
+    torch.manual_seed(0)
+    save_encoder(build_encoder("tiny", 32, depth=1), tmp_path / "mae" / "encoder.safetensors", {"stage": "pretrain"})
+    losses = {}
+    for name, extra in (("default", []), ("device", ["device_augment=true"])):
+        run = tmp_path / name
+        assert main(["finetune", "--data", str(tmp_path / "aw2"), "--encoder", str(tmp_path / "mae"), "-o", str(run),
+                     "--config", "finetune_tiny", "batch_size=8", "tensorboard=false", "epochs=1", "max_steps=5",
+                     "warmup_steps=1", "head_only_steps=2", "log_every_steps=1", *extra]) == 0
+        losses[name] = [s["loss"] for s in read_metrics(run, "train")]
+    assert "device_augment: true" in (tmp_path / "device" / "config.yaml").read_text()
+    assert len(losses["default"]) == 5 and len(set(losses["default"])) == 5
+    assert losses["device"] == pytest.approx(losses["default"], abs=1e-5)
