@@ -9,10 +9,13 @@ encoder + head, forward and backward; extraction: encoder forward), and the imag
 ``--mfu`` (40 %) of its dense bf16 peak (``--peak-tflops``, 989 for the SXM part).
 
 Supply: images/s of each input pipeline on one core (``torch.set_num_threads(1)``), timed in interleaved rounds
-(every pipeline once per round, the best round kept), on generated 500x500 face JPEGs at quality 95 (or
-``--faces DIR``) and on 112x112 frames like Aff-Wild2's. The reference MAE recipe's pipeline (torchvision
+(every pipeline once per round, the best round kept), on 500x500 face JPEGs at quality 95 and on 112x112 frames
+like Aff-Wild2's. The 500x500 images are real photographs (``--faces DIR``, else the packaged and fetched face
+photos of ``synth/photos.py``: ``affectmae fetch-media``), centre-cropped square and resized; generated faces
+only when none are found (a printed note says so). The reference MAE recipe's pipeline (torchvision
 ``ImageFolder`` + PIL + ``RandomResizedCrop(interpolation=3)`` + ``ToTensor`` + ``Normalize``) runs in the same
-rounds. Cores per GPU = need / supply.
+rounds. Cores per GPU = need / supply. Meaning: the mean and largest absolute difference (normalised units) of
+each reduced pretraining decode against the full decode, for the same seeds.
 """
 
 from __future__ import annotations
@@ -72,23 +75,59 @@ def flops_per_image(batch: int = 2) -> dict[str, float]:
     return out
 
 
-def make_images(root: Path, n: int, faces: Path | None) -> tuple[Path, Path]:
-    """``root/faces/x/*.jpg`` (500x500 q95, an ImageFolder) and ``root/frames/v/%05d.jpg`` (112x112)."""
-    from affectmae.synth.cartoon import render_face, sample_identity
+NOT_FACES = ("mountain", "mask_", "alpha")  # packaged pictures that are not face photographs
 
-    rng = np.random.default_rng(0)
+
+def face_photos(faces: Path | None) -> list[Path]:
+    """Real face photographs: ``faces`` (a folder), else the packaged and fetched ones."""
+    if faces is not None:
+        return sorted(p for p in faces.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    from affectmae.synth.photos import find_face_photos
+
+    return [p for p in find_face_photos() if not any(s in p.name for s in NOT_FACES)]
+
+
+def make_images(root: Path, n: int, faces: Path | None) -> tuple[Path, Path, str]:
+    """``root/faces/x/*.jpg`` (500x500 q95, an ImageFolder), ``root/frames/v/%05d.jpg`` (112x112), what they are."""
     face_dir, frame_dir = root / "faces" / "x", root / "frames" / "v"
     face_dir.mkdir(parents=True)
     frame_dir.mkdir(parents=True)
-    sources = sorted(faces.glob("*.jpg"))[:n] if faces else []
+    photos = face_photos(faces)
+    rng = np.random.default_rng(0)
     for i in range(n):
-        if sources:
-            img = Image.open(sources[i % len(sources)]).convert("RGB").resize((500, 500), Image.BICUBIC)
+        if photos:
+            img = Image.open(photos[i % len(photos)]).convert("RGB")
+            w, h = img.size
+            side = min(w, h)
+            box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+            img = img.resize((500, 500), Image.BICUBIC, box=box)
         else:
+            from affectmae.synth.cartoon import render_face, sample_identity
+
             img = Image.fromarray(render_face(rng.uniform(-1, 1, 14), rng, 500, identity=sample_identity(rng), noise=2.0))
         img.save(face_dir / f"{i:05d}.jpg", quality=95)
         img.resize((112, 112), Image.BICUBIC).save(frame_dir / f"{i + 1:05d}.jpg", quality=95)
-    return root / "faces", root / "frames"
+    what = (f"{min(n, len(photos))} real face photographs" if photos else
+            "generated cartoon faces (note: no real photographs found; run affectmae fetch-media)")
+    return root / "faces", root / "frames", what
+
+
+def meaning(faces: Path, n: int) -> dict[str, tuple[float, float]]:
+    """(mean, max) |reduced - full decode| of the pretraining tensors, same seeds, normalised units."""
+    from affectmae.datasets.face_images import build_face_dataset
+    from affectmae.models.augment import FaceAugment
+    from affectmae.training.pretrain_data import MAEAugmented
+
+    aug = FaceAugment(112, 0.2, True)
+    full = MAEAugmented(build_face_dataset([f"folder:{faces}"]), aug, 49, seed=0)
+    runs = {"crop's scale (default)": MAEAugmented(build_face_dataset([f"folder:{faces}"]), aug, 49, 0, crop_decode=True),
+            ">= 224 px (decode_min_side=224)": MAEAugmented(build_face_dataset([f"folder:{faces}"], min_side=224),
+                                                            aug, 49, seed=0)}
+    out = {}
+    for name, data in runs.items():
+        diffs = torch.cat([(full[i][0] - data[i][0]).abs().flatten() for i in range(n)])
+        out[name] = (diffs.mean().item(), diffs.max().item())
+    return out
 
 
 def pipelines(faces: Path, frames: Path, pack_faces: Path, pack_frames: Path, n: int) -> dict[str, callable]:
@@ -109,6 +148,7 @@ def pipelines(faces: Path, frames: Path, pack_faces: Path, pack_frames: Path, n:
         T.Normalize(mean, std)]))
     today = build_face_dataset([f"folder:{faces}"], transform=train_transform(112, 0.2, True))
     ours = build_face_dataset([f"folder:{faces}"], transform=FaceAugment(112, 0.2, True), min_side=224)
+    whole = build_face_dataset([f"folder:{faces}"])
     packed = build_face_dataset([f"folder:{faces}"], transform=FaceAugment(112, 0.2, True), min_side=224,
                                 pack=pack_faces)
     aug, ft_aug, ft_today = FaceAugment(112, 0.2, True), FaceAugment(112, 0.8, True), train_transform(112, 0.8, True)
@@ -129,7 +169,9 @@ def pipelines(faces: Path, frames: Path, pack_faces: Path, pack_frames: Path, n:
     return {
         "pretrain: reference MAE (ImageFolder + PIL)": loop(lambda i: reference[i]),
         "pretrain: today (full decode, train_transform)": loop(lambda i: today[i]),
-        "pretrain: JPEG, decoded at >= 224 px": loop(lambda i: ours[i]),
+        "pretrain: JPEG, decoded at the crop's scale (default)": loop(lambda i: aug.apply(*whole.read_cropped(
+            i, aug.sample, 112)[0])),
+        "pretrain: JPEG, decoded at >= 224 px (decode_min_side=224)": loop(lambda i: ours[i]),
         "pretrain: packed, augmentation on the CPU": loop(lambda i: packed[i]),
         "pretrain: packed, device_augment (CPU part)": loop(packed_device),
         "finetune: today (112-px JPEG, train_transform)": loop(lambda i: ft_today(open_rgb(paths[i]))),
@@ -162,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.peak_tflops:g} TFLOP/s")
     work = Path(tempfile.mkdtemp(prefix="bench_input_"))
     try:
-        faces, frames = make_images(work, args.images, args.faces)
+        faces, frames, what = make_images(work, args.images, args.faces)
+        print(f"images: {what}, 500x500 JPEG q95 (and 112x112 frames)")
         pack_faces([f"folder:{faces}"], work / "pack_faces", min_side=224)
         pack_frames(frames, work / "pack_frames")
         runs = pipelines(faces, frames, work / "pack_faces", work / "pack_frames", args.images)
@@ -180,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, sec in best.items():
             stage = name.split(":")[0]
             print(f"| {name} | {sec * 1e3:.2f} | {1 / sec:,.0f} | {ref[stage] / sec:.2f} | {need[stage] * sec:.1f} |")
+        for name, (mean, top) in meaning(faces, args.images).items():
+            print(f"pretrain tensors decoded at {name} vs the full decode: mean |diff| {mean:.4f}, max {top:.3f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
