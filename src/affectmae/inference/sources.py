@@ -59,7 +59,7 @@ def open_source(source: str, realtime: bool = False, input_format: str | None = 
     if kind == "file":
         return FileSource(source, realtime)
     if kind == "stdin":
-        pipe = stdin if stdin is not None else sys.stdin.buffer
+        pipe = stdin if stdin is not None else _stdin()
         if raw_size is not None:
             return RawSource(pipe, raw_size, fps or 25.0)
         return StreamSource(pipe, "standard input", input_format, {}, fps, timeout)
@@ -198,6 +198,15 @@ class RawSource:
 
     def close(self) -> None:
         pass
+
+
+def _stdin() -> BinaryIO:
+    """Standard input as an unbuffered binary file: a reader thread blocked in it does not hold the lock of
+    Python's buffered ``sys.stdin.buffer``, which would abort the interpreter's shutdown."""
+    try:
+        return os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+    except (AttributeError, OSError, ValueError):  # replaced by something without a file descriptor
+        return sys.stdin.buffer
 
 
 def _read_up_to(pipe: BinaryIO, n: int) -> bytes:
