@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--shard-size", type=int, default=None, help="images per shard (faces 2048, frames 4096)")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: this process)")
     p.add_argument("--overwrite", action="store_true", help="replace a pack of other data in -o")
+    p.add_argument("--format", choices=("affectmae", "litdata"), default="affectmae",
+                   help="litdata (face images; pip install 'affectmae[streaming]'): the pack in OUT/pack, then its "
+                        "images as litdata chunks in OUT/litdata, for pretrain stream=OUT/litdata on several nodes")
     p.set_defaults(func=_run)
 
 
@@ -31,6 +34,6 @@ def _run(args) -> int:
     from affectmae.datasets.pack import run_pack
 
     summary = run_pack(args.images, args.frames, args.out, args.min_side, args.decoder, args.shard_size,
-                       args.workers, args.overwrite)
+                       args.workers, args.overwrite, args.format)
     print(json.dumps(summary))
     return 0

@@ -12,9 +12,9 @@ def register(subparsers) -> None:
         "--config pretrain_tiny gives a CPU-sized run. Trailing key=value pairs override the config, e.g. "
         "epochs=10 batch_size=64. Multi-GPU: torchrun --nproc_per_node N -m affectmae pretrain ...",
     )
-    p.add_argument("--images", "--data", action="append", required=True, metavar="SPEC",
+    p.add_argument("--images", "--data", action="append", default=None, metavar="SPEC",
                    help="face images: an image folder, or folder:PATH, fer2013:PATH/fer2013.csv, ferplus:..., "
-                   "rafdb:..., affectnet:... (repeat to combine)")
+                   "rafdb:..., affectnet:... (repeat to combine); or none with stream=DIR (litdata shards)")
     p.add_argument("-o", "--out", required=True, help="run folder")
     p.add_argument("--config", default=None, help="YAML config file or packaged name (pretrain_paper, pretrain_tiny)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last_state.safetensors")

@@ -338,11 +338,21 @@ def attach_face_pack(collection: Any, pack: Pack) -> None:
 
 def run_pack(images: list[str] | None = None, frames: str | None = None, out: str = "", min_side: int | None = None,
              decoder: str = "auto", shard_size: int | None = None, workers: int = 0,
-             overwrite: bool = False) -> dict[str, Any]:
+             overwrite: bool = False, fmt: str = "affectmae") -> dict[str, Any]:
     """``affectmae pack``: face sources (``images``, default ``min_side`` 224, twice the 112-px input, what
-    ``pretrain``'s ``decode_min_side`` defaults to) or an Aff-Wild2 frames root (``frames``, default full size)."""
+    ``pretrain``'s ``decode_min_side`` defaults to) or an Aff-Wild2 frames root (``frames``, default full size).
+    ``fmt="litdata"`` (face sources): the pack in ``out/pack``, then its images as litdata chunks in
+    ``out/litdata`` (:mod:`affectmae.datasets.streaming`)."""
     if bool(images) == bool(frames) or not out:
         raise AffectMAEError("pack needs either --images SPEC... or --frames CROPPED_ALIGNED, and -o PACK")
+    if fmt == "litdata":
+        from affectmae.datasets.streaming import require_litdata, write_stream
+
+        if frames:
+            raise AffectMAEError("--format litdata writes face-image packs (--images), for pretrain stream=DIR")
+        require_litdata()  # before any decoding
+        packed = run_pack(images, None, str(Path(out) / "pack"), min_side, decoder, shard_size, workers, overwrite)
+        return {**packed, **write_stream(Path(out) / "pack", Path(out) / "litdata")}
     if min_side is not None and min_side < 0:
         raise AffectMAEError(f"--min-side must be >= 0, got {min_side}")
     if shard_size is not None and shard_size < 1:

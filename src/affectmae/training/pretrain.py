@@ -46,6 +46,7 @@ from affectmae.training.loader import EpochBatches, make_loader, resolve_loader
 from affectmae.training.memory import keep_freed_memory
 from affectmae.training.optim import make_adamw, param_groups_weight_decay, set_lr, warmup_cosine_lr
 from affectmae.training.pretrain_data import MAEAugmented, collate_augment, fixed_batch, save_reconstruction_figure
+from affectmae.training.stream_sampler import StreamBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class PretrainConfig:
     decode_min_side: int | None = field(default=None, metadata={"min": 0})
     decoder: str = field(default="auto", metadata={"choices": ("auto", "simplejpeg", "pillow")})
     pack: str | None = field(default=None, metadata={"path": "dir"})
+    stream: str | None = None  # litdata shards (affectmae pack --format litdata; local or s3://...) instead of images
     device_augment: bool = False  # crop, resize, flip and normalise whole batches on the training device
     # run
     seed: int = 0
@@ -121,7 +123,7 @@ class PretrainConfig:
     @property
     def crop_decode(self) -> bool:
         """Each JPEG decoded at its crop's scale (``decode_min_side`` unset and no pack)."""
-        return self.decode_min_side is None and not self.pack
+        return self.decode_min_side is None and not self.pack and not self.stream
 
 
 RESUME_KEYS = ("images", "model_size", "img_size", "depth", "decoder_dim", "decoder_depth", "decoder_heads",
@@ -172,11 +174,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
 def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining, TrainingRun]:
     """Check the run folder, build the MAE, AdamW and the augmented images; restore the state on ``resume``."""
     from affectmae.datasets.face_images import build_face_dataset
+    from affectmae.datasets.streaming import StreamFaces
 
     if not cfg.out:
         raise AffectMAEError("pretrain needs an output folder (-o RUN_DIR)")
-    if not cfg.images:
-        raise AffectMAEError("pretrain needs at least one --images source (e.g. folder:/path/to/faces)")
+    if not cfg.images and not cfg.stream:
+        raise AffectMAEError("pretrain needs at least one --images source (e.g. folder:/path/to/faces) or stream=DIR")
     check_run_dir(Path(cfg.out), cfg.resume, cfg.overwrite, "pretrain")
     barrier(info)
     device = info.device
@@ -186,13 +189,18 @@ def setup_pretraining(cfg: PretrainConfig, info: DistInfo) -> tuple[Pretraining,
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_decay_names=("pos_embed", "cls_token", "mask_token"))
     optimizer = make_adamw(groups, cfg.effective_lr, cfg.betas)
 
-    images = build_face_dataset(list(cfg.images), min_side=cfg.min_side, decoder=cfg.decoder, pack=cfg.pack)
+    if cfg.stream:  # shards read per rank (datasets/streaming.py, training/stream_sampler.py)
+        images = StreamFaces(cfg.stream)
+        sampler = StreamBatchSampler(images.chunk_sizes, cfg.batch_size, info.rank, info.world_size, cfg.accum_steps,
+                                     seed=cfg.seed)
+    else:
+        images = build_face_dataset(list(cfg.images), min_side=cfg.min_side, decoder=cfg.decoder, pack=cfg.pack)
+        sampler = GlobalBatchSampler(len(images), cfg.batch_size, info.rank, info.world_size, cfg.accum_steps,
+                                     seed=cfg.seed, shuffle=True, drop_last=True)
     norm = encoder_normalisation(model.encoder)  # ImageNet's, or an init_encoder's own (it stays recorded)
     augment = FaceAugment(cfg.img_size, cfg.crop_scale_min, cfg.hflip, *norm)  # = train_transform, in two halves
     dataset = MAEAugmented(images, augment, model.encoder.num_patches, cfg.seed, device_augment=cfg.device_augment,
                            crop_decode=cfg.crop_decode)
-    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, info.rank, info.world_size, cfg.accum_steps,
-                                 seed=cfg.seed, shuffle=True, drop_last=True)
     steps_per_epoch = sampler.steps_per_epoch
     log.info("MAE pretraining: %d images, %d steps/epoch x %d epochs, global batch %d (%d processes x %d accum), lr %.3g",
              len(dataset), steps_per_epoch, cfg.epochs, cfg.batch_size, info.world_size, cfg.accum_steps, cfg.effective_lr)
