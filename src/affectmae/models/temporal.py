@@ -3,9 +3,8 @@
 One model class serves VA, EXPR, AU and the multi-task setting; the heads are built from the task table
 (:data:`affectmae.tasks.TASKS`). Differences from the authors' code:
 
-- the TCN looks both ways by default (``causal=False``); ``causal=True`` only looks back, and with ``history``
-  the attention looks back at most that many frames and no position table is added: a streaming model that
-  runs frame by frame on a live source (``models/causal_stream.py``);
+- the TCN looks both ways by default (``causal=False``); ``causal=True`` only looks back; with ``history`` too,
+  a streaming model that runs frame by frame on a live source (``models/causal_stream.py``);
 - the Transformer gets a sinusoidal positional encoding (theirs has none; not in a streaming model);
 - weight norm uses ``torch.nn.utils.parametrizations.weight_norm`` (or none);
 - padded frames are excluded from attention and zeroed before the convolutions;
@@ -30,6 +29,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from affectmae.models.fast_linear import fast_linear, use_fast_linear
+from affectmae.models.person_reference import causal_reference, person_reference  # noqa: F401 (re-exported)
 from affectmae.tasks import get_task
 
 
@@ -43,9 +43,8 @@ class TemporalConfig:
     tcn_kernel: int = field(default=3, metadata={"min": 1})
     tcn_dilations: list[int] = field(default_factory=list, metadata={"min": 1})  # empty: 1, 2, 4, ... per block
     causal: bool = False
-    # With causal: each attention layer looks at most this many frames back (itself included) and no absolute
-    # position table is added, so the model runs on an unbounded stream frame by frame (CausalStream in
-    # models/causal_stream.py) and gives what it gives over whole sequences. 0: positions within the window.
+    # with causal: attention looks back at most this many frames (itself included), no position table: a
+    # streaming model, run frame by frame by models/causal_stream.py (0: positions within the window)
     history: int = field(default=0, metadata={"min": 0})
     weight_norm: bool = True
     use_transformer: bool = True  # ablation "w/o Transformer"
@@ -71,8 +70,7 @@ class TemporalConfig:
             raise AffectMAEError(f"{prefix}tcn_dilations has {len(self.tcn_dilations)} entries but "
                                  f"{prefix}tcn_channels has {len(self.tcn_channels)}")
         if self.history and not self.causal:
-            raise AffectMAEError(f"{prefix}history={self.history} needs {prefix}causal=true (a history is how far a "
-                                 "causal model looks back)")
+            raise AffectMAEError(f"{prefix}history={self.history} needs {prefix}causal=true")
         width = self.tcn_channels[-1]
         if self.arch == "temporal" and self.use_transformer and width % self.transformer_heads:
             raise AffectMAEError(f"{prefix}transformer_heads must divide the transformer width "
@@ -243,9 +241,7 @@ class TorchTransformerEncoder(nn.TransformerEncoder):
         super().__init__(layer, layers, enable_nested_tensor=False)
 
     def forward(self, x: torch.Tensor, unpadded: torch.Tensor | None = None, causal: bool = False,
-                history: int = 0) -> torch.Tensor:
-        if history:
-            raise ValueError("the torch reference encoder has no attention history")
+                history: int = 0) -> torch.Tensor:  # history: not supported by this reference
         causal_mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device) if causal else None
         return super().forward(x, mask=causal_mask, src_key_padding_mask=None if unpadded is None else ~unpadded)
 
@@ -287,8 +283,7 @@ class TemporalModel(nn.Module):
 
     @property
     def streaming(self) -> bool:
-        """True for a model that only looks back over a bounded history (``causal`` with ``history``): it runs
-        frame by frame on a live stream (:class:`~affectmae.models.causal_stream.CausalStream`)."""
+        """Only looks back over a bounded history (``causal`` with ``history``): it runs on a live stream."""
         return bool(self.cfg.causal and self.cfg.history)
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
@@ -322,43 +317,6 @@ class TemporalModel(nn.Module):
         return out
 
 
-def person_reference(features: np.ndarray | torch.Tensor, present: np.ndarray | None = None,
-                     chunk: int = 4096) -> np.ndarray:
-    """The mean feature of one video (face track) over its frames with a face (all frames when none has
-    one): (N, D) -> (D,) float32. Read ``chunk`` rows at a time, so a memory-mapped array stays on disk."""
-    n, d = int(features.shape[0]), int(features.shape[1])
-    total, count = np.zeros(d, np.float64), 0
-    use_all = present is None or not np.any(present)
-    for start in range(0, n, chunk):
-        rows = np.asarray(features[start : start + chunk], dtype=np.float64)
-        if not use_all:
-            rows = rows[np.asarray(present[start : start + chunk], dtype=bool)]
-        total += rows.sum(axis=0)
-        count += len(rows)
-    return (total / max(count, 1)).astype(np.float32)
-
-
-def causal_reference(features: np.ndarray | torch.Tensor, present: np.ndarray | None = None,
-                     start: tuple | None = None) -> np.ndarray:
-    """The person reference of a streaming model, one per frame: for frame t the mean feature over frames
-    0..t with a face (over all frames 0..t while none had one). (N, D) -> (N, D) float32.
-
-    ``start``: the running sums before frame 0 (``(sum with a face (D,), count, sum of all (D,), count)``,
-    float64), for a part of a longer sequence; :class:`~affectmae.models.causal_stream.CausalStream`
-    computes the same frame by frame.
-    """
-    x = np.asarray(features[:], dtype=np.float64)
-    n, d = x.shape
-    p = np.ones(n, bool) if present is None else np.asarray(present, dtype=bool)
-    s_p, c_p, s_a, c_a = start if start is not None else (np.zeros(d), 0, np.zeros(d), 0)
-    sum_p = s_p + np.cumsum(x * p[:, None], axis=0)
-    cnt_p = c_p + np.cumsum(p)
-    sum_a = s_a + np.cumsum(x, axis=0)
-    cnt_a = c_a + np.arange(1, n + 1)
-    ref = np.where((cnt_p > 0)[:, None], sum_p / np.maximum(cnt_p, 1)[:, None], sum_a / cnt_a[:, None])
-    return ref.astype(np.float32)
-
-
 def postprocess(task: str, outputs: torch.Tensor) -> torch.Tensor:
     """Model outputs -> what users get: VA values, EXPR class probabilities, AU probabilities."""
     kind = get_task(task).kind
@@ -379,8 +337,7 @@ def predict_sequence(
     features: (N, D) (float16 or float32; read window by window, so a memory-mapped array stays on
     disk); present: (N,) bool or None. Returns ``{task: (N, C) float32}`` postprocessed (VA values,
     EXPR and AU probabilities). Windows shorter than ``window`` (short videos) are padded and masked. A
-    streaming model (:attr:`TemporalModel.streaming`) is run causally over the whole sequence instead
-    (:func:`~affectmae.models.causal_stream.predict_causal`; ``window`` and ``stride`` are not used).
+    streaming model runs causally over the whole sequence instead (``causal_stream.predict_causal``).
     """
     from affectmae.segments import OverlapMerger, segment_starts
 
