@@ -1,6 +1,6 @@
 """`affectmae live` on a 640x360 one-face clip played at 25 frames/s, side by side with offline `analyze` on it.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_live.py                 # 40 s clip (about 1.5 min in all)
+    OMP_NUM_THREADS=2 python benchmarks/bench_live.py                 # 20 s clip (under 2 min in all)
     OMP_NUM_THREADS=2 python benchmarks/bench_live.py --seconds 10 --settings detect_max_side=320
 
 The clip is `bench_analyze.py`'s (a generated face moving over a blurred background, `make_synthetic_video`,
@@ -71,7 +71,7 @@ def run_live(video: Path, model_dir: Path, out: Path, settings: list[str]) -> di
 def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=40.0, help="length of the clip at 25 frames/s (default 40)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the clip at 25 frames/s (default 20)")
     parser.add_argument("--settings", nargs="*", default=[], help="AnalyzeConfig key=value settings for every row")
     parser.add_argument("--skip-offline", action="store_true", help="only the live row")
     args = parser.parse_args()
