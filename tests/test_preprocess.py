@@ -39,12 +39,17 @@ def test_frames_eval_and_training_paths_agree(image):
     # a crop covering the whole image, not flipped, is the evaluation transform
     torch.manual_seed(0)
     whole = train_transform(32, crop_scale_min=1.0, hflip=False)
-    whole.transforms[2].ratio = (40 / 48, 40 / 48)
+    whole.transforms[1].ratio = (40 / 48, 40 / 48)
     crop = whole(Image.fromarray(image))
     assert batch.shape == single.shape == crop.shape == (3, 32, 32)
     assert torch.allclose(batch, ref, atol=1e-5)
     assert torch.allclose(single, ref, atol=1e-5)
-    assert torch.allclose(crop, ref, atol=1e-5)
+    # the training crop is resized on uint8 as PIL resizes (clipped to uint8 between the two passes): measured
+    # within one level of PIL's bicubic (mean 0.005 levels); the float resize is up to 0.20 away on this noise
+    pil = np.asarray(Image.fromarray(image).resize((32, 32), Image.BICUBIC), dtype=np.float32)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    levels = ((crop * std + mean) * 255 - torch.from_numpy(pil).permute(2, 0, 1)).abs()
+    assert levels.max().item() < 1.01 and levels.mean().item() < 0.01 and (crop - ref).abs().max().item() > 0.2
 
 
 def test_native_size_is_only_normalised(image):
