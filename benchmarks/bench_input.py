@@ -15,7 +15,9 @@ photos of ``synth/photos.py``: ``affectmae fetch-media``), centre-cropped square
 only when none are found (a printed note says so). The reference MAE recipe's pipeline (torchvision
 ``ImageFolder`` + PIL + ``RandomResizedCrop(interpolation=3)`` + ``ToTensor`` + ``Normalize``) runs in the same
 rounds. Cores per GPU = need / supply. Meaning: the mean and largest absolute difference (normalised units) of
-each reduced pretraining decode against the full decode, for the same seeds.
+each reduced pretraining decode against the full decode, for the same seeds, and of the default uint8 resize of
+the crop against the float resize it replaced. Resizers: the crop's resize alone (torch uint8, float, PIL,
+OpenCV) on the crop-aware decode's pixels, time and mean |diff| from PIL's bicubic (the reference's resize).
 """
 
 from __future__ import annotations
@@ -112,6 +114,60 @@ def make_images(root: Path, n: int, faces: Path | None) -> tuple[Path, Path, str
     return root / "faces", root / "frames", what
 
 
+def _float_resize():
+    """FaceAugment with the crop resized on the float image (the default before the uint8 resize)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from affectmae.models.augment import FaceAugment
+
+    class FloatResize(FaceAugment):
+        def _crop(self, image, params):
+            top, left, h, w = (int(v) for v in params[:4])
+            return TF.resized_crop(TF.to_dtype(image, torch.float32, scale=True), top, left, h, w,
+                                   [self.img_size] * 2, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return FloatResize
+
+
+def resizers(faces: Path, n: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """(ms per crop, mean |diff| from PIL's bicubic in normalised units) of each resize of the decoded crop."""
+    import cv2
+
+    from affectmae.datasets.face_images import build_face_dataset
+    from affectmae.models.augment import FaceAugment, as_uint8_chw
+
+    cv2.setNumThreads(1)
+    aug, float_aug = FaceAugment(112, 0.2, True), _float_resize()(112, 0.2, True)
+    whole, crops = build_face_dataset([f"folder:{faces}"]), []
+    for i in range(n):
+        torch.manual_seed(i)
+        pixels, params = whole.read_cropped(i, aug.sample, 112)[0]
+        crops.append((pixels, params, (slice(params[0], params[0] + params[2]), slice(params[1], params[1] + params[3]))))
+    fns = {"torch uint8 (default)": lambda px, p, box: aug._crop(as_uint8_chw(px), p),
+           "torch float (previous)": lambda px, p, box: float_aug._crop(as_uint8_chw(px), p) * 255,
+           "PIL crop + BICUBIC": lambda px, p, box: Image.fromarray(px[box]).resize((112, 112), Image.BICUBIC),
+           "cv2 INTER_CUBIC": lambda px, p, box: cv2.resize(px[box], (112, 112), interpolation=cv2.INTER_CUBIC),
+           "cv2 INTER_AREA": lambda px, p, box: cv2.resize(px[box], (112, 112), interpolation=cv2.INTER_AREA)}
+
+    def hwc(x) -> torch.Tensor:
+        x = torch.tensor(np.asarray(x)).float()
+        return x.permute(1, 2, 0) if x.shape[0] == 3 else x
+
+    pil = [hwc(fns["PIL crop + BICUBIC"](*c)) for c in crops]
+    out = {}
+    for name, fn in fns.items():
+        best = min(_timed(fn, crops) for _ in range(rounds)) / n
+        diff = torch.stack([(hwc(fn(*c)) - r).abs() for c, r in zip(crops, pil, strict=True)]).mean().item()
+        out[name] = (best * 1e3, diff / 255 / 0.226)
+    return out
+
+
+def _timed(fn, items) -> float:
+    t0 = time.perf_counter()
+    for item in items:
+        fn(*item)
+    return time.perf_counter() - t0
+
+
 def meaning(faces: Path, n: int) -> dict[str, tuple[float, float]]:
     """(mean, max) |reduced - full decode| of the pretraining tensors, same seeds, normalised units."""
     from affectmae.datasets.face_images import build_face_dataset
@@ -120,13 +176,19 @@ def meaning(faces: Path, n: int) -> dict[str, tuple[float, float]]:
 
     aug = FaceAugment(112, 0.2, True)
     full = MAEAugmented(build_face_dataset([f"folder:{faces}"]), aug, 49, seed=0)
-    runs = {"crop's scale (default)": MAEAugmented(build_face_dataset([f"folder:{faces}"]), aug, 49, 0, crop_decode=True),
-            ">= 224 px (decode_min_side=224)": MAEAugmented(build_face_dataset([f"folder:{faces}"], min_side=224),
-                                                            aug, 49, seed=0)}
+    jpegs = build_face_dataset([f"folder:{faces}"])
+    runs = {"decoded at the crop's scale (default) vs the full decode": MAEAugmented(jpegs, aug, 49, 0, crop_decode=True),
+            "decoded at >= 224 px (decode_min_side=224) vs the full decode": MAEAugmented(
+                build_face_dataset([f"folder:{faces}"], min_side=224), aug, 49, seed=0)}
+    previous = MAEAugmented(jpegs, _float_resize()(112, 0.2, True), 49, 0, crop_decode=True)
     out = {}
     for name, data in runs.items():
         diffs = torch.cat([(full[i][0] - data[i][0]).abs().flatten() for i in range(n)])
         out[name] = (diffs.mean().item(), diffs.max().item())
+    default = next(iter(runs.values()))
+    diffs = torch.cat([(default[i][0] - previous[i][0]).abs().flatten() for i in range(n)])
+    out["uint8 resize (default) vs the float resize, crop's scale, same pixels"] = (diffs.mean().item(),
+                                                                                    diffs.max().item())
     return out
 
 
@@ -140,18 +202,19 @@ def pipelines(faces: Path, frames: Path, pack_faces: Path, pack_frames: Path, n:
     from affectmae.datasets.images import load_rgb, open_rgb
     from affectmae.datasets.pack import Pack
     from affectmae.models.augment import FaceAugment, as_uint8_chw
-    from affectmae.models.preprocess import resize_frame, train_transform
+    from affectmae.models.preprocess import resize_frame
 
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     reference = datasets.ImageFolder(str(faces), transform=T.Compose([
         T.RandomResizedCrop(112, scale=(0.2, 1.0), interpolation=3), T.RandomHorizontalFlip(), T.ToTensor(),
         T.Normalize(mean, std)]))
-    today = build_face_dataset([f"folder:{faces}"], transform=train_transform(112, 0.2, True))
+    previous = build_face_dataset([f"folder:{faces}"], transform=_float_resize()(112, 0.2, True))
     ours = build_face_dataset([f"folder:{faces}"], transform=FaceAugment(112, 0.2, True), min_side=224)
     whole = build_face_dataset([f"folder:{faces}"])
     packed = build_face_dataset([f"folder:{faces}"], transform=FaceAugment(112, 0.2, True), min_side=224,
                                 pack=pack_faces)
-    aug, ft_aug, ft_today = FaceAugment(112, 0.2, True), FaceAugment(112, 0.8, True), train_transform(112, 0.8, True)
+    aug, ft_aug, ft_today = FaceAugment(112, 0.2, True), FaceAugment(112, 0.8, True), _float_resize()(112, 0.8, True)
+    float_aug = _float_resize()(112, 0.2, True)
     index, fpack = FrameIndex(frames), Pack(pack_frames)
     paths = [index.frame_path("v", k) for k in range(n)]
 
@@ -168,13 +231,15 @@ def pipelines(faces: Path, frames: Path, pack_faces: Path, pack_frames: Path, n:
 
     return {
         "pretrain: reference MAE (ImageFolder + PIL)": loop(lambda i: reference[i]),
-        "pretrain: today (full decode, train_transform)": loop(lambda i: today[i]),
-        "pretrain: JPEG, decoded at the crop's scale (default)": loop(lambda i: aug.apply(*whole.read_cropped(
+        "pretrain: full decode, float resize (earlier default)": loop(lambda i: previous[i]),
+        "pretrain: JPEG at the crop's scale, float resize (previous default)": loop(lambda i: float_aug.apply(
+            *whole.read_cropped(i, float_aug.sample, 112)[0])),
+        "pretrain: JPEG at the crop's scale, uint8 resize (default)": loop(lambda i: aug.apply(*whole.read_cropped(
             i, aug.sample, 112)[0])),
         "pretrain: JPEG, decoded at >= 224 px (decode_min_side=224)": loop(lambda i: ours[i]),
         "pretrain: packed, augmentation on the CPU": loop(lambda i: packed[i]),
         "pretrain: packed, device_augment (CPU part)": loop(packed_device),
-        "finetune: today (112-px JPEG, train_transform)": loop(lambda i: ft_today(open_rgb(paths[i]))),
+        "finetune: previous default (112-px JPEG, float resize)": loop(lambda i: ft_today(open_rgb(paths[i]))),
         "finetune: JPEG (simplejpeg), FaceAugment": loop(lambda i: ft_aug(decode_rgb(paths[i], 112))),
         "finetune: packed, device_augment (CPU part)": loop(frame_device),
         "extract: today (112-px JPEG, load_rgb)": loop(lambda i: resize_frame(load_rgb(paths[i]), 112)),
@@ -216,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
                 fn()
                 best[name] = min(best[name], (time.perf_counter() - t0) / args.images)
         ref = {"pretrain": best["pretrain: reference MAE (ImageFolder + PIL)"],
-               "finetune": best["finetune: today (112-px JPEG, train_transform)"],
+               "finetune": best["finetune: previous default (112-px JPEG, float resize)"],
                "extract": best["extract: today (112-px JPEG, load_rgb)"]}
         print("| pipeline | ms/image | images/s per core | x baseline | cores per H100 |")
         print("| --- | --- | --- | --- | --- |")
@@ -224,7 +289,9 @@ def main(argv: list[str] | None = None) -> None:
             stage = name.split(":")[0]
             print(f"| {name} | {sec * 1e3:.2f} | {1 / sec:,.0f} | {ref[stage] / sec:.2f} | {need[stage] * sec:.1f} |")
         for name, (mean, top) in meaning(faces, args.images).items():
-            print(f"pretrain tensors decoded at {name} vs the full decode: mean |diff| {mean:.4f}, max {top:.3f}")
+            print(f"pretrain tensors, {name}: mean |diff| {mean:.4f}, max {top:.3f}")
+        for name, (ms, diff) in resizers(faces, args.images, args.rounds).items():
+            print(f"resize of the crop, {name}: {ms:.3f} ms, mean |diff| from PIL's bicubic {diff:.4f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
