@@ -278,3 +278,111 @@ def test_bad_sources_are_one_line(work, capsys, tmp_path, monkeypatch):
     assert _live(["-", "--model", model], io.BytesIO(bytes(range(256)) * 400), monkeypatch) == 2
     assert _last_error(capsys) == (
         "affectmae live: error: standard input: cannot open the stream: Invalid data found when processing input")
+
+
+def _serial_rows(analyzer, name, frames) -> list[dict]:
+    """The per-frame analysis run one frame after the other in this thread (no stages side by side)."""
+    from affectmae.inference.live_frames import FrameAnalyzer
+
+    serial = FrameAnalyzer(analyzer, name)
+    return [row for frame in frames for row in serial.rows(frame)]
+
+
+def test_the_two_stages_give_the_rows_of_the_serial_loop(work):
+    from affectmae.inference.pipeline import Analyzer
+    from affectmae.media.video import VideoReader
+
+    _, model, video = work
+    with Analyzer(model) as analyzer:
+        live = analyzer.stream(video, drop=False)
+        rows = list(live)
+        summary = live.summary()
+        reader = VideoReader(video)
+        serial = _serial_rows(analyzer, str(video), reader.frames())
+        reader.close()
+    assert len(rows) == len(serial) == summary["rows"] == 68  # 32 frames with 2 faces, 4 without
+    pd.testing.assert_frame_equal(pd.DataFrame(rows), pd.DataFrame(serial), check_exact=True)
+    assert summary["frames_dropped"] == 0 and len(live.stats.latencies) == N
+    assert summary["busy_ms_per_frame"]["stage1"] > 0 and summary["busy_ms_per_frame"]["stage2"] > 0
+
+
+class _GatedSource:
+    """Frames 0-9 of the clip handed out against the pipeline's state, so that the drops are certain: frame 1
+    once stage 2 holds frame 0, frame 2 once stage 1 has handed frame 1 on, frames 3-9 at once when stage 1
+    has taken frame 2 (it then waits for room; the input queue of 2 keeps 8 and 9 and drops 3-7)."""
+
+    name, fps, error = "gated", float(FPS), None
+
+    def __init__(self, rgbs, stage_two_holds, release):
+        self.rgbs, self.holds, self.release, self.live = rgbs, stage_two_holds, release, None
+
+    @staticmethod
+    def _until(ready) -> None:
+        deadline = time.monotonic() + 30
+        while not ready():
+            assert time.monotonic() < deadline, "the pipeline did not reach the expected state"
+            time.sleep(0.002)
+
+    def frames(self):
+        from affectmae.media.video import Frame
+
+        def frame(k):
+            return Frame(k, k / FPS, self.rgbs[k])
+
+        yield frame(0)
+        self._until(self.holds.is_set)
+        yield frame(1)
+        self._until(lambda: len(self.live._handoff.items) == 1)
+        yield frame(2)
+        self._until(lambda: not self.live._queue.items)
+        for k in range(3, 10):
+            yield frame(k)
+        self.release.set()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_slow_stage_two_drops_frames_at_the_input_only(work, monkeypatch):
+    from affectmae.inference.live_frames import FrameAnalyzer
+    from affectmae.inference.pipeline import Analyzer
+    from affectmae.media.video import Frame
+
+    _, model, video = work
+    holds, release, prepared = threading.Event(), threading.Event(), []
+    prepare, finish = FrameAnalyzer.prepare, FrameAnalyzer.finish
+
+    def recorded_prepare(self, frame):
+        prepared.append(frame.index)
+        return prepare(self, frame)
+
+    def slow_finish(self, faces):
+        if faces.frame.index == 0:  # stage 2 held on frame 0 while frames 1-9 arrive, then slow
+            holds.set()
+            assert release.wait(30)
+            time.sleep(0.05)
+        return finish(self, faces)
+
+    rgbs = _raw_frames(video)[:10]
+    source = _GatedSource(rgbs, holds, release)
+    with Analyzer(model) as analyzer:
+        live = analyzer.stream(source, queue=2)
+        source.live = live
+        monkeypatch.setattr(FrameAnalyzer, "prepare", recorded_prepare)
+        monkeypatch.setattr(FrameAnalyzer, "finish", slow_finish)
+        rows = list(live)
+        summary = live.summary()
+        monkeypatch.undo()
+        serial = _serial_rows(analyzer, "gated", [Frame(k, k / FPS, rgbs[k]) for k in (0, 1, 2, 8, 9)])
+    assert prepared == [0, 1, 2, 8, 9]  # stage 1 saw only the frames kept at the input: none dropped after it
+    assert [r["frame"] for r in rows] == [0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 8, 8, 9, 9]
+    dropped = [r for r in rows if not r["analyzed"]]
+    assert [r["frame"] for r in dropped] == [3, 4, 5, 6, 7]
+    assert [r["time_s"] for r in dropped] == [k / FPS for k in (3, 4, 5, 6, 7)]
+    assert all(r["face_id"] == -1 and not r["face_detected"] and np.isnan(r["valence"]) for r in dropped)
+    pd.testing.assert_frame_equal(pd.DataFrame([r for r in rows if r["analyzed"]]), pd.DataFrame(serial),
+                                  check_exact=True)  # frame 8 follows frame 2 as in the serial loop
+    assert (summary["frames"], summary["frames_analyzed"], summary["frames_dropped"], summary["rows"]) == (10, 5, 5, 15)
+    assert summary["dropped_share"] == 0.5 and summary["ended"] == "end of stream"
+    latencies = live.stats.latencies
+    assert len(latencies) == 5 and min(latencies[:3]) >= 0.05  # frames 0-2 waited for stage 2's frame 0

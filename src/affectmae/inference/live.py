@@ -7,15 +7,21 @@ analysed, with a temporal model that only looks back.
             ...
         live.summary()                                       # frames, drops, latency p50/p95/max (ms)
 
-Two threads. The reader takes frames from the source as they come and stamps their arrival; it hands them to
-the analysis through a queue of at most ``queue`` frames. When the queue is full the **oldest** waiting frame
+Three threads, two stages. The reader takes frames from the source as they come and stamps their arrival; it
+hands them on through a queue of at most ``queue`` frames. When the queue is full the **oldest** waiting frame
 is dropped, so work never piles up and the newest frame is analysed next (``drop=False`` makes the reader wait
-instead, for files analysed as fast as possible: ``analyze --causal``). The analysis (this thread) takes one
-frame at a time: cut check, face detection (a full frame every ``detect_every``-th frame, patches around the
-previous frame's faces in between, nothing held back), alignment, tracking, the encoder, and one step of
-each track's :class:`~affectmae.inference.model.EnsembleStream`. Rows come out in frame order; a dropped frame
-is one row with ``analyzed=False``, ``face_detected=False``, ``face_id=-1`` and no values. Latency is the time
-from a frame's arrival to the moment its last row has been taken by the consumer (written, in the CLI).
+instead, for files analysed as fast as possible: ``analyze --causal``). Frames are dropped there and nowhere
+else. Stage 1 (its own thread) takes one frame at a time: cut check, face detection (a full frame every
+``detect_every``-th frame, patches around the previous frame's faces in between, nothing held back),
+alignment, tracking; it hands the frame's faces to stage 2 through a queue of one frame, waiting while it is
+full. Stage 2 (the thread iterating the stream) runs the encoder on the faces and one step of each track's
+:class:`~affectmae.inference.model.EnsembleStream`, and gives the rows. So stage 1 of frame t + 1 runs beside
+stage 2 of frame t and a frame costs the slower stage, not the sum; each stage keeps frame order, so the rows
+are those of running them one after the other (:mod:`.live_frames`). While the stream runs PyTorch and OpenCV
+use one thread each (stage 2 and stage 1 are the two cores' work; the detector's own process uses one).
+Rows come out in frame order; a dropped frame is one row with ``analyzed=False``, ``face_detected=False``,
+``face_id=-1`` and no values. Latency is the time from a frame's arrival to the moment its last row has been
+taken by the consumer (written, in the CLI).
 
 What differs from ``analyze``: ``face_id`` is the track id (linking tracks into people needs the whole
 video); a face entering between key frames is found at the next key frame; every frame is analysed
@@ -29,25 +35,14 @@ import os
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from affectmae.errors import AffectMAEError
-from affectmae.face.align import CROP_SIZE, align_face
-from affectmae.face.reid import face_descriptor
-from affectmae.face.tracking import FaceTracker, ShotCutDetector
-from affectmae.inference.table import (
-    ACTION_UNITS,
-    AU_PROB_COLUMNS,
-    EXPR_COLUMNS,
-    LANDMARK_COLUMNS,
-    TABLE_COLUMNS,
-    pose_roll,
-)
-from affectmae.tasks import EXPRESSIONS
+from affectmae.inference.live_frames import FrameAnalyzer, _empty_row
 
 
 class StreamStalled(AffectMAEError):
@@ -63,8 +58,9 @@ def require_streaming(model, model_dir) -> None:
 
 
 class _FrameQueue:
-    """At most ``size`` frames between the reader and the analysis. ``drop``: a new frame pushes out the
-    oldest waiting one (kept in ``dropped`` for its row); else the reader waits for room."""
+    """At most ``size`` items between two threads (the reader and stage 1, stage 1 and stage 2). ``drop``: a
+    new item pushes out the oldest waiting one (kept in ``dropped`` for its row); else the producer waits for
+    room. After :meth:`close` (the consumer has stopped) both sides return at once."""
 
     def __init__(self, size: int, drop: bool):
         self.size, self.drop = max(1, int(size)), drop
@@ -97,11 +93,13 @@ class _FrameQueue:
         """(frames dropped since the last call, the next frame or None at the end). Raises StreamStalled."""
         deadline = time.monotonic() + timeout if timeout > 0 else None
         with self.cond:
-            while not self.items and not self.ended:
+            while not self.items and not self.ended and not self.stop:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise StreamStalled(f"no frame for {timeout:g} s")
                 self.cond.wait(left)
+            if self.stop:
+                return [], None
             dropped, self.dropped = self.dropped, []
             item = self.items.popleft() if self.items else None
             self.cond.notify_all()
@@ -111,109 +109,6 @@ class _FrameQueue:
         with self.cond:
             self.stop = True
             self.cond.notify_all()
-
-
-def _empty_row(name: str, frame, analyzed: bool) -> dict:
-    row = dict.fromkeys(TABLE_COLUMNS, float("nan"))
-    row.update({"input": name, "frame": frame.index, "time_s": frame.time_s, "face_id": -1, "face_detected": False,
-                "analyzed": analyzed, "expression": "", **dict.fromkeys(ACTION_UNITS)})
-    return row
-
-
-class _TrackState:
-    """One track's temporal state: positions are frames since its first detection; a frame where the face was
-    missed gets the feature interpolated between its neighbours and present=False, as ``analyze`` fills them."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.last_frame: int | None = None
-        self.last_feature: np.ndarray | None = None
-
-    def step(self, frame_index: int, feature: np.ndarray) -> dict[str, np.ndarray]:
-        gap = 0 if self.last_frame is None else frame_index - self.last_frame - 1
-        if gap > 0:
-            w = (np.arange(1, gap + 1) / (gap + 1))[:, None]
-            filled = (self.last_feature[None] * (1 - w) + feature[None] * w).astype(np.float32)
-            x = np.concatenate([filled, feature[None]])
-        else:
-            x = feature[None]
-        present = np.r_[np.zeros(gap, bool), True]
-        out = self.stream.step(x, present)
-        self.last_frame, self.last_feature = frame_index, feature
-        return {task: values[-1] for task, values in out.items()}
-
-
-class FrameAnalyzer:
-    """Per-frame causal analysis of one source with an :class:`~affectmae.inference.pipeline.Analyzer`'s model,
-    detector and settings: ``rows(frame) -> [row dict]`` (one per face, or one without a face)."""
-
-    def __init__(self, analyzer, name: str):
-        cfg = analyzer.config
-        self.cfg, self.model, self.name = cfg, analyzer.model, name
-        self.keyframes = analyzer._keyframes
-        self.keyframes.reset()
-        self.encoder = analyzer._encoder  # its module, preprocessing and normalisation; called here directly
-        self.tracker = FaceTracker(max_age=cfg.max_age, min_appearance=cfg.reid_min_appearance)
-        self.cuts = ShotCutDetector(cfg.cut_threshold)
-        self.tracks: dict[int, _TrackState] = {}
-        self.thresholds = np.asarray(self.model.au_thresholds, dtype=np.float64)
-        self.timings = {"detect": 0.0, "align": 0.0, "track": 0.0, "encode": 0.0, "temporal": 0.0}
-        self.detections = 0
-
-    @torch.inference_mode()
-    def _encode(self, crops: list[np.ndarray]) -> np.ndarray:
-        enc = self.encoder
-        x = enc.preprocess(np.stack(crops), enc.img_size, *enc.normalisation).to(enc.device)  # (N, 3, S, S)
-        pooled = enc.encoder.forward_features(x)["pooled"]  # (N, D)
-        return pooled.to(torch.float16).float().cpu().numpy()  # rounded as analyze's stored features are
-
-    def rows(self, frame) -> list[dict]:
-        cfg, t0 = self.cfg, time.perf_counter()
-        cut = self.cuts.is_cut(frame.rgb)
-        dets = self.keyframes.detect_frame(frame.rgb, cut)
-        if cfg.max_faces:
-            dets = dets[: cfg.max_faces]
-        t1 = time.perf_counter()
-        crops = [align_face(frame.rgb, d.landmarks, CROP_SIZE, cfg.align_margin) for d in dets]
-        descs = np.stack([face_descriptor(c) for c in crops]) if cfg.reid and crops else None
-        t2 = time.perf_counter()
-        ids = self.tracker.update(frame.index, dets, cut=cut, descriptors=descs)
-        alive = {t.face_id for t in self.tracker.tracks}
-        for fid in [f for f in self.tracks if f not in alive]:  # ended tracks (cut, or missed too long)
-            del self.tracks[fid]
-        t3 = time.perf_counter()
-        feats = self._encode(crops) if crops else None
-        t4 = time.perf_counter()
-        out = []
-        for j in np.argsort(np.asarray(ids, dtype=np.int64), kind="stable"):
-            det, fid = dets[j], int(ids[j])
-            if fid not in self.tracks:
-                self.tracks[fid] = _TrackState(self.model.stream())
-            out.append(self._face_row(frame, fid, det, self.tracks[fid].step(frame.index, feats[j])))
-        t5 = time.perf_counter()
-        for key, seconds in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
-            self.timings[key] += seconds
-        self.detections += len(dets)
-        return out or [_empty_row(self.name, frame, analyzed=True)]
-
-    def _face_row(self, frame, fid: int, det, preds: dict[str, np.ndarray]) -> dict:
-        row = _empty_row(self.name, frame, analyzed=True)
-        row.update({"face_id": fid, "face_detected": True, "det_score": float(np.float32(det.score))})
-        row.update(zip(("x1", "y1", "x2", "y2"), np.asarray(det.box, np.float32).tolist(), strict=True))
-        landmarks = np.asarray(det.landmarks, np.float32)
-        row.update(zip(LANDMARK_COLUMNS, landmarks.reshape(10).tolist(), strict=True))
-        row["pose_roll"] = float(pose_roll(landmarks[None])[0])
-        if "va" in preds:
-            row["valence"], row["arousal"] = np.asarray(preds["va"], np.float32).tolist()
-        if "expr" in preds:
-            probs = np.asarray(preds["expr"], np.float32)
-            row.update(zip(EXPR_COLUMNS, probs.tolist(), strict=True))
-            row["expression"] = EXPRESSIONS[int(np.asarray(preds["expr"]).argmax())]
-        if "au" in preds:
-            probs = np.asarray(preds["au"])
-            row.update(zip(AU_PROB_COLUMNS, probs.astype(np.float32).tolist(), strict=True))
-            row.update(zip(ACTION_UNITS, (probs >= self.thresholds).astype(int).tolist(), strict=True))
-        return row
 
 
 @dataclass
@@ -227,6 +122,7 @@ class LiveStats:
     frames_dropped: int = 0
     rows: int = 0
     latencies: list = field(default_factory=list)  # seconds, per analysed frame
+    busy: dict = field(default_factory=lambda: {"stage1": 0.0, "stage2": 0.0})  # seconds each stage worked
     faces: set = field(default_factory=set)
     ended: str = "running"
     first_time: float | None = None
@@ -249,6 +145,8 @@ class LiveStats:
                            "mean": round(float(lat.mean()), 1) if len(lat) else None},
             "seconds": round(seconds, 3),
             "frames_per_s": round(received / seconds, 2) if seconds > 0 else None,
+            "analyzed_per_s": round(self.frames_analyzed / seconds, 2) if seconds > 0 else None,
+            "busy_ms_per_frame": {k: round(1000 * v / max(self.frames_analyzed, 1), 2) for k, v in self.busy.items()},
             "stream_seconds": round(self.last_time - self.first_time, 3) if self.first_time is not None else 0.0,
         }
 
@@ -276,8 +174,9 @@ class LiveStream:
         self.drop, self.queue_size, self.timeout = drop, queue, timeout
         self.max_frames, self.on_frame = max_frames, on_frame
         self.frames = FrameAnalyzer(analyzer, self.source.name)
-        self._queue = _FrameQueue(queue, drop)
-        self._reader: threading.Thread | None = None
+        self._queue = _FrameQueue(queue, drop)  # reader -> stage 1: frames, dropped here only
+        self._handoff = _FrameQueue(1, drop=False)  # stage 1 -> stage 2: one frame's faces, never dropped
+        self._threads: list[threading.Thread] = []
 
     def _read(self) -> None:
         error = None
@@ -295,41 +194,35 @@ class LiveStream:
             error = AffectMAEError(f"{self.source.name}: reading stopped: {err}")
         self._queue.finish(error)
 
-    def __iter__(self) -> Iterator[dict]:
-        stats = self.stats
-        self._reader = threading.Thread(target=self._read, name="affectmae-live-reader", daemon=True)
-        self._reader.start()
+    def _stage_one(self) -> None:
+        """Frames from the reader -> (dropped frames before it, the frame, its arrival, its faces) to stage 2."""
+        error = None
         try:
             while True:
-                try:
-                    dropped, item = self._queue.get(self.timeout)
-                except StreamStalled:
-                    stats.ended = "stalled"
-                    raise StreamStalled(f"{self.source.name}: no frame for {self.timeout:g} s; the stream stopped "
-                                        "delivering") from None
-                for frame, _ in dropped:
-                    stats.frames_dropped += 1
-                    self._seen(frame)
-                    stats.rows += 1
-                    yield _empty_row(self.source.name, frame, analyzed=False)
+                dropped, item = self._queue.get(self.timeout)
                 if item is None:
+                    if dropped:
+                        self._handoff.put((dropped, None, None, None))
                     break
-                frame, arrival = item
-                self._seen(frame)
-                rows = self.frames.rows(frame)
-                stats.frames_analyzed += 1
-                for row in rows:
-                    if row["face_detected"]:
-                        stats.faces.add(row["face_id"])
-                    stats.rows += 1
-                    yield row
-                if self.on_frame is not None:
-                    self.on_frame(frame, rows)
-                stats.latencies.append(time.perf_counter() - arrival)
-            if self._queue.error is not None:
-                stats.ended = "error"
-                raise self._queue.error
-            stats.ended = "end of stream"
+                start = time.perf_counter()
+                faces = self.frames.prepare(item[0])
+                self.stats.busy["stage1"] += time.perf_counter() - start
+                if not self._handoff.put((dropped, item[0], item[1], faces)):
+                    break
+            error = self._queue.error
+        except BaseException as err:  # StreamStalled, a detector that failed: raised in stage 2, in order
+            error = err
+        self._handoff.finish(error)
+
+    def __iter__(self) -> Iterator[dict]:
+        stats = self.stats
+        self._threads = [threading.Thread(target=self._read, name="affectmae-live-reader", daemon=True),
+                         threading.Thread(target=self._stage_one, name="affectmae-live-stage1", daemon=True)]
+        try:
+            with _one_thread_each():
+                for thread in self._threads:
+                    thread.start()
+                yield from self._stage_two()
         except KeyboardInterrupt:
             stats.ended = "interrupted"
             raise
@@ -342,6 +235,44 @@ class LiveStream:
             raise
         finally:
             self.close()
+
+    def _stage_two(self) -> Iterator[dict]:
+        stats = self.stats
+        while True:
+            _, got = self._handoff.get(0)
+            if got is None:
+                break
+            dropped, frame, arrival, faces = got
+            for old, _ in dropped:
+                stats.frames_dropped += 1
+                self._seen(old)
+                stats.rows += 1
+                yield _empty_row(self.source.name, old, analyzed=False)
+            if frame is None:
+                continue
+            start = time.perf_counter()
+            self._seen(frame)
+            rows = self.frames.finish(faces)
+            stats.frames_analyzed += 1
+            for row in rows:
+                if row["face_detected"]:
+                    stats.faces.add(row["face_id"])
+                stats.rows += 1
+                yield row
+            if self.on_frame is not None:
+                self.on_frame(frame, rows)
+            done = time.perf_counter()
+            stats.latencies.append(done - arrival)
+            stats.busy["stage2"] += done - start
+        error = self._handoff.error
+        if isinstance(error, StreamStalled):
+            stats.ended = "stalled"
+            raise StreamStalled(f"{self.source.name}: no frame for {self.timeout:g} s; the stream stopped "
+                                "delivering")
+        if error is not None:
+            stats.ended = "error"
+            raise error
+        stats.ended = "end of stream"
 
     def _seen(self, frame) -> None:
         if self.stats.first_time is None:
@@ -361,7 +292,28 @@ class LiveStream:
 
     def close(self) -> None:
         self._queue.close()
-        if self._reader is not None:
-            self._reader.join(timeout=2.0)
-        if self._reader is None or not self._reader.is_alive():
+        self._handoff.close()
+        reader = self._threads[0] if self._threads else None
+        for thread in self._threads[1:]:
+            thread.join(timeout=10.0)  # stage 1 ends within one frame's work; the detector is closed after it
+        if reader is not None:
+            reader.join(timeout=2.0)
+        if reader is None or not reader.is_alive():
             self.source.close()  # a reader stuck in a blocking read (a pipe) is left to end with the process
+
+
+@contextmanager
+def _one_thread_each():
+    """PyTorch (stage 2's encoder and temporal step) and OpenCV (stage 1's resizing and alignment) at one
+    thread each while the stream runs, so the two stages use one core each; restored afterwards."""
+    import cv2
+    import torch
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
