@@ -84,6 +84,13 @@ class _FrameQueue:
             self.cond.notify_all()
             return True
 
+    def wait_room(self) -> bool:
+        """Wait until an item can be put without waiting; False when the consumer has stopped."""
+        with self.cond:
+            while len(self.items) >= self.size and not self.stop:
+                self.cond.wait()
+            return not self.stop
+
     def finish(self, error: BaseException | None = None) -> None:
         with self.cond:
             self.ended, self.error = True, error
@@ -195,10 +202,12 @@ class LiveStream:
         self._queue.finish(error)
 
     def _stage_one(self) -> None:
-        """Frames from the reader -> (dropped frames before it, the frame, its arrival, its faces) to stage 2."""
+        """Frames from the reader -> (dropped frames before it, the frame, its arrival, its faces) to stage 2.
+        A frame is taken from the reader only when stage 2 has room for it, so while stage 2 is busy the
+        frames wait (and are dropped) at the input, and the one taken next is the oldest kept there."""
         error = None
         try:
-            while True:
+            while self._handoff.wait_room():
                 dropped, item = self._queue.get(self.timeout)
                 if item is None:
                     if dropped:
@@ -207,8 +216,7 @@ class LiveStream:
                 start = time.perf_counter()
                 faces = self.frames.prepare(item[0])
                 self.stats.busy["stage1"] += time.perf_counter() - start
-                if not self._handoff.put((dropped, item[0], item[1], faces)):
-                    break
+                self._handoff.put((dropped, item[0], item[1], faces))
             error = self._queue.error
         except BaseException as err:  # StreamStalled, a detector that failed: raised in stage 2, in order
             error = err
