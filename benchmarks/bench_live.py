@@ -11,10 +11,12 @@ Transformer, three heads) made streaming (``causal=True``, ``history=300``). Row
 - ``analyze``: the offline command over the file (look-ahead detection, re-identification), frames/s;
 - ``analyze --causal``: the live loop over the file as fast as it runs, no frame dropped, frames/s;
 - ``live --realtime``: the CLI in a subprocess playing the file at its own rate (25 frames/s), rows to a CSV
-  file; latency is from a frame's arrival (its due time) to its rows being written and flushed.
+  file; latency is from a frame's arrival (its due time) to its rows being written and flushed. Frames/s is
+  "in, analysed"; then ms per analysed frame of each step and each stage's busy time (stage 1: detection,
+  alignment, tracking; stage 2: encoder, temporal step, rows written), which say which stage sets the pace.
 
-Each row also gives the machine's load (``os.getloadavg``) at its start, because on a shared machine other jobs
-slow the analysis and the latency figures with it.
+Each row also gives the machine's load (``os.getloadavg``) at its start, and the load averages are printed
+before and after, because on a shared machine other jobs slow the analysis and the latency figures with it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,23 @@ def run_live(video: Path, model_dir: Path, out: Path, settings: list[str]) -> di
     return json.loads(summary.read_text())
 
 
+def machine() -> str:
+    """CPU model, cores and whether it has AVX-512 (from /proc/cpuinfo where there is one)."""
+    model, avx512 = platform.processor() or platform.machine(), "unknown"
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                     model)
+        avx512 = "AVX-512" if " avx512f" in info else "no AVX-512"
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, {avx512}"
+
+
+def loads() -> str:
+    return "load average " + " / ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1 / 5 / 15 min)"
+
+
 def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,8 +100,9 @@ def main() -> None:
     from affectmae.synth.video import make_synthetic_video
 
     n_frames = int(round(args.seconds * 25))
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    print(f"before: {loads()}")
     print(f"clip: {n_frames} frames (25 frames/s), 640x360, 1 face; model ViT-S/16 112 px + streaming temporal "
           f"model; settings: {' '.join(args.settings) or 'defaults'}")
     settings = {k: v for k, v in parse_overrides(args.settings).items()}
@@ -106,12 +126,16 @@ def main() -> None:
         load = os.getloadavg()[0]
         s = run_live(video, model_dir, tmp, args.settings)
         lat = s["latency_ms"]
-        print(f"| live --realtime | {load:.2f} | {s['frames']} | {s['frames_per_s']:.1f} | {s['frames_dropped']} "
-              f"({100 * s['dropped_share']:.1f} %) | {lat['p50']} / {lat['p95']} / {lat['max']} |", flush=True)
+        print(f"| live --realtime | {load:.2f} | {s['frames']} | {s['frames_per_s']:.1f} in, {s['analyzed_per_s']:.1f} "
+              f"analysed | {s['frames_dropped']} ({100 * s['dropped_share']:.1f} %) | {lat['p50']} / {lat['p95']} / "
+              f"{lat['max']} |", flush=True)
         stages = s["seconds_per_stage"]
         analysed = max(s["frames_analyzed"], 1)
+        busy = s["busy_ms_per_frame"]
         print("live, ms per analysed frame: " + ", ".join(f"{k} {1000 * v / analysed:.1f}" for k, v in stages.items())
-              + f"; detector calls {s['detector_calls']}; load after: {os.getloadavg()[0]:.2f}")
+              + f"; busy: stage 1 {busy['stage1']:.1f}, stage 2 {busy['stage2']:.1f} (a frame every 40 ms at 25 "
+              f"frames/s); detector calls {s['detector_calls']}")
+    print(f"after: {loads()}")
 
 
 if __name__ == "__main__":
