@@ -224,11 +224,11 @@ class LiveStream:
 
     def __iter__(self) -> Iterator[dict]:
         stats = self.stats
-        self._threads = [threading.Thread(target=self._read, name="affectmae-live-reader", daemon=True),
-                         threading.Thread(target=self._stage_one, name="affectmae-live-stage1", daemon=True)]
+        self._threads = [threading.Thread(target=self._stage_one, name="affectmae-live-stage1", daemon=True),
+                         threading.Thread(target=self._read, name="affectmae-live-reader", daemon=True)]
         try:
             with _one_thread_each():
-                for thread in self._threads:
+                for thread in self._threads:  # stage 1 first: waiting for the first frame when it comes
                     thread.start()
                 yield from self._stage_two()
         except KeyboardInterrupt:
@@ -301,10 +301,9 @@ class LiveStream:
     def close(self) -> None:
         self._queue.close()
         self._handoff.close()
-        reader = self._threads[0] if self._threads else None
-        for thread in self._threads[1:]:
-            thread.join(timeout=10.0)  # stage 1 ends within one frame's work; the detector is closed after it
-        if reader is not None:
+        stage_one, reader = self._threads or (None, None)
+        if stage_one is not None:
+            stage_one.join(timeout=10.0)  # it ends within one frame's work; the detector is closed after it
             reader.join(timeout=2.0)
         if reader is None or not reader.is_alive():
             self.source.close()  # a reader stuck in a blocking read (a pipe) is left to end with the process
