@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--video-out", metavar="FILE", help="also write an MP4 of the analysed frames with the faces drawn")
     p.add_argument("--summary", metavar="FILE", help="also write the summary as JSON to FILE")
+    p.add_argument("--encoder-split", metavar="N|auto",
+                   help="encoder blocks run in the detection stage (default auto: balance the two stages); "
+                   "the rows do not depend on it")
     p.add_argument("--openface-names", action="store_true", help="CSV with OpenFace-style column names")
     p.add_argument("--config", metavar="FILE", help="YAML file of AnalyzeConfig settings (detection, tracking)")
     p.set_defaults(func=run, omp_passive=True)
@@ -56,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
                        format=args.format, realtime=args.realtime or None, drop=False if args.no_drop else None,
                        queue=args.queue, timeout=args.timeout, input_format=args.input_format,
                        raw_size=args.raw_size, fps=args.fps, max_frames=args.max_frames, video_out=args.video_out,
-                       summary=args.summary)
+                       summary=args.summary, encoder_split=args.encoder_split)
     print(json.dumps(summary), file=sys.stderr)
     return 0

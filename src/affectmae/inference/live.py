@@ -13,9 +13,11 @@ is dropped, so work never piles up and the newest frame is analysed next (``drop
 instead, for files analysed as fast as possible: ``analyze --causal``). Frames are dropped there and nowhere
 else. Stage 1 (its own thread) takes one frame at a time: cut check, face detection (a full frame every
 ``detect_every``-th frame, patches around the previous frame's faces in between, nothing held back),
-alignment, tracking; it hands the frame's faces to stage 2 through a queue of one frame, waiting while it is
-full. Stage 2 (the thread iterating the stream) runs the encoder on the faces and one step of each track's
-:class:`~affectmae.inference.model.EnsembleStream`, and gives the rows. So stage 1 of frame t + 1 runs beside
+alignment, tracking, then the encoder's patch embedding and first k blocks on the faces; it hands them to
+stage 2 through a queue of one frame, waiting while it is full. Stage 2 (the thread iterating the stream)
+runs the encoder's other blocks and one step of each track's
+:class:`~affectmae.inference.model.EnsembleStream`, and gives the rows. ``encoder_split``: k, or ``"auto"``
+to balance the two stages' busy time frame by frame (:mod:`.encoder_split`; the rows do not depend on k). So stage 1 of frame t + 1 runs beside
 stage 2 of frame t and a frame costs the slower stage, not the sum; each stage keeps frame order, so the rows
 are those of running them one after the other (:mod:`.live_frames`). While the stream runs PyTorch and OpenCV
 use one thread each (stage 2 and stage 1 are the two cores' work; the detector's own process uses one).
@@ -168,7 +170,7 @@ class LiveStream:
     """
 
     def __init__(self, analyzer, source, drop: bool = True, queue: int = 2, timeout: float = 10.0,
-                 max_frames: int = 0, on_frame=None, **source_options):
+                 max_frames: int = 0, on_frame=None, encoder_split: str | int = "auto", **source_options):
         from affectmae.inference.sources import open_source
 
         require_streaming(analyzer.model, analyzer.model_dir)
@@ -180,7 +182,7 @@ class LiveStream:
         self.stats = LiveStats(self.source.name)
         self.drop, self.queue_size, self.timeout = drop, queue, timeout
         self.max_frames, self.on_frame = max_frames, on_frame
-        self.frames = FrameAnalyzer(analyzer, self.source.name)
+        self.frames = FrameAnalyzer(analyzer, self.source.name, encoder_split)
         self._queue = _FrameQueue(queue, drop)  # reader -> stage 1: frames, dropped here only
         self._handoff = _FrameQueue(1, drop=False)  # stage 1 -> stage 2: one frame's faces, never dropped
         self._threads: list[threading.Thread] = []
@@ -272,6 +274,7 @@ class LiveStream:
             done = time.perf_counter()
             stats.latencies.append(done - arrival)
             stats.busy["stage2"] += done - start
+            self.frames.split.stage_two_done(done - start)
         error = self._handoff.error
         if isinstance(error, StreamStalled):
             stats.ended = "stalled"
@@ -291,7 +294,7 @@ class LiveStream:
         out = self.stats.summary()
         out.update({"queue": self.queue_size, "drop": self.drop, "detections": self.frames.detections,
                     "tracks": self.frames.tracker.next_id, "detector": self.analyzer.detector.name,
-                    "detector_calls": dict(self.frames.keyframes.calls),
+                    "detector_calls": dict(self.frames.keyframes.calls), "encoder_split": self.frames.split.summary(),
                     "seconds_per_stage": {k: round(v, 4) for k, v in self.frames.timings.items()}})
         source_summary = getattr(self.source, "summary", None)
         if source_summary is not None:

@@ -1,12 +1,14 @@
 """The per-frame analysis of ``affectmae live`` and ``analyze --causal``, in two stages that can run on two cores.
 
-    frames = FrameAnalyzer(analyzer, "camera")
-    faces = frames.prepare(frame)     # stage 1: cut check, detection, alignment, tracking (frame t + 1 ...)
-    rows = frames.finish(faces)       # stage 2: encoder, one temporal step per track, rows (... while frame t)
+    frames = FrameAnalyzer(analyzer, "camera")   # encoder_split="auto" or a number of blocks
+    faces = frames.prepare(frame)     # stage 1: cut check, detection, alignment, tracking, the encoder's first
+                                      # k blocks (frame t + 1 ...)
+    rows = frames.finish(faces)       # stage 2: the other blocks, one temporal step per track, rows (... frame t)
     rows = frames.rows(frame)         # both, one after the other
 
-Stage 1 only touches the detector, the tracker and the cut detector; stage 2 only the encoder and the tracks'
-temporal states. Each stage keeps frame order, so running stage 1 of frame t + 1 beside stage 2 of frame t
+Stage 1 only touches the detector, the tracker and the cut detector; stage 2 only the tracks' temporal
+states; the encoder's weights are only read, by both (:mod:`.encoder_split` chooses k; the features do not
+depend on it). Each stage keeps frame order, so running stage 1 of frame t + 1 beside stage 2 of frame t
 gives the rows of running them one after the other (:class:`~affectmae.inference.live.LiveStream` does).
 """
 
@@ -16,11 +18,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from affectmae.face.align import CROP_SIZE, align_face
 from affectmae.face.reid import face_descriptor
 from affectmae.face.tracking import FaceTracker, ShotCutDetector
+from affectmae.inference.encoder_split import EncoderSplit
 from affectmae.inference.table import (
     ACTION_UNITS,
     AU_PROB_COLUMNS,
@@ -67,46 +69,49 @@ class _TrackState:
 
 @dataclass
 class Faces:
-    """Stage 1's result for one frame: its detections, aligned crops and track ids, and the tracks alive after
-    it (the others have ended: a cut, or missed too long)."""
+    """Stage 1's result for one frame: its detections, aligned crops and track ids, the tracks alive after it
+    (the others have ended: a cut, or missed too long), and the crops' tokens after the encoder's block ``k``."""
 
     frame: object
     dets: list
     crops: list
     ids: list
     alive: frozenset
+    tokens: object = None
+    k: int = 0
 
 
 class FrameAnalyzer:
     """Per-frame causal analysis of one source with an :class:`~affectmae.inference.pipeline.Analyzer`'s model,
     detector and settings: ``rows(frame) -> [row dict]`` (one per face, or one without a face); see the module
-    docstring for the two stages. ``timings``: seconds per step, summed over frames."""
+    docstring for the two stages. ``timings``: seconds per step, summed over frames (``encode``: both stages'
+    parts). ``encoder_split``: ``"auto"`` or the number of blocks stage 1 runs (:class:`EncoderSplit`)."""
 
-    def __init__(self, analyzer, name: str):
+    def __init__(self, analyzer, name: str, encoder_split: str | int = "auto"):
         cfg = analyzer.config
         self.cfg, self.model, self.name = cfg, analyzer.model, name
         self.keyframes = analyzer._keyframes
         self.keyframes.reset()
-        self.encoder = analyzer._encoder  # its module, preprocessing and normalisation; called here directly
+        self.split = EncoderSplit(analyzer._encoder, encoder_split)  # its module, preprocessing, normalisation
         self.tracker = FaceTracker(max_age=cfg.max_age, min_appearance=cfg.reid_min_appearance)
         self.cuts = ShotCutDetector(cfg.cut_threshold)
         self.tracks: dict[int, _TrackState] = {}
         self.thresholds = np.asarray(self.model.au_thresholds, dtype=np.float64)
-        self.timings = dict.fromkeys(STAGE_ONE + STAGE_TWO, 0.0)
+        self._seconds = dict.fromkeys(STAGE_ONE + STAGE_TWO + ("encode_head",), 0.0)  # each key: one stage's
         self.detections = 0
+
+    @property
+    def timings(self) -> dict[str, float]:
+        out = {k: v for k, v in self._seconds.items() if k != "encode_head"}
+        out["encode"] += self._seconds["encode_head"]
+        return out
 
     def rows(self, frame) -> list[dict]:
         return self.finish(self.prepare(frame))
 
-    @torch.inference_mode()
-    def _encode(self, crops: list[np.ndarray]) -> np.ndarray:
-        enc = self.encoder
-        x = enc.preprocess(np.stack(crops), enc.img_size, *enc.normalisation).to(enc.device)  # (N, 3, S, S)
-        pooled = enc.encoder.forward_features(x)["pooled"]  # (N, D)
-        return pooled.to(torch.float16).float().cpu().numpy()  # rounded as analyze's stored features are
-
     def prepare(self, frame) -> Faces:
-        """Stage 1: cut check, detection, alignment (and appearance descriptors), tracking."""
+        """Stage 1: cut check, detection, alignment (and appearance descriptors), tracking, then the encoder's
+        patch embedding and first k blocks on the crops (k from the time spent on the frame so far)."""
         cfg, t0 = self.cfg, time.perf_counter()
         cut = self.cuts.is_cut(frame.rgb)
         dets = self.keyframes.detect_frame(frame.rgb, cut)
@@ -119,17 +124,22 @@ class FrameAnalyzer:
         ids = self.tracker.update(frame.index, dets, cut=cut, descriptors=descs)
         alive = frozenset(t.face_id for t in self.tracker.tracks)
         t3 = time.perf_counter()
-        for key, seconds in zip(STAGE_ONE, (t1 - t0, t2 - t1, t3 - t2), strict=True):
-            self.timings[key] += seconds
+        k, tokens = 0, None
+        if crops:
+            k = self.split.choose(t3 - t0, len(crops))
+            tokens = self.split.head(crops, k)
+        for key, seconds in zip(STAGE_ONE + ("encode_head",), (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3),
+                                strict=True):
+            self._seconds[key] += seconds
         self.detections += len(dets)
-        return Faces(frame, dets, crops, list(ids), alive)
+        return Faces(frame, dets, crops, list(ids), alive, tokens, k)
 
     def finish(self, faces: Faces) -> list[dict]:
-        """Stage 2: the encoder on the frame's crops, one temporal step per track, the rows."""
+        """Stage 2: the encoder's other blocks, norm and pooling, one temporal step per track, the rows."""
         t0, frame = time.perf_counter(), faces.frame
         for fid in [f for f in self.tracks if f not in faces.alive]:  # ended tracks (cut, or missed too long)
             del self.tracks[fid]
-        feats = self._encode(faces.crops) if faces.crops else None
+        feats = self.split.tail(faces.tokens, faces.k) if faces.crops else None
         t1 = time.perf_counter()
         out = []
         for j in np.argsort(np.asarray(faces.ids, dtype=np.int64), kind="stable"):
@@ -138,8 +148,8 @@ class FrameAnalyzer:
                 self.tracks[fid] = _TrackState(self.model.stream())
             out.append(self._face_row(frame, fid, det, self.tracks[fid].step(frame.index, feats[j])))
         t2 = time.perf_counter()
-        self.timings["encode"] += t1 - t0
-        self.timings["temporal"] += t2 - t1
+        self._seconds["encode"] += t1 - t0
+        self._seconds["temporal"] += t2 - t1
         return out or [_empty_row(self.name, frame, analyzed=True)]
 
     def _face_row(self, frame, fid: int, det, preds: dict[str, np.ndarray]) -> dict:

@@ -56,6 +56,7 @@ class LiveConfig:
     max_frames: int = field(default=0, metadata={"min": 0})  # stop after N frames (0: at the end of the stream)
     video_out: str = ""  # an MP4 of the analysed frames with box, id, expression and valence/arousal drawn
     summary: str = ""  # a JSON file for the summary (it is also logged at the end)
+    encoder_split: str = "auto"  # encoder blocks run beside the detection (0..depth), or auto: balance the stages
 
 
 def _format_of(cfg: LiveConfig) -> str:
@@ -175,7 +176,7 @@ def live(cfg: LiveConfig, analyze_cfg) -> dict:
     error: BaseException | None = None
     with Analyzer(cfg.model_dir, analyze_cfg) as analyzer, ExitStack() as stack:
         stream = analyzer.stream(cfg.source, drop=cfg.drop, queue=cfg.queue, timeout=cfg.timeout,
-                                 max_frames=cfg.max_frames, **source_options)
+                                 max_frames=cfg.max_frames, encoder_split=cfg.encoder_split, **source_options)
         overlay = OverlayWriter(cfg.video_out, stream.source.fps, stack) if cfg.video_out else None
         stream.on_frame = overlay
         writer = RowWriter(cfg.out, fmt, analyze_cfg.column_names)

@@ -200,16 +200,17 @@ class Analyzer:
             raise
 
     def stream(self, source, realtime: bool = False, drop: bool = True, queue: int = 2, timeout: float = 10.0,
-               max_frames: int = 0, **source_options):
+               max_frames: int = 0, encoder_split: str | int = "auto", **source_options):
         """Rows of a live ``source`` as each frame is analysed: a
         :class:`~affectmae.inference.live.LiveStream` (iterate it for row dicts with the table's columns;
         ``.summary()`` afterwards: frames, drops, latency). ``source``: a camera (``/dev/video0`` or ``0``), a
         URL, ``-`` (standard input; ``input_format``, ``raw_size=(W, H)``, ``fps``) or a file (``realtime``:
-        at its own rate). The model must be a streaming one (``affectmae train ... causal=true``)."""
+        at its own rate). The model must be a streaming one (``affectmae train ... causal=true``).
+        ``encoder_split``: how many encoder blocks the detection stage runs (``"auto"``: balanced as it goes)."""
         from affectmae.inference.live import LiveStream
 
         return LiveStream(self, source, drop=drop, queue=queue, timeout=timeout, max_frames=max_frames,
-                          realtime=realtime, **source_options)
+                          encoder_split=encoder_split, realtime=realtime, **source_options)
 
     def close(self) -> None:
         self._encoder.reset(self._encoder.timings)  # stops the encoder thread

@@ -153,6 +153,16 @@ class ViTEncoder(VisionTransformer):
         pooled = self.forward_head(tokens, pre_logits=True)  # (B, D)
         return {"cls": tokens[:, 0], "patch": tokens[:, self.num_prefix_tokens:], "pooled": pooled}
 
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) -> (B, 1+L, D): :meth:`forward_features` up to the blocks (patch embedding, class
+        token, position embedding). Then ``blocks[i](tokens)`` for each block and :meth:`pool_tokens` give
+        ``pooled`` with the same ops in the same order (live's encoder split between two stages)."""
+        return self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block (B, 1+L, D) -> the pooled feature (B, D): the final norm and pooling."""
+        return self.forward_head(self.norm(tokens), pre_logits=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """x: (B, 3, H, W) -> pooled feature (B, D)."""
         return self.forward_features(x)["pooled"]
