@@ -13,7 +13,9 @@ Transformer, three heads) made streaming (``causal=True``, ``history=300``). Row
 - ``live --realtime``: the CLI in a subprocess playing the file at its own rate (25 frames/s), rows to a CSV
   file; latency is from a frame's arrival (its due time) to its rows being written and flushed. Frames/s is
   "in, analysed"; then ms per analysed frame of each step and each stage's busy time (stage 1: detection,
-  alignment, tracking; stage 2: encoder, temporal step, rows written), which say which stage sets the pace.
+  alignment, tracking and the encoder's first k blocks; stage 2: its other blocks, temporal step, rows
+  written), which say which stage sets the pace, and how many frames ran each k (``--encoder-split``, default
+  auto: balanced frame by frame; ``--skip-offline --settings encoder_split=N`` fixes it).
 
 Each row also gives the machine's load (``os.getloadavg``) at its start, and the load averages are printed
 before and after, because on a shared machine other jobs slow the analysis and the latency figures with it.
@@ -64,8 +66,8 @@ def run_offline(video: Path, model_dir: Path, settings: dict) -> dict:
 
 def run_live(video: Path, model_dir: Path, out: Path, settings: list[str]) -> dict:
     summary = out / "live_summary.json"
-    cmd = [sys.executable, "-m", "affectmae", "live", str(video), "--model", str(model_dir), "--realtime",
-           "-o", str(out / "live_rows.csv"), "--summary", str(summary), *settings]
+    cmd = [sys.executable, "-m", "affectmae", "live", str(video), *settings, "--model", str(model_dir), "--realtime",
+           "-o", str(out / "live_rows.csv"), "--summary", str(summary)]  # key=value next to SOURCE
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return json.loads(summary.read_text())
 
@@ -135,6 +137,9 @@ def main() -> None:
         print("live, ms per analysed frame: " + ", ".join(f"{k} {1000 * v / analysed:.1f}" for k, v in stages.items())
               + f"; busy: stage 1 {busy['stage1']:.1f}, stage 2 {busy['stage2']:.1f} (a frame every 40 ms at 25 "
               f"frames/s); detector calls {s['detector_calls']}")
+        split = s["encoder_split"]
+        print(f"encoder split ({split['setting']}): blocks in stage 1 of {split['depth']}, frames per k "
+              f"{split['k_frames']}, mean k {split['k_mean']}; one block on one face {split['block_ms']} ms")
     print(f"after: {loads()}")
 
 
