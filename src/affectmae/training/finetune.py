@@ -39,7 +39,8 @@ from affectmae.tasks import TaskSpec, get_task
 from affectmae.training.checkpoints import check_run_dir
 from affectmae.training.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
 from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, progress
-from affectmae.training.finetune_data import AugmentedFrames, collate_frames, images_on_device
+from affectmae.training.finetune_center import center_by_video, collate_video_frames, grouped_training, predict_centred
+from affectmae.training.finetune_data import AugmentedFrames, collate_frames, evenly_spaced, images_on_device, unchanged
 from affectmae.training.loader import EpochBatches, make_loader, resolve_loader
 from affectmae.training.losses import class_weights, task_loss
 from affectmae.training.memory import keep_freed_memory
@@ -106,14 +107,19 @@ class FinetuneConfig:
     overfit_batches: int = field(default=0, metadata={"min": 0})  # sanity mode: > 0 trains on that many fixed batches (no augmentation), scored on them
     resume: bool = False
     overwrite: bool = False  # replace a finished run in `out` (the output-folder rule, affectmae.io)
+    # true: batches of frames_per_video frames of batch_size // frames_per_video videos; the head sees each pooled
+    # feature minus its video's mean in the batch (validation: over all its frames) (training/finetune_center.py)
+    person_center: bool = False
+    frames_per_video: int = field(default=8, metadata={"min": 1})
 
 
 RESUME_KEYS = ("annotations", "encoder", "task", "img_size", "pooling", "num_heads", "freeze_encoder", "batch_size", "seed", "frame_stride",
-               "max_steps", "overfit_batches", "head_only_steps")
+               "max_steps", "overfit_batches", "head_only_steps", "person_center", "frames_per_video")
 
 
 class FinetuneModel(nn.Module):
-    """encoder + linear head. x: (B, 3, S, S) -> outputs (B, num_outputs) (raw logits; VA: tanh applied)."""
+    """encoder + linear head. x: (B, 3, S, S) -> outputs (B, num_outputs) (raw logits; VA: tanh applied).
+    ``videos`` (B,) (``person_center``): each pooled feature minus the mean of its video's rows feeds the head."""
 
     def __init__(self, encoder: ViTEncoder, spec: TaskSpec):
         super().__init__()
@@ -123,10 +129,13 @@ class FinetuneModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.encoder_grad = True  # False: the encoder runs without autograd (the head-only steps of LP-FT)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, videos: torch.Tensor | None = None) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.encoder_grad):
             pooled = self.encoder.forward_features(x)["pooled"]
-        out = self.head(pooled)
+        return self.outputs(pooled if videos is None else center_by_video(pooled, videos))
+
+    def outputs(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.head(features)
         return torch.tanh(out) if self.spec.kind == "regression" else out
 
 
@@ -234,6 +243,8 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
 
     sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, info.rank, info.world_size, 1, seed=cfg.seed,
                                  shuffle=True, drop_last=False)
+    if cfg.person_center:
+        train_set, sampler = grouped_training(train_set, cfg, info)  # video groups (training/finetune_sampler.py)
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     warmup_steps = cfg.warmup_steps or cfg.warmup_epochs * steps_per_epoch
@@ -254,7 +265,7 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                         find_unused_parameters=cfg.head_only_steps > 0)
     loader = make_loader(train_set, EpochBatches(sampler, lambda: run.epoch), workers, pin, cfg.prefetch_factor,
-                         collate_frames)
+                         collate_video_frames if cfg.person_center else collate_frames)
     f = Finetuning(cfg, info, spec, model, net, optimizer, train_set, val_set, sampler, weights, total_steps, warmup_steps,
                    loader, workers)
     return f, run
@@ -294,9 +305,9 @@ def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int, norm: tuple 
                                 device_augment=cfg.device_augment)
     val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
     if cfg.overfit_batches:
-        keep = _spread(len(train_frames), cfg.overfit_batches * cfg.batch_size)
+        keep = evenly_spaced(len(train_frames), cfg.overfit_batches * cfg.batch_size)
         train_frames.transform = eval_transform(img_size, *norm)
-        train_set = AugmentedFrames(Subset(train_frames, keep), _unchanged, cfg.seed)  # no device_augment: fixed
+        train_set = AugmentedFrames(Subset(train_frames, keep), unchanged, cfg.seed)  # no device_augment: fixed
         val_set = Subset(train_frames, keep)
         log.info("sanity mode: fitting %d fixed training frames (%d batches); the loss should fall towards 0",
                  len(keep), cfg.overfit_batches)
@@ -326,7 +337,7 @@ def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
         f.model.encoder_grad = run.global_step >= cfg.head_only_steps and not cfg.freeze_encoder
         images = images_on_device(batch, device, f.train_set.transform if deferred else None)
         with autocast(device, use_bf16):
-            outputs = f.net(images)
+            outputs = f.net(images, batch[-2].to(device) if cfg.person_center else None)
         loss = frame_loss(f.spec, outputs.float(), batch[-1].to(device), f.weights, cfg.label_smoothing)
         loss_value = float(all_reduce_mean(loss.detach(), info))
         check_finite(loss_value, run.epoch, step, run.run_dir)
@@ -345,7 +356,8 @@ def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
 
 def evaluate_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
     """The task's official metric on the validation frames (the fitted frames with ``overfit_batches``)."""
-    outputs, labels = predict_frames(f.model, f.val_set, min(f.cfg.batch_size, 256), f.info.device, f.num_workers)
+    predict = predict_centred if f.cfg.person_center else predict_frames
+    outputs, labels = predict(f.model, f.val_set, min(f.cfg.batch_size, 256), f.info.device, f.num_workers)
     return _jsonable(score(f.spec, outputs, labels))
 
 
@@ -372,17 +384,6 @@ def _set_step_lr(optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, step: in
                           cfg.min_lr)
     set_lr(optimizer, lr)
     return lr
-
-
-def _unchanged(image: Any) -> Any:
-    return image
-
-
-def _spread(n: int, count: int) -> list[int]:
-    """``count`` indices spread evenly over ``range(n)`` (all of them when ``count >= n``)."""
-    if count >= n:
-        return list(range(n))
-    return np.linspace(0, n - 1, count).round().astype(int).tolist()
 
 
 def _jsonable(obj: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -48,6 +49,18 @@ def collate_frames(batch: list[Any]) -> tuple[Any, int]:
         labels = torch.utils.data.default_collate([k[2] for k in kept])
         return ([k[0] for k in kept], torch.stack([k[1] for k in kept]), labels), len(batch) - len(kept)
     return collate_skip_corrupt(batch)
+
+
+def unchanged(image: Any) -> Any:
+    """The identity transform (the fixed frames of ``overfit_batches``)."""
+    return image
+
+
+def evenly_spaced(n: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(n)`` (all of them when ``count >= n``)."""
+    if count >= n:
+        return list(range(n))
+    return np.linspace(0, n - 1, count).round().astype(int).tolist()
 
 
 def images_on_device(batch: Any, device: torch.device, augment: Any = None) -> torch.Tensor:
