@@ -281,11 +281,17 @@ def test_bad_sources_are_one_line(work, capsys, tmp_path, monkeypatch):
 
 
 def _serial_rows(analyzer, name, frames) -> list[dict]:
-    """The per-frame analysis run one frame after the other in this thread (no stages side by side)."""
+    """The per-frame analysis run one frame after the other in this thread (no stages side by side), at the one
+    torch thread a stream runs with: the encoder's GEMMs round differently at another thread count."""
     from affectmae.inference.live_frames import FrameAnalyzer
 
-    serial = FrameAnalyzer(analyzer, name)
-    return [row for frame in frames for row in serial.rows(frame)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = FrameAnalyzer(analyzer, name)
+        return [row for frame in frames for row in serial.rows(frame)]
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_two_stages_give_the_rows_of_the_serial_loop(work):
