@@ -135,3 +135,12 @@ def test_an_encoder_without_blocks_runs_whole_in_stage_two():
     assert feats.shape == (2, 576) and np.array_equal(feats, whole.to(torch.float16).float().numpy())
     with pytest.raises(AffectMAEError, match=r"^encoder_split=1: the encoder has 0 blocks"):
         EncoderSplit(enc, "1")
+
+
+def test_detection_size_defaults_to_320_for_the_causal_loop_only():
+    from affectmae.inference.pipeline import AnalyzeConfig, detection_size
+
+    assert detection_size(AnalyzeConfig()) == 960
+    assert detection_size(AnalyzeConfig(causal=True)) == 320
+    assert detection_size(AnalyzeConfig(causal=True, detect_max_side=640)) == 640
+    assert detection_size(AnalyzeConfig(detect_max_side=480)) == 480

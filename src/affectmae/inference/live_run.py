@@ -174,6 +174,8 @@ def live(cfg: LiveConfig, analyze_cfg) -> dict:
     source_options = dict(realtime=cfg.realtime, input_format=cfg.input_format, raw_size=parse_size(cfg.raw_size),
                           fps=cfg.fps)
     error: BaseException | None = None
+    # the causal loop's settings (detect_max_side 320 unless given) and its model check, as analyze --causal
+    analyze_cfg = dataclasses.replace(analyze_cfg, causal=True)
     with Analyzer(cfg.model_dir, analyze_cfg) as analyzer, ExitStack() as stack:
         stream = analyzer.stream(cfg.source, drop=cfg.drop, queue=cfg.queue, timeout=cfg.timeout,
                                  max_frames=cfg.max_frames, encoder_split=cfg.encoder_split, **source_options)

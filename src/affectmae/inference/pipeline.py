@@ -72,7 +72,9 @@ class AnalyzeConfig:
     detector: str = "auto"
     min_face: int = field(default=32, metadata={"min": 1})  # pixels, shorter box side
     min_score: float = field(default=0.5, metadata={"min": 0, "max": 1})
-    detect_max_side: int = field(default=960, metadata={"min": 64})  # frames are downscaled to this longer side for detection (speed vs small faces)
+    # frames are downscaled to this longer side for detection (speed vs small faces); None: 960, and 320 with
+    # `causal` (live and analyze --causal: the latency budget of 40 ms a frame; docs/analyze.md, *Live*)
+    detect_max_side: int | None = field(default=None, metadata={"min": 64})
     detect_every: int = 5  # full-frame detection every k-th analysed frame; patches around known faces between
     max_faces: int = field(default=0, metadata={"min": 0})  # keep the N most confident faces per frame (0: all)
     max_age: int = field(default=25, metadata={"min": 0})  # frames a face may be missed and keep its id
@@ -127,10 +129,20 @@ def remove_outputs(paths: list[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
+DETECT_MAX_SIDE, LIVE_DETECT_MAX_SIDE = 960, 320
+
+
+def detection_size(cfg: AnalyzeConfig) -> int:
+    """``cfg.detect_max_side``, or its default: 960 offline, 320 for the causal (live) loop."""
+    if cfg.detect_max_side is not None:
+        return cfg.detect_max_side
+    return LIVE_DETECT_MAX_SIDE if cfg.causal else DETECT_MAX_SIDE
+
+
 def face_detectors(cfg: AnalyzeConfig) -> tuple:
     """(detector, :class:`KeyframeDetector` around it) with ``cfg``'s detector settings; the detector runs in a
     child process with ``cfg.detector_worker`` (a ``WorkerDetector``: ``close()`` it when done)."""
-    det_args = dict(min_score=cfg.min_score, min_face=cfg.min_face, max_side=cfg.detect_max_side)
+    det_args = dict(min_score=cfg.min_score, min_face=cfg.min_face, max_side=detection_size(cfg))
     if cfg.detector_worker:
         detector = WorkerDetector(cfg.detector, recycle_every=cfg.detector_recycle_frames, **det_args)
     else:
@@ -167,6 +179,7 @@ class Analyzer:
         adopt_cpu_gemm_backend(json.loads(model_json.read_text()).get("cpu_gemm"), str(model_json))
         if cfg.align_margin is None:
             cfg = dataclasses.replace(cfg, align_margin=model_align_margin(model_dir))
+        cfg = dataclasses.replace(cfg, detect_max_side=detection_size(cfg))
         self.config = cfg
         if cfg.causal:
             from affectmae.inference.live import require_streaming
