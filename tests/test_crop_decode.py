@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,21 +16,15 @@ from affectmae.errors import InputFormatError
 from affectmae.models.augment import FaceAugment
 from affectmae.models.preprocess import train_transform
 from affectmae.training.pretrain_data import MAEAugmented, collate_augment
+from image_helpers import face_picture
 
 pytest.importorskip("simplejpeg")
-
-
-def _face(size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    base = np.stack([200 * np.exp(-((x - 0.5) ** 2 + (y - 0.5) ** 2) * 6), 150 * x, 120 * y], -1)
-    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
 
 
 def _jpegs(folder, sizes):
     folder.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(sizes):
-        Image.fromarray(_face(s, i)).save(folder / f"{i:03d}.jpg", quality=95)
+        Image.fromarray(face_picture(s, i)).save(folder / f"{i:03d}.jpg", quality=95)
     return folder
 
 
@@ -113,7 +106,7 @@ def test_corrupt_files_raise_the_errors_of_load_rgb(tmp_path):
 
 def test_mae_items_with_crop_decoding_are_the_full_decode_within_resampling(tmp_path):
     folder = _jpegs(tmp_path / "faces", (500, 480, 260, 120))
-    Image.fromarray(_face(300, 9)).save(folder / "004.png")  # not a JPEG: decoded whole, the crop drawn on it
+    Image.fromarray(face_picture(300, 9)).save(folder / "004.png")  # not a JPEG: decoded whole, the crop drawn on it
     (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8 broken")
     aug = FaceAugment(112, 0.2, True)
     faces = build_face_dataset([f"folder:{folder}"])

@@ -21,22 +21,15 @@ from affectmae.models.preprocess import train_transform
 from affectmae.training.loader import resolve_loader
 from affectmae.training.metrics_log import read_metrics
 from affectmae.training.pretrain_data import MAEAugmented, collate_augment
+from image_helpers import face_picture
 
 pytest.importorskip("simplejpeg")
-
-
-def _face(size: int, seed: int) -> np.ndarray:
-    """A smooth face-like picture with texture, (size, size, 3) uint8."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    base = np.stack([200 * np.exp(-((x - 0.5) ** 2 + (y - 0.5) ** 2) * 6), 150 * x, 120 * y], -1)
-    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
 
 
 def _jpegs(folder, sizes=(500, 500, 260, 120)):
     folder.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(sizes):
-        Image.fromarray(_face(s, i)).save(folder / f"{i:03d}.jpg", quality=95)
+        Image.fromarray(face_picture(s, i)).save(folder / f"{i:03d}.jpg", quality=95)
     return folder
 
 
@@ -53,7 +46,7 @@ def test_both_decoders_give_the_same_pixels_and_full_size_is_load_rgb(tmp_path):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(decode_rgb(path, 0), load_rgb(path))
     grey = tmp_path / "grey.jpg"
-    Image.fromarray(_face(300, 1)).convert("L").save(grey, quality=90)
+    Image.fromarray(face_picture(300, 1)).convert("L").save(grey, quality=90)
     np.testing.assert_array_equal(decode_rgb(grey, 112, "simplejpeg"), decode_rgb(grey, 112, "pillow"))
 
 
@@ -74,13 +67,13 @@ def test_corrupt_files_raise_the_errors_of_open_rgb(tmp_path):
 def test_face_augment_is_train_transform_and_the_batch_path_matches():
     aug = FaceAugment(112, 0.2, True)
     ref = train_transform(112, 0.2, True)
-    for image in (_face(250, 0), _face(125, 1)[:, :90], _face(112, 2)):
+    for image in (face_picture(250, 0), face_picture(125, 1)[:, :90], face_picture(112, 2)):
         for seed in range(6):
             torch.manual_seed(seed)
             expected = ref(Image.fromarray(image))
             torch.manual_seed(seed)
             assert torch.equal(aug(image), expected)
-    images = [as_uint8_chw(_face(s, s)) for s in (250, 125, 112, 180)]
+    images = [as_uint8_chw(face_picture(s, s)) for s in (250, 125, 112, 180)]
     torch.manual_seed(3)
     params = torch.stack([aug.sample(int(im.shape[1]), int(im.shape[2])) for im in images])
     batch = aug.apply_batch(images, params)
@@ -98,7 +91,7 @@ def test_face_augment_is_the_reference_mae_pipeline_within_two_levels():
     ref = T.Compose([T.RandomResizedCrop(112, scale=(0.2, 1.0), interpolation=3), T.RandomHorizontalFlip(),
                      T.ToTensor(), T.Normalize(mean, std)])
     diffs, flips = [], 0
-    for image in (_face(250, 0), _face(500, 1), _face(180, 2)[:, :150]):
+    for image in (face_picture(250, 0), face_picture(500, 1), face_picture(180, 2)[:, :150]):
         for seed in range(8):
             torch.manual_seed(seed)
             ours, after = aug(image), torch.rand(1)
@@ -120,7 +113,7 @@ def test_the_device_arithmetic_is_within_two_levels_of_the_cpu_path():
     aug = FaceAugment(112, 0.2, True)
     levels = []
     for k, size in enumerate((250, 125, 112, 180, 500)):
-        image = as_uint8_chw(_face(size, size))
+        image = as_uint8_chw(face_picture(size, size))
         for seed in range(6):
             torch.manual_seed(10 * k + seed)
             top, left, h, w, _ = aug.sample(size, size).tolist()
@@ -136,7 +129,7 @@ def test_the_device_arithmetic_is_within_two_levels_of_the_cpu_path():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the batched augmentation on the device")
 def test_device_augment_on_cuda_matches_the_cpu_path():
     aug = FaceAugment(112, 0.2, True)
-    images = [as_uint8_chw(_face(s, s)) for s in (250, 125, 112)]
+    images = [as_uint8_chw(face_picture(s, s)) for s in (250, 125, 112)]
     torch.manual_seed(0)
     params = torch.stack([aug.sample(int(im.shape[1]), int(im.shape[2])) for im in images])
     gpu = aug.apply_batch([im.cuda() for im in images], params.cuda()).cpu()

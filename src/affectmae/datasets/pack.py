@@ -49,6 +49,21 @@ PACK_LAYOUT = OutputLayout("pack", finished=(PACK_FILE,), owned=(PACK_FILE, FRAM
                            continues=True)
 
 
+def read_versioned_json(path: Path, fmt: str, version: int, what: str, again: str) -> dict:
+    """The JSON object in ``path``, checked to be a ``fmt`` file of ``version`` (``what`` and ``again`` word the
+    message of a version this affectmae does not read); anything else is an InputFormatError naming ``path``."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (ValueError, OSError) as err:
+        raise InputFormatError(path, f"unreadable ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise InputFormatError(path, f"not an {fmt} file")
+    if meta.get("version") != version:
+        raise InputFormatError(path, f"{what} version {meta.get('version')}, this affectmae reads version "
+                               f"{version}; {again}")
+    return meta
+
+
 class PackError(AffectMAEError):
     """A packed folder that cannot be used: wrong format or version, unfinished, a damaged shard, or packed from
     other data than the run reads."""
@@ -239,15 +254,7 @@ class Pack:
         meta_path = self.root / PACK_FILE
         if not meta_path.is_file():
             raise PackError(f"{self.root}: not a packed folder (no {PACK_FILE}); build one with affectmae pack")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (ValueError, OSError) as err:
-            raise InputFormatError(meta_path, f"unreadable ({err})") from None
-        if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT:
-            raise InputFormatError(meta_path, f"not an {PACK_FORMAT} file")
-        if meta.get("version") != PACK_VERSION:
-            raise InputFormatError(meta_path, f"pack version {meta.get('version')}, this affectmae reads version "
-                                   f"{PACK_VERSION}; pack the data again")
+        meta = read_versioned_json(meta_path, PACK_FORMAT, PACK_VERSION, "pack", "pack the data again")
         if not meta.get("complete"):
             raise PackError(f"{self.root}: packing did not finish; run the same affectmae pack command again to "
                             "finish it")

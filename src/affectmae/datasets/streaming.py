@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from affectmae.datasets.pack import read_versioned_json
 from affectmae.errors import AffectMAEError, InputFormatError
 from affectmae.io import atomic_write_text
 
@@ -108,18 +109,10 @@ class StreamFaces(Dataset):
     def __init__(self, path: str | Path):
         self.root = Path(path)
         meta_path = self.root / STREAM_FILE
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
+        if not meta_path.is_file():
             raise AffectMAEError(f"{self.root}: not a stream folder (no {STREAM_FILE}); write one with affectmae "
-                                 "pack --format litdata") from None
-        except (ValueError, OSError) as err:
-            raise InputFormatError(meta_path, f"unreadable ({err})") from None
-        if not isinstance(meta, dict) or meta.get("format") != STREAM_FORMAT:
-            raise InputFormatError(meta_path, f"not an {STREAM_FORMAT} file")
-        if meta.get("version") != STREAM_VERSION:
-            raise InputFormatError(meta_path, f"stream version {meta.get('version')}, this affectmae reads version "
-                                   f"{STREAM_VERSION}; write it again")
+                                 "pack --format litdata")
+        meta = read_versioned_json(meta_path, STREAM_FORMAT, STREAM_VERSION, "stream", "write it again")
         index = _read_index(self.root)
         self.meta = meta
         self.chunk_sizes = [int(c["chunk_size"]) for c in index["chunks"]]
