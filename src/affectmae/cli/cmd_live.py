@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         "`affectmae train ... causal=true`) and write one row per frame and face as soon as the frame is "
         "analysed (JSON lines or CSV, flushed per row). When the analysis falls behind, the oldest waiting frame "
         "is dropped and gets a row with analyzed=False. Ctrl-C or the end of the stream closes the outputs and "
-        "prints a summary (frames, drops, latency). key=value tokens set LiveConfig or AnalyzeConfig fields; detection runs on a copy downscaled to 320 px unless detect_max_side=N is given (analyze keeps 960).",
+        "prints a summary (frames, drops, latency). key=value tokens set LiveConfig or AnalyzeConfig fields; "
+        "detection runs on a copy downscaled to 320 px unless detect_max_side=N is given (analyze keeps 960).",
     )
     p.add_argument("source", metavar="SOURCE",
                    help="/dev/videoN or N (camera), a URL FFmpeg opens (rtsp://, http://, udp://, ...), - (standard "
