@@ -48,6 +48,7 @@ class PlainProgress(tqdm):
 
     def __init__(self, *args: Any, every: float = DEFAULT_SECONDS, **kwargs: Any):
         self._every, self._logged_n, self._closing = float(every), None, False
+        self._last_log_t = time.time()  # tqdm draws once inside __init__ when there is no delay (every=0)
         kwargs.update(file=_Nowhere(), mininterval=every, maxinterval=max(every, 1e-3), delay=every, ncols=80,
                       dynamic_ncols=False, ascii=True)
         super().__init__(*args, **kwargs)
