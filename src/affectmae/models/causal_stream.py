@@ -24,15 +24,6 @@ import torch.nn.functional as F
 from affectmae.models.temporal import TemporalModel, postprocess
 
 
-def tcn_receptive_field(model: TemporalModel) -> int:
-    """Frames before t that the causal TCN's output at t depends on: 2 (kernel - 1) dilation per block."""
-    cfg = model.cfg
-    if cfg.arch != "temporal" or not cfg.use_tcn:
-        return 0
-    dilations = list(cfg.tcn_dilations) or [2**i for i in range(len(cfg.tcn_channels))]
-    return sum(2 * (cfg.tcn_kernel - 1) * d for d in dilations)
-
-
 def _lin(x: torch.Tensor, layer) -> torch.Tensor:
     """A linear layer as a plain product: the stream's few rows are faster through BLAS than through oneDNN."""
     return F.linear(x, layer.weight, layer.bias)
@@ -43,15 +34,15 @@ class _TcnBlock:
     (kernel - 1) dilation outputs of its first convolution are kept (zeros before the track's first frame, as
     the whole sequence's left padding). Weights are read once (weight norm applied)."""
 
-    def __init__(self, block, kernel: int, dilation: int):
-        self.k, self.d = kernel, dilation
+    def __init__(self, block):
+        self.k, self.d = block.conv1.kernel_size[0], block.conv1.dilation[0]  # as the block was built
         w1, w2 = block.conv1.weight.detach(), block.conv2.weight.detach()  # (Cout, Cin, K)
         self.w1 = w1.permute(0, 2, 1).reshape(w1.shape[0], -1)  # (Cout, K * Cin), taps in time order
         self.w2 = w2.permute(0, 2, 1).reshape(w2.shape[0], -1)
         self.b1, self.b2 = block.conv1.bias.detach(), block.conv2.bias.detach()
         down = block.down
         self.down = None if isinstance(down, torch.nn.Identity) else (down.weight.detach()[:, :, 0], down.bias.detach())
-        span = (kernel - 1) * dilation
+        span = (self.k - 1) * self.d
         self.x_past = torch.zeros(span, w1.shape[1])  # inputs before the chunk
         self.y_past = torch.zeros(span, w1.shape[0])  # first-conv outputs before the chunk
 
@@ -83,13 +74,10 @@ class CausalStream:
         self.model = model.eval()
         cfg = model.cfg
         self.history = int(cfg.history)
-        self.n_frames = 0
-        self.field = tcn_receptive_field(model)
         self._blocks = []
         if cfg.arch == "temporal" and cfg.use_tcn:
-            dilations = list(cfg.tcn_dilations) or [2**i for i in range(len(cfg.tcn_channels))]
             with torch.no_grad():
-                self._blocks = [_TcnBlock(b, cfg.tcn_kernel, d) for b, d in zip(model.tcn.blocks, dilations, strict=True)]
+                self._blocks = [_TcnBlock(b) for b in model.tcn.blocks]
         layers = model.transformer.layers if getattr(model, "transformer", None) is not None else []
         self._layers = list(layers)
         self._cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(layers)  # (nh, L, hs) each
@@ -122,7 +110,6 @@ class CausalStream:
                 h = F.relu(_lin(h, model.tcn[0]))
             for i, layer in enumerate(self._layers):
                 h = self._layer(i, layer, h)
-        self.n_frames += chunk
         out = {}
         for spec in model.specs:  # as TemporalModel.forward: tanh on VA, then what users get
             head = model.heads[spec.name]
