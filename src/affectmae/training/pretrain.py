@@ -42,6 +42,7 @@ from affectmae.training.distributed import (
     distributed_session,
 )
 from affectmae.training.engine import Stage, TrainingRun, check_finite, fit
+from affectmae.training.finetune_data import images_on_device
 from affectmae.training.loader import EpochBatches, make_loader, resolve_loader
 from affectmae.training.memory import keep_freed_memory
 from affectmae.training.optim import make_adamw, param_groups_weight_decay, set_lr, warmup_cosine_lr
@@ -242,11 +243,8 @@ def train_one_epoch(p: Pretraining, run: TrainingRun) -> dict[str, Any]:
             set_lr(p.optimizer, lr)
         if batch is None:
             raise AffectMAEError("a whole micro-batch of images was unreadable; check the data sources")
-        if cfg.device_augment:  # uint8 images + the sampled crops: the pixel work on the device, whole batch
-            imgs = p.augment.apply_batch([im.to(device, non_blocking=True) for im in batch[0]],
-                                         batch[1].to(device))
-        else:
-            imgs = batch[0].to(device, non_blocking=True)
+        # device_augment: uint8 images + the sampled crops, the pixel work on the device, whole batch
+        imgs = images_on_device(batch, device, p.augment if cfg.device_augment else None)
         noise = batch[-1].to(device, non_blocking=True)
         sync = contextlib.nullcontext() if (last or not info.enabled) else p.net.no_sync()
         with sync:
