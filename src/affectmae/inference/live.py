@@ -126,7 +126,6 @@ class LiveStats:
 
     source: str
     started: float = field(default_factory=time.perf_counter)
-    frames_received: int = 0
     frames_analyzed: int = 0
     frames_dropped: int = 0
     rows: int = 0
