@@ -17,27 +17,19 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
+from affectmae.datasets.images import IMAGE_EXTENSIONS, load_rgb
 from affectmae.errors import AffectMAEError, InputFormatError
 from affectmae.media.video import Frame, VideoInfo
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FPS = 25.0  # frame times of an image sequence: index / fps
 
 
 def folder_images(folder: str | Path) -> list[Path]:
     """The image files directly inside ``folder``, sorted by name."""
-    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
                   key=lambda p: p.name)
-
-
-def _load(path: Path) -> np.ndarray:
-    from affectmae.datasets.images import load_rgb
-
-    return load_rgb(path)
 
 
 class ImageFolderReader:
@@ -49,8 +41,8 @@ class ImageFolderReader:
             raise AffectMAEError(f"image folder not found: {self.path}")
         self.files = folder_images(self.path)
         if not self.files:
-            raise InputFormatError(self.path, f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        first = _load(self.files[0])
+            raise InputFormatError(self.path, f"holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        first = load_rgb(self.files[0])
         self.info = VideoInfo(self.path, int(first.shape[1]), int(first.shape[0]), float(fps), len(self.files), 0,
                               "images")
         self.n_decoded = 0
@@ -64,7 +56,7 @@ class ImageFolderReader:
             rgb = None
             if index % stride == 0:
                 try:
-                    rgb = _load(path)
+                    rgb = load_rgb(path)
                 except InputFormatError as err:
                     self.n_corrupt += 1
                     log.warning("%s; it counts as a frame without a face", err)
