@@ -29,7 +29,7 @@ import pandas as pd
 
 from affectmae.config import build_config
 from affectmae.errors import AffectMAEError, InputFormatError
-from affectmae.inference.table import DTYPES, OPENFACE_NAMES, TABLE_COLUMNS, _quoted
+from affectmae.inference.table import ACTION_UNITS, DTYPES, OPENFACE_NAMES, TABLE_COLUMNS, _quoted
 from affectmae.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def json_line(row: dict) -> str:
 def rows_to_table(rows: list[dict]) -> pd.DataFrame:
     """Collected rows -> the table with analyze's dtypes."""
     df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    for au in [c for c, t in DTYPES.items() if t == "Int8"]:
+    for au in ACTION_UNITS:  # the Int8 columns
         df[au] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v) for v in df[au]],
                           dtype="Int8")
     return df.astype(DTYPES)
