@@ -10,7 +10,7 @@ Public API::
         #   rafdb:/data/RAF-DB/basic[?split=train]
         #   affectnet:/data/AffectNet[?split=train|val&crop=true]
         #   affwild2:/data/Aff-Wild2[?split=train|val|all&every=N&frames=DIR]   unlabelled video frames
-    FaceImageCollection (a ConcatDataset): .sources, .summary -> list[dict] (one per source, with "len")
+    FaceImageCollection (a ConcatDataset): .sources, .summary -> list[dict] (one per source, with "len"), .locate(i)
     ImageFolderFaces(root), RAFDB(root, split=None), AffectNet(root, split="train", crop=True)
     FER2013(csv, usage=None), FERPlus(ferplus_csv, fer2013_csv, usage=None)       # in data/fer2013.py
 
@@ -343,8 +343,13 @@ class FaceImageCollection(ConcatDataset):
 
     def read_cropped(self, i: int, sample: Callable[[int, int], Any], out_size: int) -> tuple[Any, int] | None:
         """Item ``i`` decoded for one random crop (:meth:`FaceImages.read_cropped` of its source)."""
+        source, j = self.locate(i)
+        return source.read_cropped(j, sample, out_size)
+
+    def locate(self, i: int) -> tuple[FaceImages, int]:
+        """(the source holding item ``i``, its index there)."""
         k = bisect.bisect_right(self.cumulative_sizes, i)
-        return self.sources[k].read_cropped(i - (self.cumulative_sizes[k - 1] if k else 0), sample, out_size)
+        return self.sources[k], i - (self.cumulative_sizes[k - 1] if k else 0)
 
 
 def build_face_dataset(

@@ -82,7 +82,7 @@ class _FaceItems:
         self.collection = collection
 
     def __call__(self, i: int) -> np.ndarray:
-        source, j = _locate(self.collection, i)
+        source, j = self.collection.locate(i)
         return np.asarray(source.load_image(j), dtype=np.uint8)
 
 
@@ -94,15 +94,8 @@ class _FrameItems:
     def __call__(self, i: int) -> np.ndarray:
         from affectmae.datasets.decode import decode_rgb
 
-        path = self.frame_index.root / str(self.videos[i]) / f"{int(self.numbers[i]):05d}.jpg"
+        path = self.frame_index.frame_path(str(self.videos[i]), int(self.numbers[i]) - 1)
         return decode_rgb(path, self.min_side, self.decoder)
-
-
-def _locate(collection: Any, i: int) -> tuple[Any, int]:
-    for source, end in zip(collection.sources, collection.cumulative_sizes, strict=True):
-        if i < end:
-            return source, i - (end - len(source))
-    raise IndexError(i)
 
 
 def _write_shard(root: Path, k: int, start: int, stop: int, load: Callable[[int], np.ndarray]) -> int:
