@@ -133,7 +133,7 @@ def test_max_steps_sets_the_training_length_in_optimizer_steps(synth, tmp_path):
 def test_sanity_mode_fits_a_fixed_batch(synth, tmp_path, caplog):
     data, mae = synth
     run = tmp_path / "sanity"
-    with caplog.at_level("INFO", logger="affectmae.training.finetune"):
+    with caplog.at_level("INFO", logger="affectmae.training"):
         assert main(["finetune", "--data", str(data), "--encoder", str(mae), "-o", str(run), "--config",
                      "finetune_tiny", "batch_size=8", "tensorboard=false", "overfit_batches=1", "epochs=60", "max_steps=0",
                      "head_only_steps=0",
@@ -264,7 +264,8 @@ def test_validation_keeps_the_best_epoch_and_its_weights(synth, tmp_path):
     epoch of the highest score, and the saved encoder + head score exactly that on the same frames, recomputed
     here from their logits (argmax, official macro F1)."""
     from affectmae.evaluation.metrics import evaluate
-    from affectmae.training.finetune import FinetuneConfig, _frame_sets, predict_frames
+    from affectmae.training.finetune import FinetuneConfig, predict_frames
+    from affectmae.training.finetune_data import frame_sets
 
     data, mae = synth
     run = tmp_path / "best"
@@ -279,7 +280,7 @@ def test_validation_keeps_the_best_epoch_and_its_weights(synth, tmp_path):
     model = FinetuneModel(encoder, TASKS["expr"])
     model.head.load_state_dict(load_weights(run / "head_expr.safetensors")[0])
     cfg = FinetuneConfig(annotations=str(data), task="expr", batch_size=8, overfit_batches=1)
-    _, _, fixed = _frame_sets(cfg, TASKS["expr"], 32)
+    _, _, fixed = frame_sets(cfg, TASKS["expr"], 32)
     logits, labels = predict_frames(model, fixed, 8, torch.device("cpu"))
     assert evaluate("expr", logits.argmax(1), labels)["score"] == pytest.approx(record["score"], abs=1e-9)
     assert read_metadata(run / "encoder.safetensors")["epoch"] == record["epoch"]

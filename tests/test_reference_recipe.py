@@ -25,7 +25,8 @@ from affectmae.models.temporal import TemporalConfig, TemporalModel
 from affectmae.models.vit import build_encoder, load_encoder, save_encoder, sincos_pos_embed_2d
 from affectmae.synth.dataset import generate_affwild2
 from affectmae.tasks import get_task
-from affectmae.training.finetune import FinetuneConfig, FinetuneModel, _frame_sets, layer_decay_groups
+from affectmae.training.finetune import FinetuneConfig, FinetuneModel, layer_decay_groups
+from affectmae.training.finetune_data import frame_sets
 from affectmae.training.optim import param_groups_weight_decay
 from affectmae.training.pretrain import PretrainConfig, build_mae
 from affectmae.training.temporal import TrainConfig, run_train
@@ -80,7 +81,7 @@ def test_finetune_takes_the_encoders_pooling_and_normalisation(tmp_path):
     torch.save({"model": state}, tmp_path / "mae" / "mae.pth")
     (tmp_path / "mae" / "config.json").write_text(json.dumps({"pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
     cfg = FinetuneConfig(annotations=str(tmp_path / "aw2"), encoder=str(tmp_path / "mae" / "mae.pth"))
-    _, _, val_set = _frame_sets(cfg, get_task("expr"), 32, ((0.5,) * 3, (0.5,) * 3))
+    _, _, val_set = frame_sets(cfg, get_task("expr"), 32, ((0.5,) * 3, (0.5,) * 3))
     normalize = val_set.dataset.transform.transforms[-1]  # the validation frames' last step
     assert (list(normalize.mean), list(normalize.std)) == ([0.5] * 3, [0.5] * 3)
     assert main(["finetune", "--data", str(tmp_path / "aw2"), "--encoder", str(tmp_path / "mae" / "mae.pth"), "-o",

@@ -90,12 +90,20 @@ class FERTeacher:
             raise CheckpointError(f"{source}: expected a 7-class classifier of square grey images, got input "
                                   f"{net.input_shape}")
         self.input_size = int(height)
+        self.feature_node = net.last_conv_input()
         self.source, self.batch_size = str(source), batch_size
 
     @torch.inference_mode()
     def predict_grey(self, x: torch.Tensor) -> np.ndarray:
         parts = [self.net(x[i : i + self.batch_size].float()) for i in range(0, len(x), self.batch_size)]
         return torch.cat(parts).numpy().astype(np.float32) if parts else np.zeros((0, 7), dtype=np.float32)
+
+    def embed_grey(self, x: torch.Tensor) -> torch.Tensor:
+        """Network inputs ``(N, 1, 64, 64)`` -> ``(N, C)``: the feature map that feeds the last convolution (the
+        class scores), averaged over space: the teacher's expression features (128-d for ``fer``'s model).
+        Runs without autograd, in ``x``'s dtype and device; the net must be on that device."""
+        with torch.no_grad():
+            return self.net.values(x, (self.feature_node,))[0].mean(dim=(2, 3))
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """Aligned face crops ``(N, S, S, 3)`` RGB uint8 (:func:`affectmae.face.align.align_face` at

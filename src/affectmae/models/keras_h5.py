@@ -128,12 +128,28 @@ class KerasGraph(nn.Module):
         self.input_shape = input_shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values = {self.input_name: x}
+        return self.values(x, (self.output_name,))[0]
+
+    def values(self, x: torch.Tensor, names: tuple[str, ...]) -> list[torch.Tensor]:
+        """The tensors the nodes (or the input) ``names`` produce for ``x``; runs no node after the last one needed."""
+        values, wanted = {self.input_name: x}, set(names)
         for name, inputs in self.nodes:
+            if wanted <= values.keys():
+                break
             args = [values[i] for i in inputs]
             layer = self.layers[name]
             values[name] = torch.stack(args).sum(0) if isinstance(layer, KerasAdd) else layer(args[0])
-        return values[self.output_name]
+        missing = wanted - values.keys()
+        if missing:
+            raise KeyError(f"no node named {sorted(missing)} in the graph")
+        return [values[n] for n in names]
+
+    def last_conv_input(self) -> str:
+        """The name of the node that feeds the graph's last convolution (its penultimate feature map)."""
+        convs = [inputs[0] for name, inputs in self.nodes if isinstance(self.layers[name], (KerasConv2d, KerasSeparableConv2d))]
+        if not convs:
+            raise KeyError("the graph has no convolution")
+        return convs[-1]
 
 
 class KerasAdd(nn.Module):

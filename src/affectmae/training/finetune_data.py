@@ -6,15 +6,18 @@ generator seeded by ``(seed, e, i)``, so workers, processes and resuming never c
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.models.augment import as_uint8_chw
 from affectmae.training.seeds import step_seed
+
+log = logging.getLogger(__name__)
 
 
 class AugmentedFrames(Dataset):
@@ -69,3 +72,32 @@ def images_on_device(batch: Any, device: torch.device, augment: Any = None) -> t
     if augment is None:
         return batch[0].to(device, non_blocking=True)
     return augment.apply_batch([im.to(device, non_blocking=True) for im in batch[0]], batch[1].to(device))
+
+
+def frame_sets(cfg: Any, spec: Any, img_size: int, norm: tuple = ()) -> tuple[Any, AugmentedFrames, Dataset]:
+    """(training frames, augmented training set, validation set) of a ``FinetuneConfig``; with ``overfit_batches``
+    a few fixed training frames, unaugmented, for both training and scoring. ``norm``: the encoder's (mean, std)."""
+    from affectmae.datasets.affwild2 import AffWild2Frames
+    from affectmae.datasets.pack import open_frames_pack
+    from affectmae.models.augment import FaceAugment
+    from affectmae.models.preprocess import eval_transform
+
+    frames_root = cfg.frames or cfg.annotations
+    min_side = img_size if cfg.decode_min_side is None else cfg.decode_min_side
+    read = {"allow_missing_videos": cfg.allow_missing_videos, "min_side": min_side,
+            "decoder": cfg.decoder, "pack": open_frames_pack(cfg.pack) if cfg.pack else None}
+    train_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "train", **read)
+    val_frames = AffWild2Frames(cfg.annotations, frames_root, spec.name, "val", transform=eval_transform(img_size, *norm),
+                                **read)
+    train_set = AugmentedFrames(Subset(train_frames, range(0, len(train_frames), cfg.frame_stride)),
+                                FaceAugment(img_size, cfg.crop_scale_min, cfg.hflip, *norm), cfg.seed,
+                                device_augment=cfg.device_augment)
+    val_set = Subset(val_frames, range(0, len(val_frames), cfg.val_stride))
+    if cfg.overfit_batches:
+        keep = evenly_spaced(len(train_frames), cfg.overfit_batches * cfg.batch_size)
+        train_frames.transform = eval_transform(img_size, *norm)
+        train_set = AugmentedFrames(Subset(train_frames, keep), unchanged, cfg.seed)  # no device_augment: fixed
+        val_set = Subset(train_frames, keep)
+        log.info("sanity mode: fitting %d fixed training frames (%d batches); the loss should fall towards 0",
+                 len(keep), cfg.overfit_batches)
+    return train_frames, train_set, val_set
