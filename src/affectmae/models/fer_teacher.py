@@ -116,6 +116,41 @@ class FERTeacher:
         return self.predict_grey(fer_input(rgb_to_grey(crops), self.input_size))
 
 
+class TeacherEncoder(torch.nn.Module):
+    """A :class:`FERTeacher` behind the frame-encoder API (``forward_features(x)["pooled"]``, ``embed_dim``,
+    ``arch["img_size"]``): frames normalised with ``(mean, std)`` -> the teacher's features ``(B, C)``
+    (:meth:`FERTeacher.embed_grey`), for ``extract --encoder fer`` and for distillation while fine-tuning.
+
+    The frames are mapped back to [0, 1], turned grey with BT.601 weights (as OpenCV does for ``fer``) and
+    resized to the teacher's input with bilinear interpolation without antialiasing (``cv2.INTER_LINEAR``'s
+    sampling), then ``(x - 0.5) * 2``; unlike ``fer`` the grey values are not rounded to uint8 first.
+    ``img_size``: the size ``extract`` resizes frames to before this (the 112-px aligned crops: no resize).
+    """
+
+    def __init__(self, teacher: FERTeacher, mean: tuple[float, ...], std: tuple[float, ...], img_size: int = 112):
+        super().__init__()
+        self.teacher = teacher
+        self.net = teacher.net  # a submodule, so .to(device) moves it
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("grey", torch.tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1), persistent=False)
+        size = teacher.input_size
+        self.embed_dim = int(teacher.embed_grey(torch.zeros(1, 1, size, size)).shape[1])
+        self.arch = {"kind": "fer", "img_size": int(img_size), "input_size": size, "source": teacher.source}
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (B, 3, H, W) normalised -> {"pooled": (B, C) float32}; no autograd."""
+        rgb = (x.float() * self.std + self.mean).clamp(0.0, 1.0)
+        grey = (rgb * self.grey).sum(dim=1, keepdim=True)
+        size = self.teacher.input_size
+        if grey.shape[-2:] != (size, size):
+            grey = torch.nn.functional.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False)
+        return {"pooled": self.teacher.embed_grey((grey - 0.5) * 2.0).float()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)["pooled"]
+
+
 def load_fer_teacher(path: str | Path) -> FERTeacher:
     """Read ``fer``'s ``emotion_model.hdf5`` (or any Keras 2 file of the same layer types) into a
     :class:`FERTeacher`. ``CheckpointError`` names the file when it is missing or damaged, and the layer

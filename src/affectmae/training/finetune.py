@@ -32,7 +32,7 @@ from affectmae.datasets.images import collate_skip_corrupt
 from affectmae.device import autocast
 from affectmae.errors import AffectMAEError
 from affectmae.evaluation.metrics import evaluate
-from affectmae.models.fer_teacher import load_fer_teacher
+from affectmae.models.fer_teacher import TeacherEncoder, load_fer_teacher
 from affectmae.models.preprocess import encoder_normalisation
 from affectmae.models.vit import ENCODER_FILE, ViTEncoder, load_encoder, save_encoder
 from affectmae.tasks import TaskSpec, get_task
@@ -41,7 +41,7 @@ from affectmae.training.distributed import DistInfo, GlobalBatchSampler, all_red
 from affectmae.training.engine import Stage, TrainingRun, check_finite, fit, progress
 from affectmae.training.finetune_center import center_by_video, collate_video_frames, grouped_training, predict_centred
 from affectmae.training.finetune_data import AugmentedFrames, collate_frames, frame_sets, images_on_device
-from affectmae.training.finetune_distill import TeacherTargets, distill_loss, resolve_teacher
+from affectmae.training.finetune_distill import distill_loss, resolve_teacher
 from affectmae.training.loader import EpochBatches, make_loader, resolve_loader
 from affectmae.training.losses import class_weights, task_loss
 from affectmae.training.memory import keep_freed_memory
@@ -214,7 +214,7 @@ class Finetuning:
     warmup_steps: int
     loader: DataLoader
     num_workers: int  # resolved (training/loader.py)
-    teacher: TeacherTargets | None = None  # distill: the teacher's features of each batch
+    teacher: TeacherEncoder | None = None  # distill: the teacher's features of each batch
 
 
 def finetune(cfg: FinetuneConfig) -> Path:
@@ -248,9 +248,9 @@ def setup_finetuning(cfg: FinetuneConfig, info: DistInfo) -> tuple[Finetuning, T
     keep_freed_memory(device)
     teacher = None
     if cfg.distill:
-        teacher = TeacherTargets(load_fer_teacher(resolve_teacher(cfg.distill)), *encoder_normalisation(encoder), device)
-        log.info("distilling the teacher's %d-d features from %s (weight %g)", teacher.dim, cfg.distill, cfg.distill_weight)
-    model = FinetuneModel(encoder, spec, teacher.dim if teacher else 0).to(device)
+        teacher = TeacherEncoder(load_fer_teacher(resolve_teacher(cfg.distill)), *encoder_normalisation(encoder)).to(device)
+        log.info("distilling the teacher's %d-d features from %s (weight %g)", teacher.embed_dim, cfg.distill, cfg.distill_weight)
+    model = FinetuneModel(encoder, spec, teacher.embed_dim if teacher else 0).to(device)
     if cfg.freeze_encoder:
         encoder.requires_grad_(False)
     train_frames, train_set, val_set = frame_sets(cfg, spec, encoder.arch["img_size"], encoder_normalisation(encoder))

@@ -9,13 +9,11 @@ second loss: a linear map of the encoder's pooled feature regresses the teacher'
 image (standardised over the batch). The task head and loss are unchanged, and ``extract`` reads the encoder
 as before; the teacher and the map are used only during training.
 
-    targets = TeacherTargets(load_fer_teacher(path), mean, std)   # mean, std: the encoder's input normalisation
-    t = targets(images)                        # (B, 3, S, S) normalised -> (B, 128) teacher features
+    teacher = TeacherEncoder(load_fer_teacher(resolve_teacher("fer")), mean, std)  # the student's normalisation
+    t = teacher(images)                        # (B, 3, S, S) normalised -> (B, 128) teacher features
     loss = distill_loss(predicted, t)          # predicted: (B, 128) from FinetuneModel(..., distill=True)
 
-The teacher sees what ``fer`` feeds it: grey (BT.601 weights, as OpenCV), 64x64 bilinear, ``(x - 0.5) * 2``;
-here the resize is torch's bilinear without antialiasing (half-pixel centres, as ``cv2.INTER_LINEAR``), on
-float grey values instead of rounded uint8 ones.
+The teacher sees each augmented frame as ``fer`` would (:class:`affectmae.models.fer_teacher.TeacherEncoder`).
 """
 
 from __future__ import annotations
@@ -27,11 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from affectmae.errors import AffectMAEError
-from affectmae.models.fer_teacher import FERTeacher
 
 log = logging.getLogger(__name__)
-
-GREY_WEIGHTS = (0.299, 0.587, 0.114)  # BT.601, OpenCV's RGB -> grey
 
 
 def resolve_teacher(name: str) -> Path:
@@ -49,28 +44,6 @@ def resolve_teacher(name: str) -> Path:
     if not path.is_file():
         raise AffectMAEError(f"finetune distill={name}: no such teacher file (use distill=fer, or a Keras .hdf5 path)")
     return path
-
-
-class TeacherTargets:
-    """The teacher's features of a batch the student sees: ``(B, 3, S, S)`` normalised with ``(mean, std)`` ->
-    ``(B, C)`` float32, without autograd. ``dim`` is C."""
-
-    def __init__(self, teacher: FERTeacher, mean: tuple[float, ...], std: tuple[float, ...],
-                 device: torch.device | str = "cpu"):
-        self.teacher = teacher
-        self.teacher.net.to(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.grey = torch.tensor(GREY_WEIGHTS, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        size = teacher.input_size
-        self.dim = int(teacher.embed_grey(torch.zeros(1, 1, size, size, device=device)).shape[1])
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        rgb = (images.float() * self.std + self.mean).clamp(0.0, 1.0)
-        grey = (rgb * self.grey).sum(dim=1, keepdim=True)
-        size = self.teacher.input_size
-        grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False)
-        return self.teacher.embed_grey((grey - 0.5) * 2.0).float()
 
 
 def distill_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
