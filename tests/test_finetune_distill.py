@@ -88,6 +88,12 @@ def test_distill_loss_by_hand():
     loss = distill_loss(one, torch.ones(1, 2))
     loss.backward()  # a batch of one frame: zero, still in the graph
     assert loss.item() == 0.0 and one.grad is not None
+    # per video (person_center): both centred within each video, the target scaled by its root mean square
+    videos = torch.tensor([4, 4, 9])
+    # target rows minus their video's mean: [[-1, 0], [1, 0], [0, 0]]; root mean squares sqrt(2/3) and 0 (kept 0)
+    tc = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]) / np.array([np.sqrt(2 / 3), 1.0])
+    pc = np.array([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])
+    assert distill_loss(predicted, target, videos).item() == pytest.approx(((pc - tc) ** 2).mean(), rel=1e-5)
     with pytest.raises(ValueError, match=r"predicted \(3, 2\) and teacher features \(3, 3\) differ"):
         distill_loss(predicted, torch.zeros(3, 3))
 

@@ -329,7 +329,8 @@ def train_one_epoch(f: Finetuning, run: TrainingRun) -> dict[str, Any]:
             outputs, predicted = outputs
         loss = frame_loss(f.spec, outputs.float(), batch[-1].to(device), f.weights, cfg.label_smoothing)
         if f.teacher is not None:
-            loss = loss + cfg.distill_weight * distill_loss(predicted.float(), f.teacher(images))
+            videos = batch[-2].to(device) if cfg.person_center else None
+            loss = loss + cfg.distill_weight * distill_loss(predicted.float(), f.teacher(images), videos)
         loss_value = float(all_reduce_mean(loss.detach(), info))
         check_finite(loss_value, run.epoch, step, run.run_dir)
         f.optimizer.zero_grad(set_to_none=True)

@@ -46,12 +46,19 @@ def resolve_teacher(name: str) -> Path:
     return path
 
 
-def distill_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def distill_loss(predicted: torch.Tensor, target: torch.Tensor, videos: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error between ``predicted`` centred over the batch and ``target`` standardised over the
-    batch (each feature to mean 0, std 1), both ``(B, C)``; 0 for a batch of one frame (nothing to standardise)."""
+    batch (each feature to mean 0, std 1), both ``(B, C)``; 0 for a batch of one frame (nothing to standardise).
+    ``videos`` (B,) (``person_center``): both are centred per video instead, so only how a face changes within
+    its video is taught, and the target is then scaled to unit std per feature."""
     if predicted.shape != target.shape:
         raise ValueError(f"predicted {tuple(predicted.shape)} and teacher features {tuple(target.shape)} differ")
     if len(target) < 2:
         return predicted.sum() * 0.0
+    if videos is not None:
+        from affectmae.training.finetune_center import center_by_video
+
+        predicted, target = center_by_video(predicted, videos), center_by_video(target, videos)
+        return F.mse_loss(predicted, target / (target.pow(2).mean(0).sqrt() + 1e-6))
     target = (target - target.mean(0)) / (target.std(0) + 1e-6)
     return F.mse_loss(predicted - predicted.mean(0), target)
