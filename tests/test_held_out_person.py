@@ -67,7 +67,7 @@ def test_demo_holds_out_the_person_of_the_real_video(real, hold_out, excluded, t
     monkeypatch.setattr(demo, "generate_affwild2", fake_synth)
     cfg = demo.DemoConfig(out=str(tmp_path), hold_out_person=hold_out, pseudo_labels=False)
     with pytest.raises(_Stop):
-        demo._encoder_stages(cfg, tmp_path, {}, None if real is None else tmp_path / real)
+        demo._encoder_stages(cfg, tmp_path, {}, None if real is None else tmp_path / real, None)
     assert calls["synth"]["exclude_people"] == excluded
 
 
