@@ -33,10 +33,11 @@ def _run(args) -> int:
     from affectmae.datasets.registry_media import run_fetch_media
 
     s = run_fetch_media(args.config, args.overrides, cache=args.cache, sources=args.sources, people=args.people)
+    width = max([10, *(len(row["name"]) for row in s.sources)])
     for row in s.sources:
         files = ", ".join(f"{row[k]} {k}" for k in ("photos", "videos", "models") if row[k])
         people = "" if row["people"] is None else f" -> {row['people']} people"
-        print(f"{row['name']:10s} {row['package']} {row['version']} ({row['client']}): {row['status']}, {files}{people}")
+        print(f"{row['name']:{width}s} {row['package']} {row['version']} ({row['client']}): {row['status']}, {files}{people}")
     failed = [row["name"] for row in s.sources if row["status"] == "failed"]
     total = "" if s.people is None else f"{s.people} people (one person in two sources counted once); "
     print(f"registry media in {s.registry}: {total}fetch {s.fetch_seconds:.1f} s, people {s.people_seconds:.1f} s"
