@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from affectmae.errors import AffectMAEError
-from affectmae.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from affectmae.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, grey_from_normalised
 from affectmae.models.vit import ViTEncoder, encoder_metadata, load_encoder
 
 PIXEL_SIZE = 24
-GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 
 
 class PixelEncoder(torch.nn.Module):
@@ -46,13 +45,11 @@ class PixelEncoder(torch.nn.Module):
         self.embed_dim = int(size) * int(size)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("grey", torch.tensor(GREY_WEIGHTS).view(1, 3, 1, 1), persistent=False)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, 3, H, W) ImageNet-normalised -> {"grey": (B, S, S) in [0, 1], "pooled": (B, S*S) standardised}."""
         size = self.arch["size"]
-        rgb = (x * self.std + self.mean).clamp(0.0, 1.0)
-        grey = (rgb * self.grey).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+        grey = grey_from_normalised(x, self.mean, self.std)  # (B, 1, H, W)
         if grey.shape[-2:] != (size, size):
             grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         flat = grey.flatten(1)  # (B, S*S)

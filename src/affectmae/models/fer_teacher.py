@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from affectmae.errors import AffectMAEError, CheckpointError
+from affectmae.models.preprocess import grey_from_normalised
 from affectmae.tasks import EXPRESSIONS
 
 log = logging.getLogger(__name__)
@@ -133,15 +134,13 @@ class TeacherEncoder(torch.nn.Module):
         self.net = teacher.net  # a submodule, so .to(device) moves it
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("grey", torch.tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1), persistent=False)
         size = teacher.input_size
         self.embed_dim = int(teacher.embed_grey(torch.zeros(1, 1, size, size)).shape[1])
         self.arch = {"kind": "fer", "img_size": int(img_size), "input_size": size, "source": teacher.source}
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, 3, H, W) normalised -> {"pooled": (B, C) float32}; no autograd."""
-        rgb = (x.float() * self.std + self.mean).clamp(0.0, 1.0)
-        grey = (rgb * self.grey).sum(dim=1, keepdim=True)
+        grey = grey_from_normalised(x, self.mean, self.std)
         size = self.teacher.input_size
         if grey.shape[-2:] != (size, size):
             grey = torch.nn.functional.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False)

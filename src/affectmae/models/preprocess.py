@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATION = v2.InterpolationMode.BICUBIC
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, OpenCV's RGB -> grey
 
 
 def encoder_normalisation(encoder: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -36,6 +37,14 @@ def encoder_normalisation(encoder: Any) -> tuple[tuple[float, ...], tuple[float,
     (the pixel baseline, encoders saved before the normalisation was recorded)."""
     arch = getattr(encoder, "arch", None) or {}
     return tuple(arch.get("mean") or IMAGENET_MEAN), tuple(arch.get("std") or IMAGENET_STD)
+
+
+def grey_from_normalised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Normalised frames ``(B, 3, H, W)`` -> grey ``(B, 1, H, W)`` float32 in [0, 1]: the normalisation undone
+    (``mean`` and ``std`` broadcastable to ``(1, 3, 1, 1)``), clamped, then BT.601 weights (as OpenCV's)."""
+    rgb = (x.float() * std + mean).clamp(0.0, 1.0)
+    weights = torch.tensor(GREY_WEIGHTS, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb * weights).sum(dim=1, keepdim=True)
 
 
 def _normalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
